@@ -1,0 +1,231 @@
+"""Decode SCN-1 frames into ``messages.Frame`` and encode them back.
+
+The decoder is the gateway's trust boundary: whatever the bytes, it returns a
+``Frame`` or raises a ``ProtocolError`` subclass naming the check that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.errors import (
+    CrcError,
+    LengthError,
+    MalformedTlvError,
+    ProtocolError,
+    SyncError,
+    TrailingBytesError,
+    TruncatedError,
+    UnknownTypeError,
+    VersionError,
+)
+from gateway.protocol import scn1
+from gateway.protocol.messages import (
+    KNOWN_FLAGS,
+    Battery,
+    Event,
+    EventCode,
+    Firmware,
+    Frame,
+    FrameFlags,
+    Gas,
+    GasKind,
+    Link,
+    MessageType,
+    Pressure,
+    Record,
+    ResetCause,
+    ResetCauseCode,
+    Temperature,
+    Tilt,
+    UnknownTlv,
+    Vibration,
+    WaterDepth,
+)
+from gateway.protocol.scn1 import Tag
+
+NO_ECHO = 0xFFFF
+_MESSAGE_TYPES = {t.value: t for t in MessageType}
+_GAS_KINDS = {k.value: k for k in GasKind}
+_EVENT_CODES = {c.value: c for c in EventCode}
+_RESET_CAUSES = {c.value: c for c in ResetCauseCode}
+
+
+def _gas(c: Any, raw: bytes) -> Record:
+    kind = _GAS_KINDS.get(c.kind)
+    return UnknownTlv(Tag.GAS, raw) if kind is None else Gas(kind, c.value / 10)
+
+
+def _event(c: Any, raw: bytes) -> Record:
+    code = _EVENT_CODES.get(c.code)
+    return UnknownTlv(Tag.EVENT, raw) if code is None else Event(code, c.age, c.value)
+
+
+def _reset_cause(c: Any, raw: bytes) -> Record:
+    cause = _RESET_CAUSES.get(c.cause)
+    return UnknownTlv(Tag.RESET_CAUSE, raw) if cause is None else ResetCause(cause)
+
+
+_FROM_WIRE: dict[int, Callable[[Any, bytes], Record]] = {
+    Tag.TILT: lambda c, _: Tilt(c.x / 100, c.y / 100),
+    Tag.WATER_DEPTH: lambda c, _: WaterDepth(None if c.mm == NO_ECHO else c.mm),
+    Tag.BATTERY: lambda c, _: Battery(c.mv),
+    Tag.TEMPERATURE: lambda c, _: Temperature(c.decidegc / 10),
+    Tag.GAS: _gas,
+    Tag.LINK: lambda c, _: Link(c.rssi, c.snr),
+    Tag.EVENT: _event,
+    Tag.FIRMWARE: lambda c, _: Firmware(c.major, c.minor, c.build),
+    Tag.RESET_CAUSE: _reset_cause,
+    Tag.PRESSURE: lambda c, _: Pressure(c.decikpa / 10),
+    Tag.VIBRATION: lambda c, _: Vibration(c.mg),
+}
+
+
+def decode_records(body: bytes, start: int = scn1.HEADER_SIZE) -> tuple[Record, ...]:
+    """Decode the TLV records of BODY; offsets in errors are within BODY."""
+    records: list[Record] = []
+    end = len(body)
+    pos = start
+    parsers = scn1.TLV_BODIES_FAST
+    while pos < end:
+        if pos + 2 > end:
+            raise MalformedTlvError("record header runs past the end of BODY", offset=pos)
+        tag = body[pos]
+        stop = pos + 2 + body[pos + 1]
+        if stop > end:
+            raise MalformedTlvError(
+                f"record tag 0x{tag:02X} L={body[pos + 1]} runs past the end of BODY",
+                offset=pos,
+            )
+        raw = body[pos + 2 : stop]
+        parser = parsers.get(tag)
+        if parser is None:
+            records.append(UnknownTlv(tag, raw))
+        else:
+            try:
+                container = parser.parse(body[pos + 1 : stop])
+            except scn1.ConstructError as err:
+                raise MalformedTlvError(
+                    f"{Tag(tag).name} with L={len(raw)} does not match its defined size",
+                    offset=pos,
+                ) from err
+            records.append(_FROM_WIRE[tag](container, raw))
+        pos = stop
+    return tuple(records)
+
+
+def decode_body(body: bytes) -> Frame:
+    """Decode a CRC-checked BODY (VER … TLVs)."""
+    if len(body) < scn1.HEADER_SIZE:
+        raise LengthError(f"BODY of {len(body)} bytes is shorter than its header")
+    header = scn1.HEADER_FAST.parse(body)
+    if header.version != scn1.VERSION:
+        raise VersionError(f"version {header.version}, this gateway speaks {scn1.VERSION}")
+    msg_type = _MESSAGE_TYPES.get(header.msg_type)
+    if msg_type is None:
+        raise UnknownTypeError(f"message type {header.msg_type}")
+    return Frame(
+        node_id=header.node_id,
+        seq=header.seq,
+        msg_type=msg_type,
+        flags=FrameFlags(header.flags & KNOWN_FLAGS),
+        records=decode_records(body),
+    )
+
+
+def check_envelope(data: bytes) -> bytes:
+    """Check SYNC, LEN and CRC of exactly one frame; return its BODY."""
+    if len(data) < 3:
+        raise TruncatedError(f"{len(data)} bytes cannot hold SYNC and LEN")
+    if data[:2] != scn1.SYNC:
+        raise SyncError(f"starts with {data[:2].hex(' ').upper()}, not A5 5A", offset=0)
+    length = data[2]
+    if not scn1.MIN_LEN <= length <= scn1.MAX_LEN:
+        raise LengthError(f"LEN {length} outside {scn1.MIN_LEN}..{scn1.MAX_LEN}", offset=2)
+    total = length + scn1.OVERHEAD
+    if len(data) < total:
+        raise TruncatedError(f"LEN {length} needs {total} bytes, got {len(data)}")
+    if len(data) > total:
+        raise TrailingBytesError(f"{len(data) - total} bytes after the CRC", offset=total)
+    try:
+        return bytes(scn1.ENVELOPE_FAST.parse(data).body)
+    except scn1.ChecksumError as err:
+        received = int.from_bytes(data[-2:], "big")
+        raise CrcError(received=received, computed=scn1.crc16_ccitt_false(data[2:-2])) from err
+    except scn1.ConstructError as err:  # pragma: no cover - all checked above
+        raise ProtocolError(str(err)) from err
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Decode exactly one whole frame, SYNC to CRC (a UDP datagram, an AT-line payload)."""
+    return decode_body(check_envelope(data))
+
+
+# --- encoding (simulator and tests): the same construct definitions, built ---
+
+
+def _record_fields(record: Record) -> tuple[int, dict[str, int]] | None:
+    match record:
+        case Tilt(x_deg=x, y_deg=y):
+            return Tag.TILT, {"x": round(x * 100), "y": round(y * 100)}
+        case WaterDepth(distance_mm=mm):
+            return Tag.WATER_DEPTH, {"mm": NO_ECHO if mm is None else mm}
+        case Battery(voltage_mv=mv):
+            return Tag.BATTERY, {"mv": mv}
+        case Temperature(celsius=c):
+            return Tag.TEMPERATURE, {"decidegc": round(c * 10)}
+        case Gas(kind=kind, value=value):
+            return Tag.GAS, {"kind": int(kind), "value": round(value * 10)}
+        case Link(rssi_dbm=rssi, snr_db=snr):
+            return Tag.LINK, {"rssi": rssi, "snr": snr}
+        case Event(code=code, age_s=age, value_raw=value):
+            return Tag.EVENT, {"code": int(code), "age": age, "value": value}
+        case Firmware(major=major, minor=minor, build=build):
+            return Tag.FIRMWARE, {"major": major, "minor": minor, "build": build}
+        case ResetCause(cause=cause):
+            return Tag.RESET_CAUSE, {"cause": int(cause)}
+        case Pressure(kpa=kpa):
+            return Tag.PRESSURE, {"decikpa": round(kpa * 10)}
+        case Vibration(peak_mg=mg):
+            return Tag.VIBRATION, {"mg": mg}
+        case UnknownTlv():
+            return None
+    raise TypeError(f"not an SCN-1 record: {record!r}")  # pragma: no cover
+
+
+def encode_record(record: Record) -> bytes:
+    fields = _record_fields(record)
+    try:
+        if fields is None:
+            assert isinstance(record, UnknownTlv)
+            return bytes(scn1.RAW_TLV.build({"tag": record.tag, "body": {"raw": record.raw}}))
+        tag, values = fields
+        return bytes(scn1.TLV.build({"tag": tag, "body": values}))
+    except scn1.ConstructError as err:
+        raise ValueError(f"cannot encode {record!r}: {err}") from err
+
+
+def encode_body(frame: Frame, *, version: int = scn1.VERSION, msg_type: int | None = None) -> bytes:
+    """BODY bytes; ``version``/``msg_type`` overrides let tests build rejected frames."""
+    header = scn1.HEADER.build(
+        {
+            "version": version,
+            "msg_type": int(frame.msg_type) if msg_type is None else msg_type,
+            "node_id": frame.node_id,
+            "seq": frame.seq,
+            "flags": int(frame.flags),
+        }
+    )
+    return bytes(header) + b"".join(encode_record(r) for r in frame.records)
+
+
+def encode_envelope(body: bytes) -> bytes:
+    if not scn1.MIN_LEN <= len(body) <= scn1.MAX_LEN:
+        raise ValueError(f"BODY of {len(body)} bytes is outside {scn1.MIN_LEN}..{scn1.MAX_LEN}")
+    return bytes(scn1.ENVELOPE.build({"body": body}))
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Whole frame, SYNC to CRC."""
+    return encode_envelope(encode_body(frame))
