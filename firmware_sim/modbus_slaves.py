@@ -1,0 +1,183 @@
+"""RS-485 slaves as real Modbus RTU servers (pymodbus 3.16 SimDevice/SimData).
+
+Each slave keeps its readings in engineering units; the ``action`` callback
+writes them into the register image on every request, encoded exactly as the
+part's register map says (shared/spec/rs485-sensors.md). A slave can be told
+to go silent (unpowered, wrong address); its reply is then never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from firmware_sim.ptys import NullModem
+
+log = logging.getLogger(__name__)
+
+WIT_DEFAULT_ADDRESS = 0x50
+QDY30A_DEFAULT_ADDRESS = 0x01
+
+
+def _int16(value: float) -> int:
+    """Signed value to a register (two's complement, clamped)."""
+    raw = max(-32768, min(32767, round(value)))
+    return raw & 0xFFFF
+
+
+class SimSlave(Protocol):
+    address: int
+    silent: bool
+
+    def register_span(self) -> tuple[int, int]: ...
+    def fill(self, start: int, registers: list[int]) -> None: ...
+
+
+@dataclass
+class WitInclinometer:
+    """WT901C-485 class: angles at 0x3D.., temperature at 0x40."""
+
+    address: int = WIT_DEFAULT_ADDRESS
+    roll_deg: float = 0.0
+    pitch_deg: float = 0.0
+    yaw_deg: float = 0.0
+    temperature_c: float = 15.0
+    accel_g: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    silent: bool = False
+
+    def register_span(self) -> tuple[int, int]:
+        return 0x00, 0x70
+
+    def fill(self, start: int, registers: list[int]) -> None:
+        values = {
+            0x34: _int16(self.accel_g[0] / 16 * 32768),
+            0x35: _int16(self.accel_g[1] / 16 * 32768),
+            0x36: _int16(self.accel_g[2] / 16 * 32768),
+            0x3D: _int16(self.roll_deg / 180 * 32768),
+            0x3E: _int16(self.pitch_deg / 180 * 32768),
+            0x3F: _int16(self.yaw_deg / 180 * 32768),
+            0x40: _int16(self.temperature_c * 100),
+            0x1A: self.address,
+        }
+        for address, raw in values.items():
+            registers[address - start] = raw
+
+    @property
+    def tilt_deg(self) -> float:
+        return math.hypot(self.roll_deg, self.pitch_deg)
+
+
+@dataclass
+class Qdy30aLevel:
+    """QDY30A class submersible level transmitter: value at 0x04, dp at 0x03."""
+
+    address: int = QDY30A_DEFAULT_ADDRESS
+    level: float = 0.0  # in the device's unit (metres by default)
+    decimals: int = 3
+    unit_code: int = 1
+    silent: bool = False
+
+    def register_span(self) -> tuple[int, int]:
+        return 0x00, 0x10
+
+    def fill(self, start: int, registers: list[int]) -> None:
+        values = {
+            0x00: self.address,
+            0x01: 3,  # 9600
+            0x02: self.unit_code,
+            0x03: self.decimals,
+            0x04: _int16(self.level * 10**self.decimals),
+        }
+        for address, raw in values.items():
+            registers[address - start] = raw
+
+
+@dataclass
+class SimBus:
+    """An RS-485 bus: several slaves behind one pymodbus RTU server on a null-modem.
+
+    ``path`` is the end the gateway (or a technician's tool) opens.
+    """
+
+    name: str
+    slaves: list[SimSlave] = field(default_factory=list)
+    baudrate: int = 9600
+    requests: int = 0
+    _cable: NullModem | None = None
+    _server: ModbusSerialServer | None = None
+
+    @property
+    def path(self) -> str:
+        if self._cable is None:
+            raise RuntimeError("bus not started")
+        return self._cable.b.path
+
+    def slave(self, address: int) -> SimSlave:
+        for s in self.slaves:
+            if s.address == address:
+                return s
+        raise KeyError(f"bus {self.name} has no slave {address}")
+
+    def _device(self, slave: SimSlave) -> SimDevice:
+        first, count = slave.register_span()
+
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            current_registers: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
+            self.requests += 1
+            slave.fill(start_address, current_registers)
+            return None
+
+        return SimDevice(
+            id=slave.address,
+            simdata=[SimData(first, count=count, values=0, datatype=DataType.REGISTERS)],
+            action=action,
+        )
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Suppress replies from silent or absent slaves: on a real bus nobody answers."""
+        if not sending or not data:
+            return data
+        present = {s.address: s for s in self.slaves}
+        slave = present.get(data[0])
+        if slave is None or slave.silent:
+            return b""
+        return data
+
+    async def start(self) -> None:
+        self._cable = NullModem()
+        await self._cable.__aenter__()
+        # id 0 answers for every address nobody owns; _trace_packet then
+        # swallows that reply, so an absent slave is silent, as on a real bus.
+        catch_all = SimDevice(id=0, simdata=[SimData(0, datatype=DataType.REGISTERS)])
+        self._server = ModbusSerialServer(
+            [catch_all, *(self._device(s) for s in self.slaves)],
+            framer=FramerType.RTU,
+            port=self._cable.a.path,
+            baudrate=self.baudrate,
+            trace_packet=self._trace_packet,
+        )
+        await self._server.serve_forever(background=True)
+        log.info("bus %s: slaves %s on %s", self.name, [s.address for s in self.slaves], self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+        if self._cable is not None:
+            await self._cable.__aexit__(None, None, None)
+            self._cable = None
+        await asyncio.sleep(0)

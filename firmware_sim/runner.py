@@ -1,0 +1,389 @@
+"""Runs a scenario: nodes report on their schedules, the timeline changes the world.
+
+Scenario time is scaled by ``speed`` (2.0 runs a 60 s scenario in 30 s of
+wall time); report intervals and ``for_s`` durations scale with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from firmware_sim.dialects import Dialect, module_output
+from firmware_sim.modbus_slaves import Qdy30aLevel, SimBus, SimSlave, WitInclinometer
+from firmware_sim.node import NodeState, SimNode, frame_bytes
+from firmware_sim.ptys import PtyPort
+from firmware_sim.scenario import Action, RadioPort, Scenario, Step
+from gateway.protocol.messages import Frame, GasKind
+
+log = logging.getLogger(__name__)
+
+RETRY_GAP_S = 0.5
+RAMP_TICK_S = 0.2
+
+
+class RadioLink:
+    """A radio module's UART, as a pty the gateway opens."""
+
+    def __init__(self, spec: RadioPort) -> None:
+        self.spec = spec
+        self.port = PtyPort()
+        self.sent_frames = 0
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    @property
+    def path(self) -> str:
+        return self.port.path
+
+    def send(self, frame: bytes, node: SimNode) -> None:
+        data = module_output(
+            self.spec.dialect,
+            frame,
+            rssi_dbm=node.state.rx_rssi_dbm,
+            snr_db=node.state.rx_snr_db,
+            rssi_append=self.spec.rssi_append,
+        )
+        self.sent_frames += 1
+        self._queue.put_nowait(data)
+
+    def send_raw(self, data: bytes) -> None:
+        self._queue.put_nowait(data)
+
+    async def pump(self) -> None:
+        """Writes in order; ``chunk_bytes`` dribbles each packet out like a slow UART."""
+        chunk = self.spec.chunk_bytes
+        while True:
+            data = await self._queue.get()
+            if not chunk:
+                self.port.write(data)
+                continue
+            for i in range(0, len(data), chunk):
+                self.port.write(data[i : i + chunk])
+                await asyncio.sleep(0.001)
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class UdpLink:
+    """NB-IoT nodes as the operator's APN delivers them: one datagram, one frame."""
+
+    def __init__(self, name: str, target: tuple[str, int]) -> None:
+        self.name = name
+        self.target = target
+        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sent_frames = 0
+
+    def send(self, frame: bytes, node: SimNode) -> None:
+        try:
+            self.sock.sendto(frame, self.target)
+            self.sent_frames += 1
+        except OSError as err:  # nobody listening yet: the datagram is lost, as on the APN
+            log.debug("udp %s to %s: %s", self.name, self.target, err)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+Link = RadioLink | UdpLink
+
+
+class _Values:
+    """Get/set a node's or slave's scenario values by their scenario names."""
+
+    def __init__(self, target: SimNode | SimSlave) -> None:
+        self.target = target
+
+    def get(self, name: str) -> Any:
+        if isinstance(self.target, SimNode):
+            state = self.target.state
+            if name.startswith("gas_"):
+                return state.gases.get(GasKind[name[4:]], 0.0)
+            return getattr(state, name)
+        return getattr(self.target, name)
+
+    def set(self, name: str, value: Any) -> None:
+        if isinstance(self.target, SimNode):
+            state: NodeState = self.target.state
+            if name.startswith("gas_"):
+                state.gases[GasKind[name[4:]]] = float(value)
+            elif name in ("water_mm", "battery_mv", "vibration_mg", "rx_rssi_dbm"):
+                setattr(state, name, round(value))
+            else:
+                setattr(state, name, value)
+        else:
+            setattr(self.target, name, value)
+
+
+def _lerp(a: Any, b: Any, f: float) -> Any:
+    if isinstance(a, tuple):
+        return tuple(_lerp(x, y, f) for x, y in zip(a, b, strict=True))
+    return a + (b - a) * f
+
+
+@dataclass
+class Endpoints:
+    radios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    udp: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buses: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"radios": self.radios, "udp": self.udp, "buses": self.buses}
+
+
+class ScenarioRunner:
+    """Owns the simulated hardware for one scenario (an async context manager)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        speed: float = 1.0,
+        udp_target: tuple[str, int] | None = None,
+        on_step: Callable[[Step], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.speed = speed
+        self._udp_target = udp_target
+        self._on_step = on_step
+        self._rng = random.Random(scenario.seed)
+        self.links: dict[str, Link] = {}
+        self.buses: dict[str, SimBus] = {}
+        self.nodes: dict[int, SimNode] = {}
+        self._node_links: dict[int, Link] = {}
+        self._t0 = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Self:
+        for radio in self.scenario.radios:
+            self.links[radio.name] = RadioLink(radio)
+        for udp in self.scenario.udp:
+            target = self._udp_target or udp.target
+            if target is None:
+                raise ValueError(f"udp link {udp.name!r} has no target: give --udp-target")
+            self.links[udp.name] = UdpLink(udp.name, target)
+        for spec in self.scenario.nodes:
+            node = SimNode(spec.node_id, NodeState(), seq=spec.seq_start)
+            values = _Values(node)
+            for name, value in spec.initial.items():
+                values.set(name, value)
+            self.nodes[spec.node_id] = node
+            self._node_links[spec.node_id] = self.links[spec.link]
+        for bus_spec in self.scenario.buses:
+            slaves: list[SimSlave] = []
+            for s in bus_spec.slaves:
+                slave: SimSlave
+                if s.model == "wit_inclinometer":
+                    slave = WitInclinometer(address=s.address)
+                else:
+                    slave = Qdy30aLevel(address=s.address)
+                for name, value in s.initial.items():
+                    setattr(slave, name, value)
+                slaves.append(slave)
+            bus = SimBus(bus_spec.name, slaves, baudrate=bus_spec.baudrate)
+            await bus.start()
+            self.buses[bus.name] = bus
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for bus in self.buses.values():
+            await bus.stop()
+        for link in self.links.values():
+            link.close()
+
+    def endpoints(self) -> Endpoints:
+        out = Endpoints()
+        for name, link in self.links.items():
+            if isinstance(link, RadioLink):
+                out.radios[name] = {
+                    "path": link.path,
+                    "dialect": link.spec.dialect.value,
+                    "rssi_append": link.spec.rssi_append,
+                }
+            else:
+                out.udp[name] = {"target": f"{link.target[0]}:{link.target[1]}"}
+        for name, bus in self.buses.items():
+            out.buses[name] = {
+                "path": bus.path,
+                "baudrate": bus.baudrate,
+                "slaves": [s.address for s in bus.slaves],
+            }
+        return out
+
+    # --- time ---
+
+    def now(self) -> float:
+        """Scenario seconds since ``run`` started."""
+        return (asyncio.get_running_loop().time() - self._t0) * self.speed
+
+    async def sleep(self, scenario_s: float) -> None:
+        await asyncio.sleep(max(0.0, scenario_s / self.speed))
+
+    async def _sleep_until(self, at_s: float) -> None:
+        await self.sleep(at_s - self.now())
+
+    # --- sending ---
+
+    def transmit(self, node: SimNode, frame: Frame) -> None:
+        if node.silent:
+            return
+        if node.drop_next:
+            node.drop_next -= 1
+            return
+        data = frame_bytes(frame)
+        link = self._node_links[node.node_id]
+        link.send(data, node)
+        if node.duplicate_next:
+            node.duplicate_next -= 1
+            link.send(data, node)
+
+    async def _node_loop(self, node: SimNode, interval: float, heartbeat: float) -> None:
+        spec_boot = next(s.boot_on_start for s in self.scenario.nodes if s.node_id == node.node_id)
+        if spec_boot:
+            await self.sleep(self._rng.uniform(0, min(interval, 2.0)))
+            self.transmit(node, node.boot())
+        next_report = self.now() + self._rng.uniform(0.2, interval)
+        next_heartbeat = self.now() + heartbeat
+        while True:
+            await self._sleep_until(min(next_report, next_heartbeat))
+            if self.now() >= next_report:
+                self.transmit(node, node.report())
+                next_report += interval
+                next_heartbeat = self.now() + heartbeat
+            elif self.now() >= next_heartbeat:
+                self.transmit(node, node.heartbeat())
+                next_heartbeat += heartbeat
+
+    # --- timeline ---
+
+    def _target(self, step: Step) -> _Values:
+        if step.node is not None:
+            return _Values(self.nodes[step.node])
+        assert step.bus is not None and step.slave is not None
+        return _Values(self.buses[step.bus].slave(step.slave))
+
+    async def _ramp(self, target: _Values, values: dict[str, Any], over_s: float) -> None:
+        start = {name: target.get(name) for name in values}
+        begin = self.now()
+        while (elapsed := self.now() - begin) < over_s:
+            f = elapsed / over_s
+            for name, value in values.items():
+                target.set(name, _lerp(start[name], value, f))
+            await self.sleep(RAMP_TICK_S)
+        for name, value in values.items():
+            target.set(name, value)
+
+    async def _pulse(self, target: _Values, values: dict[str, Any], for_s: float) -> None:
+        before = {name: target.get(name) for name in values}
+        for name, value in values.items():
+            target.set(name, value)
+        await self.sleep(for_s)
+        for name, value in before.items():
+            target.set(name, value)
+
+    async def _event(self, step: Step) -> None:
+        assert step.node is not None and step.event is not None
+        node = self.nodes[step.node]
+        frame = node.event(step.event, age_s=step.age_s, value_raw=step.event_value)
+        self.transmit(node, frame)
+        for _ in range(step.retries):
+            await self.sleep(RETRY_GAP_S)
+            self.transmit(node, node.retransmission(frame))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def apply(self, step: Step) -> None:
+        """Carry out one timeline step now (long ones continue in the background)."""
+        if self._on_step is not None:
+            self._on_step(step)
+        log.info("scenario %s", step.describe())
+        match step.action:
+            case Action.SET:
+                target = self._target(step)
+                for name, value in step.values.items():
+                    target.set(name, value)
+            case Action.RAMP:
+                self._spawn(self._ramp(self._target(step), step.values, step.for_s), "ramp")
+            case Action.PULSE:
+                self._spawn(self._pulse(self._target(step), step.values, step.for_s), "pulse")
+            case Action.EVENT:
+                self._spawn(self._event(step), "event")
+            case Action.REPORT:
+                node = self.nodes[step.node or 0]
+                self.transmit(node, node.report())
+            case Action.SILENCE | Action.RESUME:
+                silent = step.action is Action.SILENCE
+                if step.node is not None:
+                    self.nodes[step.node].silent = silent
+                else:
+                    assert step.bus is not None and step.slave is not None
+                    self.buses[step.bus].slave(step.slave).silent = silent
+            case Action.RESET:
+                node = self.nodes[step.node or 0]
+                self.transmit(node, node.boot(step.reset_cause))
+            case Action.DROP:
+                self.nodes[step.node or 0].drop_next += step.count
+            case Action.DUPLICATE:
+                self.nodes[step.node or 0].duplicate_next += step.count
+            case Action.NOISE:
+                link = self.links[step.link or ""]
+                assert isinstance(link, RadioLink)
+                link.send_raw(self._noise(step.noise_bytes, link.spec.dialect))
+
+    def _noise(self, size: int, dialect: Dialect) -> bytes:
+        """Line noise, salted with SYNC bytes and half frames so the framer must resync."""
+        data = bytearray(self._rng.randbytes(size))
+        for _ in range(max(1, size // 32)):
+            at = self._rng.randrange(0, max(1, size - 3))
+            data[at : at + 3] = b"\xa5\x5a" + bytes((self._rng.randrange(256),))
+        if dialect is Dialect.AT:
+            data += b"\r\nOK\r\n+EVT:TXP2P DONE\r\n"
+        return bytes(data[: size + (0 if dialect is Dialect.TRANSPARENT else 24)])
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until the scenario's duration has passed or ``stop`` is set."""
+        self._t0 = asyncio.get_running_loop().time()
+        for link in self.links.values():
+            if isinstance(link, RadioLink):
+                self._spawn(link.pump(), f"pump-{link.spec.name}")
+        for spec in self.scenario.nodes:
+            node = self.nodes[spec.node_id]
+            loop = self._node_loop(node, spec.report_interval_s, spec.heartbeat_interval_s)
+            self._spawn(loop, f"node-{node.node_hex}")
+        self._spawn(self._timeline(), "timeline")
+        waiter = asyncio.ensure_future(self._sleep_until(self.scenario.duration_s))
+        stopper = asyncio.ensure_future(stop.wait() if stop else asyncio.Event().wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _timeline(self) -> None:
+        for step in self.scenario.timeline:
+            await self._sleep_until(step.at_s)
+            self.apply(step)
+
+
+def scenario_dir() -> str:
+    return os.path.join(os.path.dirname(__file__), "scenarios")

@@ -1,0 +1,357 @@
+"""Scenario files: the simulated hardware and a timeline of what happens to it.
+
+A scenario is TOML (see ``firmware_sim/scenarios/*.toml`` and
+docs/simulator.md). Loading validates everything up front and names the key
+of any mistake, so a typo in a CI scenario fails at once, not minutes in.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from firmware_sim.dialects import Dialect
+from gateway.confcheck import Table
+from gateway.errors import ConfigError
+from gateway.protocol.messages import EventCode, GasKind, ResetCauseCode
+
+NODE_FIELDS = {
+    "tilt_deg",
+    "water_mm",
+    "battery_mv",
+    "temperature_c",
+    "pressure_kpa",
+    "vibration_mg",
+    "rx_rssi_dbm",
+} | {f"gas_{k.name}" for k in GasKind}
+SLAVE_FIELDS = {"roll_deg", "pitch_deg", "yaw_deg", "temperature_c", "level"}
+SLAVE_MODELS = ("wit_inclinometer", "qdy30a_level")
+
+
+class Action(StrEnum):
+    SET = "set"  # values change at once
+    RAMP = "ramp"  # values move linearly to the target over ``for_s``
+    PULSE = "pulse"  # values change for ``for_s``, then return (a lorry driving over)
+    EVENT = "event"  # the node sends an EVENT (with retransmissions)
+    REPORT = "report"  # the node sends a REPORT now
+    SILENCE = "silence"  # node stolen / slave unpowered
+    RESUME = "resume"
+    RESET = "reset"  # node reboots: BOOT, SEQ from 0
+    DROP = "drop"  # the node's next ``count`` frames are lost over the air
+    DUPLICATE = "duplicate"  # the node's next ``count`` frames are heard twice
+    NOISE = "noise"  # garbage bytes on a radio port
+
+
+@dataclass(frozen=True)
+class RadioPort:
+    name: str
+    dialect: Dialect = Dialect.TRANSPARENT
+    rssi_append: bool = False
+    chunk_bytes: int = 0  # 0: a packet at once; n: n bytes per write
+
+
+@dataclass(frozen=True)
+class UdpTarget:
+    name: str
+    target: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: int
+    link: str
+    report_interval_s: float = 900.0
+    heartbeat_interval_s: float = 21600.0
+    boot_on_start: bool = True
+    seq_start: int = 0
+    initial: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SlaveSpec:
+    model: str
+    address: int
+    initial: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BusSpec:
+    name: str
+    slaves: tuple[SlaveSpec, ...]
+    baudrate: int = 9600
+
+
+@dataclass(frozen=True)
+class Step:
+    """One timeline entry; which target fields are set depends on the action."""
+
+    at_s: float
+    action: Action
+    node: int | None = None
+    bus: str | None = None
+    slave: int | None = None
+    link: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    for_s: float = 0.0
+    count: int = 1
+    event: EventCode | None = None
+    event_value: int | None = None
+    age_s: int = 0
+    retries: int = 0
+    reset_cause: ResetCauseCode = ResetCauseCode.POWER_ON
+    noise_bytes: int = 64
+
+    def describe(self) -> str:
+        target = (
+            f"node {self.node:08X}"
+            if self.node is not None
+            else f"slave {self.bus}/{self.slave}"
+            if self.bus is not None
+            else f"link {self.link}"
+        )
+        extra = f" {self.event.name.lower()}" if self.event else ""
+        vals = f" {self.values}" if self.values else ""
+        dur = f" for {self.for_s:g}s" if self.for_s else ""
+        return f"t={self.at_s:g}s {self.action.value}{extra} {target}{vals}{dur}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    duration_s: float
+    seed: int
+    radios: tuple[RadioPort, ...]
+    udp: tuple[UdpTarget, ...]
+    nodes: tuple[NodeSpec, ...]
+    buses: tuple[BusSpec, ...]
+    timeline: tuple[Step, ...]
+
+
+def parse_node_id(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        node_id = value
+    elif isinstance(value, str):
+        try:
+            node_id = int(value, 16)
+        except ValueError:
+            raise ValueError(f"node id must be 8 hex digits, got {value!r}") from None
+    else:
+        raise ValueError(f"node id must be 8 hex digits, got {value!r}")
+    if not 0 <= node_id <= 0xFFFFFFFF:
+        raise ValueError(f"node id out of range: {value!r}")
+    return node_id
+
+
+def _values(t: Table, allowed: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in sorted(allowed):
+        if not t.has(name):
+            continue
+        if name == "tilt_deg":
+            raw = t.convert(name, _pair)
+            out[name] = raw
+        else:
+            out[name] = t.float(name)
+    return out
+
+
+def _pair(value: object) -> tuple[float, float]:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        return float(value[0]), float(value[1])
+    raise ValueError(f"must be [x, y] in degrees, got {value!r}")
+
+
+def _parse_node(t: Table, node_id: int, links: set[str]) -> NodeSpec:
+    link = t.str("link")
+    if link not in links:
+        raise ConfigError(t.key("link"), f"no radio or udp link named {link!r}")
+    initial = _values(t, NODE_FIELDS)
+    if t.bool("water_fitted", "water_mm" in initial):
+        initial["water_fitted"] = True
+    return NodeSpec(
+        node_id=node_id,
+        link=link,
+        report_interval_s=t.float("report_interval_s", 900.0, lo=0.05),
+        heartbeat_interval_s=t.float("heartbeat_interval_s", 21600.0, lo=0.05),
+        boot_on_start=t.bool("boot_on_start", True),
+        seq_start=t.int("seq_start", 0, lo=0, hi=0xFFFF),
+        initial=initial,
+    )
+
+
+def _parse_step(t: Table, nodes: set[int], buses: dict[str, set[int]], radios: set[str]) -> Step:
+    action = t.choice("do", Action)
+    at_s = t.float("at_s", lo=0)
+    node = t.convert("node", parse_node_id, None)
+    bus = t.str("bus", None)
+    slave = t.int("slave", None, lo=0, hi=247)
+    link = t.str("link", None)
+    if node is not None and node not in nodes:
+        raise ConfigError(t.key("node"), f"no node {node:08X} in this scenario")
+    if bus is not None and (bus not in buses or slave not in buses[bus]):
+        raise ConfigError(t.key("slave"), f"no slave {slave} on bus {bus!r}")
+    if link is not None and link not in radios:
+        raise ConfigError(t.key("link"), f"no radio port named {link!r}")
+    if sum(x is not None for x in (node, bus, link)) != 1:
+        raise ConfigError(t.path, "give exactly one target: node, bus+slave, or link")
+    if action is Action.NOISE and link is None:
+        raise ConfigError(t.key("do"), "noise goes on a radio link")
+    if bus is not None and action not in (
+        Action.SET,
+        Action.RAMP,
+        Action.PULSE,
+        Action.SILENCE,
+        Action.RESUME,
+    ):
+        raise ConfigError(t.key("do"), f"{action.value} does not apply to a Modbus slave")
+    values = _values(t, SLAVE_FIELDS if bus is not None else NODE_FIELDS)
+    if action in (Action.SET, Action.RAMP, Action.PULSE) and not values:
+        raise ConfigError(t.path, f"{action.value} needs at least one value to change")
+    event_name = t.str("event", None)
+    event = None
+    if event_name is not None:
+        try:
+            event = EventCode[event_name.upper()]
+        except KeyError:
+            names = ", ".join(e.name.lower() for e in EventCode)
+            raise ConfigError(t.key("event"), f"must be one of {names}") from None
+    if action is Action.EVENT and event is None:
+        raise ConfigError(t.key("event"), "is required for do = 'event'")
+    cause = t.str("reset_cause", "power_on")
+    try:
+        reset_cause = ResetCauseCode[cause.upper()]
+    except KeyError:
+        raise ConfigError(t.key("reset_cause"), f"unknown reset cause {cause!r}") from None
+    step = Step(
+        at_s=at_s,
+        action=action,
+        node=node,
+        bus=bus,
+        slave=slave,
+        link=link,
+        values=values,
+        for_s=t.float("for_s", 0.0, lo=0),
+        count=t.int("count", 1, lo=1),
+        event=event,
+        event_value=t.int("value", None, lo=-32768, hi=32767),
+        age_s=t.int("age_s", 0, lo=0),
+        retries=t.int("retries", 0, lo=0, hi=3),
+        reset_cause=reset_cause,
+        noise_bytes=t.int("bytes", 64, lo=1, hi=100_000),
+    )
+    t.done()
+    return step
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), f"not valid TOML: {err}") from err
+    return parse_scenario(data)
+
+
+def parse_scenario(data: dict[str, Any]) -> Scenario:
+    root = Table(data)
+    head = root.table("scenario", required=True)
+    radios = []
+    for t in root.tables("radio"):
+        radios.append(
+            RadioPort(
+                name=t.str("name"),
+                dialect=t.choice("dialect", Dialect, Dialect.TRANSPARENT),
+                rssi_append=t.bool("rssi_append", False),
+                chunk_bytes=t.int("chunk_bytes", 0, lo=0, hi=4096),
+            )
+        )
+        t.done()
+    udp = []
+    for t in root.tables("udp"):
+        target = t.convert("target", parse_hostport, None)
+        udp.append(UdpTarget(name=t.str("name"), target=target))
+        t.done()
+    links = {r.name for r in radios} | {u.name for u in udp}
+    if len(links) != len(radios) + len(udp):
+        raise ConfigError("radio/udp", "link names must be unique")
+
+    nodes: list[NodeSpec] = []
+    for t in root.tables("nodes"):
+        nodes.append(_parse_node(t, t.convert("id", parse_node_id), links))
+        t.done()
+    for t in root.tables("node_groups"):
+        first = t.convert("first_id", parse_node_id)
+        count = t.int("count", lo=1, hi=100_000)
+        water_every = t.int("water_every", 0, lo=0)
+        template = _parse_node(t, first, links)
+        t.done()
+        for i in range(count):
+            initial = dict(template.initial)
+            if water_every and i % water_every == 0:
+                initial.setdefault("water_mm", 2500.0)
+                initial["water_fitted"] = True
+            nodes.append(
+                NodeSpec(
+                    node_id=first + i,
+                    link=template.link,
+                    report_interval_s=template.report_interval_s,
+                    heartbeat_interval_s=template.heartbeat_interval_s,
+                    boot_on_start=template.boot_on_start,
+                    seq_start=template.seq_start,
+                    initial=initial,
+                )
+            )
+    ids = [n.node_id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("nodes", "node ids repeat")
+
+    buses = []
+    for t in root.tables("buses"):
+        slaves = []
+        for st in t.tables("slaves"):
+            model = st.str("model")
+            if model not in SLAVE_MODELS:
+                raise ConfigError(st.key("model"), f"must be one of {', '.join(SLAVE_MODELS)}")
+            address = st.int("address", lo=1, hi=247)
+            initial = _values(st, SLAVE_FIELDS)
+            if model == "qdy30a_level":
+                initial["decimals"] = st.int("decimals", 3, lo=0, hi=4)
+            slaves.append(SlaveSpec(model, address, initial))
+            st.done()
+        buses.append(
+            BusSpec(t.str("name"), tuple(slaves), baudrate=t.int("baudrate", 9600, lo=1200))
+        )
+        t.done()
+    bus_slaves = {b.name: {s.address for s in b.slaves} for b in buses}
+    radio_names = {r.name for r in radios}
+    timeline = [_parse_step(t, set(ids), bus_slaves, radio_names) for t in root.tables("timeline")]
+    scenario = Scenario(
+        name=head.str("name"),
+        description=head.str("description", ""),
+        duration_s=head.float("duration_s", lo=0.1),
+        seed=head.int("seed", 1),
+        radios=tuple(radios),
+        udp=tuple(udp),
+        nodes=tuple(nodes),
+        buses=tuple(buses),
+        timeline=tuple(sorted(timeline, key=lambda s: s.at_s)),
+    )
+    head.done()
+    root.done()
+    return scenario
+
+
+def parse_hostport(value: object) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1–65535, got {port!r}")
+    return host.strip("[]"), int(port)
