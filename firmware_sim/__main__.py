@@ -90,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_serve(args))
     except FileNotFoundError as err:
-        print(f"no such scenario: {err} (shipped: {', '.join(shipped_scenarios())})", file=sys.stderr)
+        print(
+            f"no such scenario: {err} (shipped: {', '.join(shipped_scenarios())})", file=sys.stderr
+        )
     except (ConfigError, ValueError) as err:
         print(f"scenario refused: {err}", file=sys.stderr)
     return 2

@@ -129,7 +129,7 @@ class SimBus:
     def _device(self, slave: SimSlave) -> SimDevice:
         first, count = slave.register_span()
 
-        async def action(
+        async def action(  # noqa: PLR0917 - pymodbus fixes this signature
             function_code: int,
             start_address: int,
             address: int,
@@ -175,7 +175,7 @@ class SimBus:
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
         if self._cable is not None:
             await self._cable.__aexit__(None, None, None)

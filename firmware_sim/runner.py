@@ -276,7 +276,8 @@ class ScenarioRunner:
     def _target(self, step: Step) -> _Values:
         if step.node is not None:
             return _Values(self.nodes[step.node])
-        assert step.bus is not None and step.slave is not None
+        assert step.bus is not None
+        assert step.slave is not None
         return _Values(self.buses[step.bus].slave(step.slave))
 
     async def _ramp(self, target: _Values, values: dict[str, Any], over_s: float) -> None:
@@ -299,7 +300,8 @@ class ScenarioRunner:
             target.set(name, value)
 
     async def _event(self, step: Step) -> None:
-        assert step.node is not None and step.event is not None
+        assert step.node is not None
+        assert step.event is not None
         node = self.nodes[step.node]
         frame = node.event(step.event, age_s=step.age_s, value_raw=step.event_value)
         self.transmit(node, frame)
@@ -336,7 +338,8 @@ class ScenarioRunner:
                 if step.node is not None:
                     self.nodes[step.node].silent = silent
                 else:
-                    assert step.bus is not None and step.slave is not None
+                    assert step.bus is not None
+                    assert step.slave is not None
                     self.buses[step.bus].slave(step.slave).silent = silent
             case Action.RESET:
                 node = self.nodes[step.node or 0]

@@ -140,7 +140,7 @@ def parse_node_id(value: object) -> int:
         except ValueError:
             raise ValueError(f"node id must be 8 hex digits, got {value!r}") from None
     else:
-        raise ValueError(f"node id must be 8 hex digits, got {value!r}")
+        raise ValueError(f"node id must be 8 hex digits, got {value!r}")  # noqa: TRY004
     if not 0 <= node_id <= 0xFFFFFFFF:
         raise ValueError(f"node id out of range: {value!r}")
     return node_id
@@ -155,7 +155,7 @@ def _values(t: Table, allowed: set[str]) -> dict[str, Any]:
             raw = t.convert(name, _pair)
             out[name] = raw
         else:
-            out[name] = t.float(name)
+            out[name] = t.number(name)
     return out
 
 
@@ -170,30 +170,30 @@ def _pair(value: object) -> tuple[float, float]:
 
 
 def _parse_node(t: Table, node_id: int, links: set[str]) -> NodeSpec:
-    link = t.str("link")
+    link = t.text("link")
     if link not in links:
         raise ConfigError(t.key("link"), f"no radio or udp link named {link!r}")
     initial = _values(t, NODE_FIELDS)
-    if t.bool("water_fitted", "water_mm" in initial):
+    if t.flag("water_fitted", "water_mm" in initial):
         initial["water_fitted"] = True
     return NodeSpec(
         node_id=node_id,
         link=link,
-        report_interval_s=t.float("report_interval_s", 900.0, lo=0.05),
-        heartbeat_interval_s=t.float("heartbeat_interval_s", 21600.0, lo=0.05),
-        boot_on_start=t.bool("boot_on_start", True),
-        seq_start=t.int("seq_start", 0, lo=0, hi=0xFFFF),
+        report_interval_s=t.number("report_interval_s", 900.0, lo=0.05),
+        heartbeat_interval_s=t.number("heartbeat_interval_s", 21600.0, lo=0.05),
+        boot_on_start=t.flag("boot_on_start", True),
+        seq_start=t.integer("seq_start", 0, lo=0, hi=0xFFFF),
         initial=initial,
     )
 
 
 def _parse_step(t: Table, nodes: set[int], buses: dict[str, set[int]], radios: set[str]) -> Step:
     action = t.choice("do", Action)
-    at_s = t.float("at_s", lo=0)
+    at_s = t.number("at_s", lo=0)
     node = t.convert("node", parse_node_id, None)
-    bus = t.str("bus", None)
-    slave = t.int("slave", None, lo=0, hi=247)
-    link = t.str("link", None)
+    bus = t.text("bus", None)
+    slave = t.integer("slave", None, lo=0, hi=247)
+    link = t.text("link", None)
     if node is not None and node not in nodes:
         raise ConfigError(t.key("node"), f"no node {node:08X} in this scenario")
     if bus is not None and (bus not in buses or slave not in buses[bus]):
@@ -215,7 +215,7 @@ def _parse_step(t: Table, nodes: set[int], buses: dict[str, set[int]], radios: s
     values = _values(t, SLAVE_FIELDS if bus is not None else NODE_FIELDS)
     if action in (Action.SET, Action.RAMP, Action.PULSE) and not values:
         raise ConfigError(t.path, f"{action.value} needs at least one value to change")
-    event_name = t.str("event", None)
+    event_name = t.text("event", None)
     event = None
     if event_name is not None:
         try:
@@ -225,7 +225,7 @@ def _parse_step(t: Table, nodes: set[int], buses: dict[str, set[int]], radios: s
             raise ConfigError(t.key("event"), f"must be one of {names}") from None
     if action is Action.EVENT and event is None:
         raise ConfigError(t.key("event"), "is required for do = 'event'")
-    cause = t.str("reset_cause", "power_on")
+    cause = t.text("reset_cause", "power_on")
     try:
         reset_cause = ResetCauseCode[cause.upper()]
     except KeyError:
@@ -238,14 +238,14 @@ def _parse_step(t: Table, nodes: set[int], buses: dict[str, set[int]], radios: s
         slave=slave,
         link=link,
         values=values,
-        for_s=t.float("for_s", 0.0, lo=0),
-        count=t.int("count", 1, lo=1),
+        for_s=t.number("for_s", 0.0, lo=0),
+        count=t.integer("count", 1, lo=1),
         event=event,
-        event_value=t.int("value", None, lo=-32768, hi=32767),
-        age_s=t.int("age_s", 0, lo=0),
-        retries=t.int("retries", 0, lo=0, hi=3),
+        event_value=t.integer("value", None, lo=-32768, hi=32767),
+        age_s=t.integer("age_s", 0, lo=0),
+        retries=t.integer("retries", 0, lo=0, hi=3),
         reset_cause=reset_cause,
-        noise_bytes=t.int("bytes", 64, lo=1, hi=100_000),
+        noise_bytes=t.integer("bytes", 64, lo=1, hi=100_000),
     )
     t.done()
     return step
@@ -266,17 +266,17 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     for t in root.tables("radio"):
         radios.append(
             RadioPort(
-                name=t.str("name"),
+                name=t.text("name"),
                 dialect=t.choice("dialect", Dialect, Dialect.TRANSPARENT),
-                rssi_append=t.bool("rssi_append", False),
-                chunk_bytes=t.int("chunk_bytes", 0, lo=0, hi=4096),
+                rssi_append=t.flag("rssi_append", False),
+                chunk_bytes=t.integer("chunk_bytes", 0, lo=0, hi=4096),
             )
         )
         t.done()
     udp = []
     for t in root.tables("udp"):
         target = t.convert("target", parse_hostport, None)
-        udp.append(UdpTarget(name=t.str("name"), target=target))
+        udp.append(UdpTarget(name=t.text("name"), target=target))
         t.done()
     links = {r.name for r in radios} | {u.name for u in udp}
     if len(links) != len(radios) + len(udp):
@@ -288,8 +288,8 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         t.done()
     for t in root.tables("node_groups"):
         first = t.convert("first_id", parse_node_id)
-        count = t.int("count", lo=1, hi=100_000)
-        water_every = t.int("water_every", 0, lo=0)
+        count = t.integer("count", lo=1, hi=100_000)
+        water_every = t.integer("water_every", 0, lo=0)
         template = _parse_node(t, first, links)
         t.done()
         for i in range(count):
@@ -316,27 +316,27 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     for t in root.tables("buses"):
         slaves = []
         for st in t.tables("slaves"):
-            model = st.str("model")
+            model = st.text("model")
             if model not in SLAVE_MODELS:
                 raise ConfigError(st.key("model"), f"must be one of {', '.join(SLAVE_MODELS)}")
-            address = st.int("address", lo=1, hi=247)
+            address = st.integer("address", lo=1, hi=247)
             initial = _values(st, SLAVE_FIELDS)
             if model == "qdy30a_level":
-                initial["decimals"] = st.int("decimals", 3, lo=0, hi=4)
+                initial["decimals"] = st.integer("decimals", 3, lo=0, hi=4)
             slaves.append(SlaveSpec(model, address, initial))
             st.done()
         buses.append(
-            BusSpec(t.str("name"), tuple(slaves), baudrate=t.int("baudrate", 9600, lo=1200))
+            BusSpec(t.text("name"), tuple(slaves), baudrate=t.integer("baudrate", 9600, lo=1200))
         )
         t.done()
     bus_slaves = {b.name: {s.address for s in b.slaves} for b in buses}
     radio_names = {r.name for r in radios}
     timeline = [_parse_step(t, set(ids), bus_slaves, radio_names) for t in root.tables("timeline")]
     scenario = Scenario(
-        name=head.str("name"),
-        description=head.str("description", ""),
-        duration_s=head.float("duration_s", lo=0.1),
-        seed=head.int("seed", 1),
+        name=head.text("name"),
+        description=head.text("description", ""),
+        duration_s=head.number("duration_s", lo=0.1),
+        seed=head.integer("seed", 1),
         radios=tuple(radios),
         udp=tuple(udp),
         nodes=tuple(nodes),

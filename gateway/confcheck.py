@@ -40,19 +40,19 @@ class Table:
             raise ConfigError(self.key(name), "is required")
         return default
 
-    def str(self, name: str, default: Any = _MISSING) -> Any:
+    def text(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default)
         if value is not default and not isinstance(value, str):
             raise ConfigError(self.key(name), f"must be a string, got {value!r}")
         return value
 
-    def bool(self, name: str, default: Any = _MISSING) -> Any:
+    def flag(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default)
         if value is not default and not isinstance(value, bool):
             raise ConfigError(self.key(name), f"must be true or false, got {value!r}")
         return value
 
-    def int(
+    def integer(
         self, name: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
     ) -> Any:
         value = self._get(name, default)
@@ -63,7 +63,7 @@ class Table:
         _check_range(self.key(name), value, lo, hi)
         return value
 
-    def float(
+    def number(
         self,
         name: str,
         default: Any = _MISSING,

@@ -140,15 +140,15 @@ class StreamFramer:
                 return items
             length = buf[2]
             if not scn1.MIN_LEN <= length <= scn1.MAX_LEN:
-                err = LengthError(f"LEN {length} outside {scn1.MIN_LEN}..{scn1.MAX_LEN}")
-                self._reject(items, err, 1, 3)
+                bad_len = LengthError(f"LEN {length} outside {scn1.MIN_LEN}..{scn1.MAX_LEN}")
+                self._reject(items, bad_len, 1, 3)
                 continue
             total = length + scn1.OVERHEAD
             needed = total + (1 if self.rssi_append else 0)
             if len(buf) < total:
                 if at_idle:
-                    err = TruncatedError(f"LEN {length} needs {total} bytes, got {len(buf)}")
-                    self._reject(items, err, 1, len(buf))
+                    cut = TruncatedError(f"LEN {length} needs {total} bytes, got {len(buf)}")
+                    self._reject(items, cut, 1, len(buf))
                     continue
                 return items
             if len(buf) < needed and not at_idle:

@@ -79,8 +79,8 @@ class RegisterField:
         data = b"".join(w.to_bytes(2, "big") for w in words)
         if self.byte_order is Order.LITTLE:
             data = b"".join(data[i : i + 2][::-1] for i in range(0, len(data), 2))
-        (raw,) = struct.unpack(_STRUCT[self.dtype], data)
-        return float(raw) * self.scale / 10**dp + self.offset
+        raw = float(struct.unpack(_STRUCT[self.dtype], data)[0])
+        return raw * self.scale / 10.0**dp + self.offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +153,7 @@ QDY30A_LEVEL = DeviceProfile(
     fields=(RegisterField("level", 0x04, DataType.INT16, decimals_register=0x03, unit="m"),),
 )
 
-BUILTIN_PROFILES: dict[str, DeviceProfile] = {
-    p.name: p for p in (WIT_INCLINOMETER, QDY30A_LEVEL)
-}
+BUILTIN_PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (WIT_INCLINOMETER, QDY30A_LEVEL)}
 
 
 def profile_from_config(name: str, table: Table) -> DeviceProfile:
@@ -169,15 +167,15 @@ def profile_from_config(name: str, table: Table) -> DeviceProfile:
     for ft in table.tables("fields"):
         dtype = ft.choice("type", DataType, DataType.INT16)
         field = RegisterField(
-            name=ft.str("name"),
-            address=ft.int("address", lo=0, hi=0xFFFF - (dtype.registers - 1)),
+            name=ft.text("name"),
+            address=ft.integer("address", lo=0, hi=0xFFFF - (dtype.registers - 1)),
             dtype=dtype,
-            scale=ft.float("scale", 1.0),
-            offset=ft.float("offset", 0.0),
-            unit=ft.str("unit", ""),
+            scale=ft.number("scale", 1.0),
+            offset=ft.number("offset", 0.0),
+            unit=ft.text("unit", ""),
             word_order=ft.choice("word_order", Order, Order.BIG),
             byte_order=ft.choice("byte_order", Order, Order.BIG),
-            decimals_register=ft.int("decimals_register", None, lo=0, hi=0xFFFF),
+            decimals_register=ft.integer("decimals_register", None, lo=0, hi=0xFFFF),
         )
         ft.done()
         fields.append(field)
@@ -189,8 +187,8 @@ def profile_from_config(name: str, table: Table) -> DeviceProfile:
     profile = DeviceProfile(
         name=name,
         fields=tuple(fields),
-        function=table.int("function", 3, lo=3, hi=4),
-        max_gap=table.int("max_gap", 4, lo=0, hi=32),
+        function=table.integer("function", 3, lo=3, hi=4),
+        max_gap=table.integer("max_gap", 4, lo=0, hi=32),
     )
     table.done()
     if any(b.count > 125 for b in profile.read_plan()):

@@ -27,7 +27,12 @@ from gateway.protocol.messages import (
 def record_to_dict(record: Record) -> dict[str, Any]:
     match record:
         case Tilt(x_deg=x, y_deg=y):
-            return {"tlv": "tilt", "x_deg": x, "y_deg": y, "tilt_deg": round(record.magnitude_deg, 2)}
+            return {
+                "tlv": "tilt",
+                "x_deg": x,
+                "y_deg": y,
+                "tilt_deg": round(record.magnitude_deg, 2),
+            }
         case WaterDepth(distance_mm=mm):
             return {"tlv": "water_depth", "distance_mm": mm, "no_echo": mm is None}
         case Battery(voltage_mv=mv):

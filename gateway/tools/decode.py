@@ -60,13 +60,13 @@ def _emit(item: Item, out: TextIO, *, input_text: str | None = None) -> None:
     print(json.dumps(view, ensure_ascii=False), file=out)
 
 
-def run(
-    frames: list[str], file: str | None, *, dialect: str, rssi_append: bool
-) -> int:
+def run(frames: list[str], file: str | None, *, dialect: str, rssi_append: bool) -> int:
     if file is None:
         return decode_hex_args(frames, sys.stdout)
     if file == "-":
-        decode_capture(sys.stdin.buffer, sys.stdout, sys.stderr, dialect=dialect, rssi_append=rssi_append)
+        decode_capture(
+            sys.stdin.buffer, sys.stdout, sys.stderr, dialect=dialect, rssi_append=rssi_append
+        )
         return 0
     with open(file, "rb") as stream:
         decode_capture(stream, sys.stdout, sys.stderr, dialect=dialect, rssi_append=rssi_append)
