@@ -1,0 +1,107 @@
+"""How many REPORT frames a second the framer plus decoder handle on one core.
+
+Not a test: numbers for the closing note and for comparing changes. Feeds a
+pre-built stream of realistic REPORT frames (tilt, water, battery,
+temperature, link) in serial-read-sized chunks, as a port would.
+
+    .venv/bin/python scripts/bench_framer.py [--frames N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import tracemalloc
+
+from gateway.protocol.codec import decode_frame, encode_frame
+from gateway.protocol.framing import AtLineFramer, StreamFramer
+from gateway.protocol.messages import (
+    Battery,
+    Frame,
+    FrameFlags,
+    Link,
+    MessageType,
+    Temperature,
+    Tilt,
+    WaterDepth,
+)
+
+
+def reports(n: int) -> list[bytes]:
+    rng = random.Random(1)
+    out = []
+    for i in range(n):
+        frame = Frame(
+            node_id=0x00A00000 + i % 5000,
+            seq=i & 0xFFFF,
+            msg_type=MessageType.REPORT,
+            flags=FrameFlags.NONE,
+            records=(
+                Tilt(rng.randint(-300, 300) / 100, rng.randint(-300, 300) / 100),
+                WaterDepth(rng.randint(300, 3000)),
+                Battery(rng.randint(3200, 3650)),
+                Temperature(rng.randint(-100, 300) / 10),
+                Link(rng.randint(-120, -60), rng.randint(-10, 12)),
+            ),
+        )
+        out.append(encode_frame(frame))
+    return out
+
+
+def best_of(runs: int, func: object) -> float:
+    assert callable(func)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--frames", type=int, default=50_000)
+    parser.add_argument("--chunk", type=int, default=256, help="bytes per serial read")
+    args = parser.parse_args()
+    frames = reports(args.frames)
+    stream = b"".join(frames)
+    at_stream = b"".join(f"+EVT:RXP2P:-90:7:{f.hex().upper()}\r\n".encode() for f in frames)
+    n = len(frames)
+
+    def transparent() -> None:
+        framer = StreamFramer()
+        for i in range(0, len(stream), args.chunk):
+            framer.feed(stream[i : i + args.chunk])
+        assert framer.stats.frames == n
+
+    def at_lines() -> None:
+        framer = AtLineFramer()
+        for i in range(0, len(at_stream), args.chunk):
+            framer.feed(at_stream[i : i + args.chunk])
+        assert framer.stats.frames == n
+
+    def datagrams() -> None:
+        for f in frames:
+            decode_frame(f)
+
+    print(f"{n} REPORT frames of {len(frames[0])} bytes, {args.chunk}-byte reads, one core")
+    print(f"{'path':<34}{'frames/s':>12}{'us/frame':>10}")
+    for name, func in (
+        ("transparent stream (framer+decode)", transparent),
+        ("AT lines (framer+decode)", at_lines),
+        ("datagram decode_frame", datagrams),
+    ):
+        seconds = best_of(3, func)
+        print(f"{name:<34}{n / seconds:>12,.0f}{seconds / n * 1e6:>10.1f}")
+
+    tracemalloc.start()
+    framer = StreamFramer()
+    for i in range(0, len(stream), args.chunk):
+        framer.feed(stream[i : i + args.chunk])
+    _, peak = tracemalloc.get_traced_memory()
+    print(f"framer peak traced memory while streaming: {peak / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()
