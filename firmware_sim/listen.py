@@ -24,6 +24,7 @@ from pymodbus.exceptions import ModbusException
 from firmware_sim.__main__ import resolve_scenario
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import Step, load_scenario
+from gateway.errors import ProtocolError
 from gateway.protocol.codec import decode_frame
 from gateway.protocol.framing import Item, Received, make_framer
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, registers_from_blocks
@@ -73,7 +74,7 @@ async def _udp(sock: socket.socket, quiet: bool) -> None:
         data = await loop.sock_recv(sock, 1024)
         try:
             _show("udp", Received(decode_frame(data), data), quiet)
-        except Exception as err:  # noqa: BLE001 - the demo shows every failure and goes on
+        except ProtocolError as err:
             _line("udp", f"REJECTED {err}")
 
 
