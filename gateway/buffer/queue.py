@@ -1,0 +1,267 @@
+"""The durable store-and-forward queue: nothing bound upstream exists only in memory.
+
+SQLite in WAL mode, ``synchronous=FULL`` (a commit survives a power cut),
+one writer. Callers hand in batches, so one commit covers many readings.
+Two lanes: alarms are always taken before any telemetry backlog; telemetry
+leaves oldest first. The file is bounded: past ``max_bytes`` the oldest
+telemetry is evicted first and alarms only when nothing else is left, and
+every eviction is counted in the database so the count survives restarts and
+reaches the platform.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            msg_id TEXT NOT NULL UNIQUE,
+            lane INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created REAL NOT NULL,
+            size INTEGER NOT NULL
+        );
+        CREATE INDEX outbox_lane ON outbox (lane, seq);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+}
+
+
+class QueueError(GatewayError):
+    """The queue's storage failed (disk full, unreadable file)."""
+
+
+class Lane(IntEnum):
+    """Lower goes first."""
+
+    ALARM = 0
+    TELEMETRY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message bound upstream. ``msg_id`` stays the same across retries and restarts."""
+
+    msg_id: str
+    lane: Lane
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    seq: int
+    message: Outgoing
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    depth: dict[Lane, int]
+    bytes: int
+    oldest_age_s: float | None
+    evicted: dict[Lane, int]
+
+
+class DurableQueue:
+    """A context manager around one SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise QueueError("queue is not open")
+        return self._db
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as err:
+            # A damaged file must not stop the gateway: keep it for forensics, start afresh.
+            aside = self.path.with_suffix(f".corrupt-{int(self._clock())}")
+            log.error("queue %s unreadable (%s); moved to %s", self.path, err, aside)  # noqa: TRY400 - the traceback adds nothing
+            self.path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            _integrity_check(db)
+            self._migrate(db)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise QueueError(
+                f"queue schema {version} is newer than this gateway ({SCHEMA_VERSION})"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            db.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _MIGRATIONS[target].split(";")):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={target}")
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # --- writing ---
+
+    def put_many(self, messages: Iterable[Outgoing]) -> int:
+        """Accept a batch in one commit; a message id already queued is not queued twice."""
+        now = self._clock()
+        rows = [(m.msg_id, int(m.lane), m.topic, m.payload, now, len(m.payload)) for m in messages]
+        if not rows:
+            return 0
+        try:
+            with self._transaction():
+                cursor = self.db.executemany(
+                    "INSERT OR IGNORE INTO outbox (msg_id, lane, topic, payload, created, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                accepted = cursor.rowcount
+                self._evict_over_limit()
+        except sqlite3.OperationalError as err:  # disk full, read-only, locked
+            raise QueueError(f"queue write failed: {err}") from err
+        return accepted
+
+    def ack(self, seqs: Sequence[int]) -> None:
+        """The broker has the messages: forget them."""
+        if not seqs:
+            return
+        with self._transaction():
+            self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def _evict_over_limit(self) -> None:
+        (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        excess = total - self.max_bytes
+        for lane in (Lane.TELEMETRY, Lane.ALARM):
+            if excess <= 0:
+                return
+            victims = []
+            freed = 0
+            for seq, size in self.db.execute(
+                "SELECT seq, size FROM outbox WHERE lane = ? ORDER BY seq", (int(lane),)
+            ):
+                if freed >= excess:
+                    break
+                victims.append((seq,))
+                freed += size
+            if victims:
+                self.db.executemany("DELETE FROM outbox WHERE seq = ?", victims)
+                self.db.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    (f"evicted_{lane.name.lower()}", len(victims)),
+                )
+                log.warning("queue full: evicted %d %s messages", len(victims), lane.name.lower())
+            excess -= freed
+
+    # --- reading ---
+
+    def peek(self, limit: int) -> list[Queued]:
+        """The next messages to publish: all alarms first, then telemetry oldest first."""
+        rows = self.db.execute(
+            "SELECT seq, msg_id, lane, topic, payload, created FROM outbox"
+            " ORDER BY lane, seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            Queued(seq, Outgoing(msg_id, Lane(lane), topic, bytes(payload)), created)
+            for seq, msg_id, lane, topic, payload, created in rows
+        ]
+
+    def stats(self) -> QueueStats:
+        depth = dict.fromkeys(Lane, 0)
+        for lane, count in self.db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane"):
+            depth[Lane(lane)] = count
+        total, oldest = self.db.execute(
+            "SELECT COALESCE(SUM(size), 0), MIN(created) FROM outbox"
+        ).fetchone()
+        evicted = dict.fromkeys(Lane, 0)
+        for name, value in self.db.execute("SELECT name, value FROM counters"):
+            for lane in Lane:
+                if name == f"evicted_{lane.name.lower()}":
+                    evicted[lane] = value
+        age = None if oldest is None else max(0.0, self._clock() - oldest)
+        return QueueStats(depth, total, age, evicted)
+
+
+def _integrity_check(db: sqlite3.Connection) -> None:
+    (check,) = db.execute("PRAGMA quick_check").fetchone()
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {check}")
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
