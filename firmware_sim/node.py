@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import (
     Battery,
     Event,
@@ -141,7 +140,3 @@ class SimNode:
             frame.flags | FrameFlags.RETRANSMISSION,
             frame.records,
         )
-
-
-def frame_bytes(frame: Frame) -> bytes:
-    return encode_frame(frame)

@@ -18,9 +18,10 @@ from typing import Any, Self
 
 from firmware_sim.dialects import Dialect, module_output
 from firmware_sim.modbus_slaves import Qdy30aLevel, SimBus, SimSlave, WitInclinometer
-from firmware_sim.node import NodeState, SimNode, frame_bytes
+from firmware_sim.node import NodeState, SimNode
 from firmware_sim.ptys import PtyPort
-from firmware_sim.scenario import Action, RadioPort, Scenario, Step
+from firmware_sim.scenario import Action, NodeSpec, RadioPort, Scenario, Step
+from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import Frame, GasKind
 
 log = logging.getLogger(__name__)
@@ -247,16 +248,16 @@ class ScenarioRunner:
         if node.drop_next:
             node.drop_next -= 1
             return
-        data = frame_bytes(frame)
+        data = encode_frame(frame)
         link = self._node_links[node.node_id]
         link.send(data, node)
         if node.duplicate_next:
             node.duplicate_next -= 1
             link.send(data, node)
 
-    async def _node_loop(self, node: SimNode, interval: float, heartbeat: float) -> None:
-        spec_boot = next(s.boot_on_start for s in self.scenario.nodes if s.node_id == node.node_id)
-        if spec_boot:
+    async def _node_loop(self, node: SimNode, spec: NodeSpec) -> None:
+        interval, heartbeat = spec.report_interval_s, spec.heartbeat_interval_s
+        if spec.boot_on_start:
             await self.sleep(self._rng.uniform(0, min(interval, 2.0)))
             self.transmit(node, node.boot())
         next_report = self.now() + self._rng.uniform(0.2, interval)
@@ -371,8 +372,7 @@ class ScenarioRunner:
                 self._spawn(link.pump(), f"pump-{link.spec.name}")
         for spec in self.scenario.nodes:
             node = self.nodes[spec.node_id]
-            loop = self._node_loop(node, spec.report_interval_s, spec.heartbeat_interval_s)
-            self._spawn(loop, f"node-{node.node_hex}")
+            self._spawn(self._node_loop(node, spec), f"node-{node.node_hex}")
         self._spawn(self._timeline(), "timeline")
         waiter = asyncio.ensure_future(self._sleep_until(self.scenario.duration_s))
         stopper = asyncio.ensure_future(stop.wait() if stop else asyncio.Event().wait())

@@ -100,11 +100,6 @@ class Table:
             raise ConfigError(self.key(name), "must be an array of tables ([[...]])")
         return [Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
 
-    def items(self) -> list[tuple[str, Any]]:
-        """Free-form keys (a table of named things); marks all as read."""
-        self._read.update(self._data)
-        return list(self._data.items())
-
     def convert(self, name: str, func: Callable[[Any], T], default: Any = _MISSING) -> T:
         value = self._get(name, default)
         if value is default:
