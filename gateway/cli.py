@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import __version__
 
@@ -20,11 +21,41 @@ def _decode(args: argparse.Namespace) -> int:
     return decode.run(args.frames, args.file, dialect=args.dialect, rssi_append=args.rssi_append)
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
+    from gateway.registry import load_registry  # noqa: PLC0415
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as err:
+        print(f"config refused: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.config}: ok (gateway {config.gateway_id}, digest {config.digest}; "
+        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus)"
+    )
+    if config.registry is not None:
+        registry, errors = load_registry(config.registry)
+        print(f"{config.registry}: {len(registry.covers)} covers")
+        for error in errors:
+            print(f"{config.registry}: {error}: row left out", file=sys.stderr)
+        if errors:
+            return 1
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.daemon_main import run_daemon  # noqa: PLC0415
+
+    return run_daemon(Path(args.config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covergw", description="Smart manhole cover gateway")
     parser.add_argument("--version", action="version", version=f"covergw {__version__}")
     parser.add_argument(
-        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
+        "--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO for run)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,14 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--rssi-append", action="store_true", help="the module appended an RSSI byte per packet"
     )
     p.set_defaults(func=_decode, parser=p)
+
+    p = sub.add_parser("run", help="run the gateway daemon")
+    p.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    p.set_defaults(func=_run, parser=p)
+
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration (and its registry) without starting",
+        description="Exit 0: valid. 2: refused (the key and reason are printed). "
+        "1: valid, but registry rows were left out.",
+    )
+    p.add_argument("config", metavar="FILE")
+    p.set_defaults(func=_check_config, parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    default_level = "INFO" if args.command == "run" else "WARNING"
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=(args.log_level or default_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     code: int = args.func(args)

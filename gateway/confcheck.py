@@ -89,6 +89,10 @@ class Table:
             allowed = ", ".join(e.value for e in enum)
             raise ConfigError(self.key(name), f"must be one of {allowed}, got {value!r}") from None
 
+    def names(self) -> list[str]:
+        """The keys of a table of named sub-tables (``[profiles.NAME]``)."""
+        return list(self._data)
+
     def table(self, name: str, *, required: bool = False) -> Table:
         value = self._get(name, _MISSING if required else {})
         return Table(value, self.key(name))

@@ -25,7 +25,7 @@ from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -40,6 +40,11 @@ _MIGRATIONS: dict[int, str] = {
         );
         CREATE INDEX outbox_lane ON outbox (lane, seq);
         CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+    # Alarm states and tilt baselines, written in the same commit as the
+    # alarm they produced, so the two can never disagree after a crash.
+    2: """
+        CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
 }
 
@@ -159,11 +164,11 @@ class DurableQueue:
 
     # --- writing ---
 
-    def put_many(self, messages: Iterable[Outgoing]) -> int:
-        """Accept a batch in one commit; a message id already queued is not queued twice."""
+    def put_many(self, messages: Iterable[Outgoing], *, state: dict[str, str] | None = None) -> int:
+        """Accept messages and state in one commit; a known message id is not queued twice."""
         now = self._clock()
         rows = [(m.msg_id, int(m.lane), m.topic, m.payload, now, len(m.payload)) for m in messages]
-        if not rows:
+        if not rows and not state:
             return 0
         try:
             with self._transaction():
@@ -172,7 +177,11 @@ class DurableQueue:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                accepted = cursor.rowcount
+                accepted = max(0, cursor.rowcount)
+                if state:
+                    self.db.executemany(
+                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items()
+                    )
                 self._evict_over_limit()
         except sqlite3.OperationalError as err:  # disk full, read-only, locked
             raise QueueError(f"queue write failed: {err}") from err
@@ -214,6 +223,10 @@ class DurableQueue:
             excess -= freed
 
     # --- reading ---
+
+    def get_state(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def peek(self, limit: int) -> list[Queued]:
         """The next messages to publish: all alarms first, then telemetry oldest first."""

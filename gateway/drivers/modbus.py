@@ -1,0 +1,185 @@
+"""The RS-485 Modbus RTU master: polls each slave through its device profile.
+
+One transaction at a time on the bus. A slave that fails (no reply, CRC
+error, exception reply, wrong slave) is reported on every failure with its
+count of consecutive failures (the edge logic decides when that is a fault)
+and is polled with backoff until it answers, never holding up the others.
+A bus adapter that vanishes is reopened with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.exceptions import ModbusException
+
+from gateway.backoff import Backoff, sleep_or_stop
+from gateway.config import ModbusConfig, SlaveConfig
+from gateway.drivers.base import PortState, Sink
+from gateway.errors import RegisterDecodeError
+from gateway.events import SlaveFailed, SlaveRead
+from gateway.protocol.modbus_profiles import registers_from_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slave:
+    config: SlaveConfig
+    next_due: float = 0.0
+    consecutive: int = 0
+    reads: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+class SlaveError(Exception):
+    """One failed transaction; the reason is what a technician needs to read."""
+
+
+class ModbusBus:
+    def __init__(
+        self,
+        config: ModbusConfig,
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._sink = sink
+        self._clock = clock
+        self._monotonic = monotonic
+        self.state = PortState.CLOSED
+        self.last_error: str | None = None
+        self.slaves = {s.address: _Slave(s) for s in config.slaves}
+        self._backoff = Backoff(config.reopen_min_s, config.reopen_max_s)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "modbus",
+            "port": self.config.port,
+            "state": self.state.value,
+            "last_error": self.last_error,
+            "slaves": {
+                str(a): {
+                    "profile": s.config.profile.name,
+                    "reads": s.reads,
+                    "failures": s.failures,
+                    "consecutive_failures": s.consecutive,
+                    "last_error": s.last_error,
+                }
+                for a, s in self.slaves.items()
+            },
+        }
+
+    def _client(self) -> AsyncModbusSerialClient:
+        c = self.config
+        return AsyncModbusSerialClient(
+            c.port,
+            baudrate=c.baudrate,
+            parity=c.parity,
+            timeout=c.timeout_s,
+            retries=c.retries,
+            reconnect_delay=0,  # reopening is ours, with our backoff and our state
+            name=f"modbus-{c.name}",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.slaves:
+            return
+        while not stop.is_set():
+            self.state = PortState.OPENING
+            client = self._client()
+            try:
+                await self._open(client)
+                self.state = PortState.OPEN
+                self._backoff.reset()
+                log.info("modbus %s: %s open", self.name, self.config.port)
+                await self._poll(client, stop)
+            except OSError as err:
+                first = self.state is PortState.OPEN or self.last_error is None
+                self.state = PortState.DOWN
+                self.last_error = str(err)
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "modbus %s down: %s",
+                    self.name,
+                    err,
+                )
+            finally:
+                client.close()
+            if not stop.is_set() and await sleep_or_stop(stop, self._backoff.next_delay()):
+                break
+        self.state = PortState.CLOSED
+
+    async def _open(self, client: AsyncModbusSerialClient) -> None:
+        if not await client.connect():
+            raise OSError(f"cannot open {self.config.port}")
+
+    async def _poll(self, client: AsyncModbusSerialClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            slave = min(self.slaves.values(), key=lambda s: s.next_due)
+            wait = slave.next_due - self._monotonic()
+            if wait > 0 and await sleep_or_stop(stop, wait):
+                return
+            if not client.connected:
+                raise OSError("adapter closed")
+            try:
+                values = await self._read(client, slave.config)
+            except SlaveError as err:
+                self._failed(slave, str(err))
+            else:
+                self._succeeded(slave, values)
+
+    async def _read(self, client: AsyncModbusSerialClient, slave: SlaveConfig) -> dict[str, float]:
+        profile = slave.profile
+        plan = profile.read_plan()
+        replies = []
+        read = (
+            client.read_input_registers if profile.function == 4 else client.read_holding_registers
+        )
+        for block in plan:
+            try:
+                reply = await read(block.address, count=block.count, device_id=slave.address)
+            except ModbusException as err:
+                raise SlaveError(f"no valid reply: {err}") from err
+            if reply.isError():
+                raise SlaveError(f"exception reply {getattr(reply, 'exception_code', '?')}")
+            if reply.dev_id != slave.address:
+                raise SlaveError(f"reply from slave {reply.dev_id}")
+            replies.append(reply.registers)
+        try:
+            return profile.decode(registers_from_blocks(plan, replies))
+        except RegisterDecodeError as err:
+            raise SlaveError(str(err)) from err
+
+    def _succeeded(self, slave: _Slave, values: dict[str, float]) -> None:
+        if slave.consecutive:
+            log.info("modbus %s slave %d answers again", self.name, slave.config.address)
+        slave.consecutive = 0
+        slave.reads += 1
+        slave.last_error = None
+        slave.next_due = self._monotonic() + slave.config.poll_interval_s
+        self._sink(SlaveRead(self.name, slave.config.address, self._clock(), values), False)
+
+    def _failed(self, slave: _Slave, reason: str) -> None:
+        slave.consecutive += 1
+        slave.failures += 1
+        slave.last_error = reason
+        interval = slave.config.poll_interval_s
+        delay = min(self.config.backoff_max_s, interval * 2 ** min(slave.consecutive - 1, 16))
+        slave.next_due = self._monotonic() + max(interval, delay)
+        level = logging.WARNING if slave.consecutive == 1 else logging.DEBUG
+        log.log(level, "modbus %s slave %d: %s", self.name, slave.config.address, reason)
+        self._sink(
+            SlaveFailed(self.name, slave.config.address, self._clock(), reason, slave.consecutive),
+            True,
+        )

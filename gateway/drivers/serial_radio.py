@@ -1,0 +1,124 @@
+"""A LoRa radio module on a serial port (transparent or AT-line dialect).
+
+The port is opened by path (``/dev/serial/by-id/...`` links work). If it
+errors or disappears (a USB adapter pulled), it is reopened with backoff while
+the rest of the gateway carries on; ``status()`` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import serial
+import serial_asyncio_fast
+
+from gateway.backoff import Backoff, sleep_or_stop
+from gateway.config import RadioConfig
+from gateway.drivers.base import PortState, Sink
+from gateway.events import FrameHeard
+from gateway.protocol.framing import IDLE_GAP_S, Received, make_framer
+from gateway.protocol.messages import FrameFlags, MessageType
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 4096
+
+
+def is_critical(received: Received) -> bool:
+    frame = received.frame
+    return frame.msg_type is MessageType.EVENT or FrameFlags.NODE_ALARM in frame.flags
+
+
+class SerialRadio:
+    def __init__(
+        self, config: RadioConfig, sink: Sink, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._sink = sink
+        self._clock = clock
+        self.framer = make_framer(config.dialect.value, rssi_append=config.rssi_append)
+        self.state = PortState.CLOSED
+        self.opens = 0
+        self.last_error: str | None = None
+        self._backoff = Backoff(config.reopen_min_s, config.reopen_max_s)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "radio",
+            "port": self.config.port,
+            "dialect": self.config.dialect.value,
+            "state": self.state.value,
+            "opens": self.opens,
+            "last_error": self.last_error,
+            **self.framer.stats.as_dict(),
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.state = PortState.OPENING
+            try:
+                reader, writer = await serial_asyncio_fast.open_serial_connection(
+                    url=self.config.port, baudrate=self.config.baudrate
+                )
+            except (OSError, serial.SerialException) as err:
+                self._down(err)
+                if await sleep_or_stop(stop, self._backoff.next_delay()):
+                    break
+                continue
+            self.state = PortState.OPEN
+            self.opens += 1
+            self._backoff.reset()
+            log.info("radio %s: %s open", self.name, self.config.port)
+            try:
+                for command in self.config.init:
+                    writer.write(command.encode("ascii") + b"\r\n")
+                    await writer.drain()
+                await self._read(reader, stop)
+            except (OSError, serial.SerialException, ConnectionError) as err:
+                self._down(err)
+            finally:
+                writer.close()
+            if not stop.is_set() and await sleep_or_stop(stop, self._backoff.next_delay()):
+                break
+        self.state = PortState.CLOSED
+
+    def _down(self, err: BaseException) -> None:
+        first = self.state is PortState.OPEN or self.last_error is None
+        self.state = PortState.DOWN
+        self.last_error = str(err) or type(err).__name__
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "radio %s down: %s",
+            self.name,
+            self.last_error,
+        )
+
+    async def _read(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                read = asyncio.ensure_future(reader.read(READ_SIZE))
+                done, _ = await asyncio.wait(
+                    {read, stopper}, timeout=IDLE_GAP_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if read not in done:
+                    read.cancel()
+                    self._emit(self.framer.idle())
+                    continue
+                data = read.result()
+                if not data:
+                    raise ConnectionError("port closed (end of file)")
+                self._emit(self.framer.feed(data))
+        finally:
+            stopper.cancel()
+
+    def _emit(self, items: list[Any]) -> None:
+        at = self._clock()
+        for item in items:
+            if isinstance(item, Received):
+                self._sink(FrameHeard(self.name, at, item), is_critical(item))

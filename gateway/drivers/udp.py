@@ -1,0 +1,74 @@
+"""NB-IoT nodes over UDP: the operator's APN delivers one frame per datagram."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import UdpConfig
+from gateway.drivers.base import PortState, Sink
+from gateway.drivers.serial_radio import is_critical
+from gateway.errors import ProtocolError
+from gateway.events import FrameHeard
+from gateway.protocol.codec import decode_frame
+from gateway.protocol.framing import FramerStats, Received, Rejected
+
+log = logging.getLogger(__name__)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UdpListener) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.owner.datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp %s: %s", self.owner.name, exc)
+
+
+class UdpListener:
+    def __init__(
+        self, config: UdpConfig, sink: Sink, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._sink = sink
+        self._clock = clock
+        self.stats = FramerStats()
+        self.state = PortState.CLOSED
+        self.bound: tuple[str, int] | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "udp",
+            "bind": f"{self.config.host}:{self.config.port}",
+            "state": self.state.value,
+            **self.stats.as_dict(),
+        }
+
+    def datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            received = Received(decode_frame(data), data)
+        except ProtocolError as err:
+            self.stats.record(Rejected(err, data))
+            return
+        self.stats.record(received)
+        self._sink(FrameHeard(self.name, self._clock(), received), is_critical(received))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.config.host, self.config.port)
+        )
+        self.bound = transport.get_extra_info("sockname")[:2]
+        self.state = PortState.OPEN
+        log.info("udp %s listening on %s", self.name, self.bound)
+        try:
+            await stop.wait()
+        finally:
+            transport.close()
+            self.state = PortState.CLOSED

@@ -1,0 +1,38 @@
+"""What the drivers hand the edge logic: frozen, timestamped, one per thing heard.
+
+Times are UTC seconds since the epoch, stamped by the gateway on receipt
+(nodes have no clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.protocol.framing import Received
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeard:
+    source: str  # the port's name in the config (``lora0``, ``nbiot``)
+    at: float
+    received: Received
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveRead:
+    bus: str
+    address: int
+    at: float
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveFailed:
+    bus: str
+    address: int
+    at: float
+    reason: str
+    consecutive: int
+
+
+Input = FrameHeard | SlaveRead | SlaveFailed

@@ -1,0 +1,274 @@
+"""The MQTT uplink: drains the durable queue to the broker, QoS 1, and nothing else.
+
+A message leaves the queue only when the broker has acknowledged it (PUBACK);
+until then it is published again after every reconnect, under the same id.
+Alarms go one per message, ahead of any backlog; telemetry rows go in
+batches bounded by count and bytes. The connection is an explicit state
+machine with capped, jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import __version__
+from gateway.backoff import Backoff, sleep_or_stop
+from gateway.buffer.queue import DurableQueue, Lane, Queued, QueueError
+from gateway.config import MqttProtocol, UplinkConfig
+from gateway.edge.engine import iso
+
+log = logging.getLogger(__name__)
+
+ROUND_ROWS = 2000  # rows taken from the queue per publishing round
+
+
+class UplinkState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+@dataclass
+class UplinkStats:
+    state: UplinkState = UplinkState.CONNECTING
+    connects: int = 0
+    reconnects: int = 0
+    published_messages: int = 0
+    published_rows: int = 0
+    last_error: str | None = None
+    connected_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One MQTT message and the queue rows it carries."""
+
+    topic: str
+    payload: bytes
+    seqs: tuple[int, ...]
+
+
+def batch_units(rows: list[Queued], *, max_count: int, max_bytes: int) -> list[Unit]:
+    """Alarms one per message; runs of telemetry rows joined into bounded batches."""
+    units: list[Unit] = []
+    batch: list[Queued] = []
+    size = 0
+
+    def close_batch() -> None:
+        nonlocal batch, size
+        if not batch:
+            return
+        first = batch[0].message
+        envelope = {
+            "msg_id": f"batch-{first.msg_id}-{len(batch)}",
+            "sent_at": iso(time.time()),
+            "count": len(batch),
+        }
+        head = json.dumps(envelope, separators=(",", ":"))[:-1].encode() + b',"readings":['
+        body = b",".join(q.message.payload for q in batch)
+        units.append(Unit(first.topic, head + body + b"]}", tuple(q.seq for q in batch)))
+        batch, size = [], 0
+
+    for row in rows:
+        if row.message.lane is Lane.ALARM:
+            close_batch()
+            units.append(Unit(row.message.topic, row.message.payload, (row.seq,)))
+            continue
+        if batch and (len(batch) >= max_count or size + len(row.message.payload) > max_bytes):
+            close_batch()
+        batch.append(row)
+        size += len(row.message.payload) + 1
+    close_batch()
+    return units
+
+
+class Uplink:
+    def __init__(
+        self,
+        config: UplinkConfig,
+        *,
+        topic_root: str,
+        queue: DurableQueue,
+        wakeup: asyncio.Event,
+        birth: dict[str, Any],
+        stats_payload: Callable[[], dict[str, Any]],
+        stats_interval_s: float,
+    ) -> None:
+        self.config = config
+        self.topic_root = topic_root
+        self.queue = queue
+        self.wakeup = wakeup
+        self.birth = birth
+        self.stats_payload = stats_payload
+        self.stats_interval_s = stats_interval_s
+        self.stats = UplinkStats()
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._client: aiomqtt.Client | None = None
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.topic_root}/status"
+
+    def _client_for(self) -> aiomqtt.Client:
+        c = self.config
+        v5 = c.protocol is MqttProtocol.V5
+        will = aiomqtt.Will(
+            self.status_topic,
+            json.dumps({"state": "offline", "reason": "connection lost", **self._ident()}),
+            qos=1,
+            retain=True,
+        )
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = c.session_expiry_s
+        tls_context = None
+        if c.tls is not None:
+            tls_context = ssl.create_default_context(cafile=str(c.tls.ca_file))
+            if c.tls.cert_file is not None and c.tls.key_file is not None:
+                tls_context.load_cert_chain(str(c.tls.cert_file), str(c.tls.key_file))
+        return aiomqtt.Client(
+            c.host,
+            c.port,
+            username=c.username,
+            password=c.password,
+            identifier=c.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            clean_session=None if v5 else False,
+            # v5 resumes the session; v3.1.1 ignores clean_start and uses clean_session.
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            keepalive=c.keepalive_s,
+            timeout=c.publish_timeout_s,
+            max_inflight_messages=c.max_inflight,
+            properties=properties,
+            tls_context=tls_context,
+            logger=logging.getLogger("gateway.uplink.mqtt"),
+        )
+
+    def _ident(self) -> dict[str, Any]:
+        return {"gateway": self.birth.get("gateway"), "version": __version__}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, drain, reconnect, until ``stop`` is set."""
+        while not stop.is_set():
+            self.stats.state = UplinkState.CONNECTING
+            try:
+                async with self._client_for() as client:
+                    self._client = client
+                    await self._on_connected(client)
+                    await self._serve(client, stop)
+                    await self._goodbye(client)
+                    return
+            except aiomqtt.MqttError as err:
+                self._on_failure(err)
+            except QueueError:
+                log.exception("queue failed under the uplink; retrying")
+                self._on_failure(None)
+            finally:
+                self._client = None
+                self.stats.connected_since = None
+            if stop.is_set():
+                break
+            self.stats.state = UplinkState.BACKOFF
+            delay = self._backoff.next_delay()
+            log.debug("uplink: reconnecting in %.1f s", delay)
+            await sleep_or_stop(stop, delay)
+        self.stats.state = UplinkState.STOPPED
+
+    def _on_failure(self, err: Exception | None) -> None:
+        text = str(err) if err else "queue error"
+        first = self.stats.last_error is None or self.stats.state is UplinkState.CONNECTED
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "uplink to %s:%d down: %s", self.config.host, self.config.port, text)
+        self.stats.last_error = text
+
+    async def _on_connected(self, client: aiomqtt.Client) -> None:
+        self.stats.state = UplinkState.CONNECTED
+        self.stats.connects += 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
+        self.stats.connected_since = time.time()
+        self.stats.last_error = None
+        self._backoff.reset()
+        log.info("uplink connected to %s:%d", self.config.host, self.config.port)
+        await client.publish(
+            self.status_topic, json.dumps({"state": "online", **self.birth}), qos=1, retain=True
+        )
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """A clean shutdown sends no will: say offline ourselves."""
+        payload = {"state": "offline", "reason": "shutdown", **self._ident()}
+        try:
+            await client.publish(self.status_topic, json.dumps(payload), qos=1, retain=True)
+        except aiomqtt.MqttError as err:
+            log.debug("uplink: goodbye not delivered: %s", err)
+
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        next_stats = time.monotonic()
+        while not stop.is_set():
+            if time.monotonic() >= next_stats:
+                await self._publish_stats(client)
+                next_stats = time.monotonic() + self.stats_interval_s
+            sent = await self._drain_round(client)
+            if sent:
+                continue
+            self.wakeup.clear()
+            timeout = max(0.0, min(1.0, next_stats - time.monotonic()))
+            waiter = asyncio.ensure_future(self.wakeup.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+        await self._drain_round(client)  # what is already queued gets its chance before exit
+
+    async def _publish_stats(self, client: aiomqtt.Client) -> None:
+        payload = self.stats_payload()
+        await client.publish(f"{self.topic_root}/stats", json.dumps(payload), qos=1, retain=True)
+
+    async def _drain_round(self, client: aiomqtt.Client) -> int:
+        rows = self.queue.peek(ROUND_ROWS)
+        if not rows:
+            return 0
+        units = batch_units(
+            rows,
+            max_count=self.config.telemetry_batch_max,
+            max_bytes=self.config.telemetry_batch_bytes,
+        )
+        window = asyncio.Semaphore(self.config.max_inflight)
+        acked: list[int] = []
+
+        async def send(unit: Unit) -> None:
+            async with window:
+                await client.publish(unit.topic, unit.payload, qos=1)
+                acked.extend(unit.seqs)
+                self.stats.published_messages += 1
+                self.stats.published_rows += len(unit.seqs)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for unit in units:
+                    group.create_task(send(unit))
+        except* aiomqtt.MqttError as errors:
+            self.queue.ack(acked)
+            raise errors.exceptions[0] from None
+        self.queue.ack(acked)
+        return len(acked)
