@@ -62,12 +62,19 @@ class RadioLink:
         chunk = self.spec.chunk_bytes
         while True:
             data = await self._queue.get()
-            if not chunk:
-                self.port.write(data)
-                continue
-            for i in range(0, len(data), chunk):
-                self.port.write(data[i : i + chunk])
-                await asyncio.sleep(0.001)
+            try:
+                if not chunk:
+                    self.port.write(data)
+                    continue
+                for i in range(0, len(data), chunk):
+                    self.port.write(data[i : i + chunk])
+                    await asyncio.sleep(0.001)
+            finally:
+                self._queue.task_done()
+
+    async def drained(self) -> None:
+        await self._queue.join()
+        await asyncio.sleep(0.05)  # the last packet's bytes leave the pty
 
     def close(self) -> None:
         self.port.close()
@@ -163,6 +170,7 @@ class ScenarioRunner:
         self._node_links: dict[int, Link] = {}
         self._t0 = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sent: list[Frame] = []  # every frame put on the air (a duplicate counted once)
 
     async def __aenter__(self) -> Self:
         for radio in self.scenario.radios:
@@ -249,6 +257,7 @@ class ScenarioRunner:
             node.drop_next -= 1
             return
         data = encode_frame(frame)
+        self.sent.append(frame)
         link = self._node_links[node.node_id]
         link.send(data, node)
         if node.duplicate_next:
@@ -381,6 +390,15 @@ class ScenarioRunner:
         finally:
             waiter.cancel()
             stopper.cancel()
+
+    async def quiesce(self) -> None:
+        """Stop every node and the timeline; wait until what is queued is on the wire."""
+        for task in list(self._tasks):
+            if not task.get_name().startswith("pump-"):
+                task.cancel()
+        for link in self.links.values():
+            if isinstance(link, RadioLink):
+                await link.drained()
 
     async def _timeline(self) -> None:
         for step in self.scenario.timeline:

@@ -1,0 +1,303 @@
+"""Real parts for end-to-end tests: a Mosquitto the test owns, a validating subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A Mosquitto on a free loopback port; ``stop()``/``start()`` make an outage."""
+
+    def __init__(self, workdir: Path, *, extra_conf: str = "", port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            extra_conf
+            or (
+                f"listener {self.port} 127.0.0.1\n"
+                "allow_anonymous true\n"
+                "persistence true\n"  # the subscriber's session survives an outage
+                f"persistence_location {workdir}/\n"
+                "max_queued_messages 0\n"
+            )
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "mosquitto.log").open("ab"),
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def __enter__(self) -> Broker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _validators() -> dict[str, Draft202012Validator]:
+    schemas = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.schema.json")}
+    registry: Registry[Any] = Registry().with_resources(
+        (s["$id"], Resource.from_contents(s)) for s in schemas.values()
+    )
+    return {
+        name.removesuffix(".schema.json"): Draft202012Validator(schema, registry=registry)
+        for name, schema in schemas.items()
+        if name != "common.schema.json"
+    }
+
+
+VALIDATORS = _validators()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: dict[str, Any]
+    retained: bool
+    at: float  # monotonic arrival
+
+
+@dataclass
+class Collector:
+    """Subscribes to ``covers/#`` with a persistent session; validates everything it gets."""
+
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    client_id: str = field(default_factory=lambda: f"test-collector-{free_port()}")
+
+    async def __aenter__(self) -> Collector:
+        connected = asyncio.Event()
+        self._task = asyncio.create_task(self._run(connected))
+        await asyncio.wait_for(connected.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, connected: asyncio.Event) -> None:
+        client = aiomqtt.Client(
+            "127.0.0.1",
+            self.port,
+            identifier=self.client_id,
+            clean_session=False,
+            protocol=aiomqtt.ProtocolVersion.V311,
+        )
+        while True:
+            try:
+                async with client:
+                    await client.subscribe("covers/#", qos=1)
+                    connected.set()
+                    async for message in client.messages:
+                        self._take(message)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    def _take(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        assert isinstance(message.payload, bytes)
+        payload = json.loads(message.payload)
+        kind = topic.rsplit("/", 1)[-1]
+        validator = VALIDATORS.get(kind)
+        if validator is None:
+            self.errors.append(f"unexpected topic {topic}")
+        else:
+            for error in validator.iter_errors(payload):
+                self.errors.append(f"{topic}: {error.message} at {list(error.absolute_path)}")
+        self.messages.append(Received(topic, payload, bool(message.retain), time.monotonic()))
+        self._arrived.set()
+
+    # --- views ---
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m.payload for m in self.messages if m.topic.endswith(f"/{kind}")]
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Alarm messages, de-duplicated by msg_id as the platform does."""
+        seen: dict[str, dict[str, Any]] = {}
+        for a in self.of("alarm"):
+            seen.setdefault(a["msg_id"], a)
+        return list(seen.values())
+
+    def readings(self) -> list[dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
+        for batch in self.of("telemetry"):
+            for reading in batch["readings"]:
+                seen.setdefault(reading["reading_id"], reading)
+        return list(seen.values())
+
+    def alarm_summary(self) -> list[tuple[str | None, str, str | None, str]]:
+        return [
+            (
+                (a["cover"] or {}).get("cover_id") or a["source"].get("node"),
+                a["kind"],
+                a["sub"],
+                a["state"],
+            )
+            for a in self.alarms()
+        ]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ASYNC109 - reads like asyncio.wait_for
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), 0.2)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_config(
+    tmp: Path,
+    *,
+    broker_port: int,
+    endpoints: Any,
+    scenario: Any,
+    registry_csv: str,
+    udp_port: int | None = None,
+    alarms: dict[str, Any] | None = None,
+    uplink: dict[str, Any] | None = None,
+    queue: dict[str, Any] | None = None,
+    poll_interval_s: float = 0.25,
+) -> dict[str, Any]:
+    """A configuration pointing the gateway at the simulator's ports and the test's broker."""
+    registry = tmp / "covers.csv"
+    registry.write_text(registry_csv, encoding="utf-8")
+    models = {(b.name, s.address): s.model for b in scenario.buses for s in b.slaves}
+    return {
+        "gateway": {"id": "gw-test", "state_dir": str(tmp / "state"), "registry": str(registry)},
+        "uplink": {
+            "host": "127.0.0.1",
+            "port": broker_port,
+            "stats_interval_s": 1,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "publish_timeout_s": 3,
+            **(uplink or {}),
+        },
+        "queue": {"flush_interval_s": 0.05, **(queue or {})},
+        "radio": [
+            {
+                "name": name,
+                "port": r["path"],
+                "dialect": r["dialect"],
+                "rssi_append": r["rssi_append"],
+                "reopen_min_s": 0.1,
+                "reopen_max_s": 0.5,
+            }
+            for name, r in endpoints.radios.items()
+        ],
+        "udp": [{"name": name, "bind": f"127.0.0.1:{udp_port}"} for name in endpoints.udp],
+        "modbus": [
+            {
+                "name": name,
+                "port": b["path"],
+                "timeout_s": 0.2,
+                "retries": 0,
+                "backoff_max_s": 1.0,
+                "slaves": [
+                    {
+                        "address": a,
+                        "profile": models[(name, a)],
+                        "poll_interval_s": poll_interval_s,
+                    }
+                    for a in b["slaves"]
+                ],
+            }
+            for name, b in endpoints.buses.items()
+        ],
+        "alarms": alarms or {},
+    }
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for gateway configs: scalars, lists, tables, arrays of tables."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(v)
+
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_tables(v)}
+        for k, v in scalars.items():
+            lines.append(f"{k} = {value(v)}")
+        for k, v in d.items():
+            name = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                lines.append(f"\n[{name}]")
+                table(name, v)
+            elif _is_tables(v):
+                for item in v:
+                    lines.append(f"\n[[{name}]]")
+                    table(name, item)
+
+    table("", data)
+    return "\n".join(lines) + "\n"
+
+
+def _is_tables(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

@@ -1,0 +1,289 @@
+"""The whole gateway, the simulator and a real Mosquitto: asserts on what the broker delivered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_sim.__main__ import resolve_scenario
+from firmware_sim.runner import ScenarioRunner
+from firmware_sim.scenario import Scenario, load_scenario
+from gateway.config import parse_config
+from gateway.daemon import Gateway
+from gateway.protocol.messages import MessageType
+from tests.harness import Broker, Collector, free_udp_port, gateway_config
+
+REGISTRY = """\
+cover_id,name,owner_unit,cover_kind,address,latitude,longitude,node_id,modbus,sensor_depth_mm
+HZ-0001,文三路雨水井,排水,rainwater,西湖区文三路 88 号,30.2741,120.1551,00C0FFEE,rs485-0:0x50,
+HZ-0002,污水井,drainage,sewage,Lane 2,30.2743,120.1556,00000101,rs485-0:1,2500
+HZ-0003,通信人井,telecom,telecom,学院路 14 号,,,0000002A,,
+"""
+
+
+@dataclass
+class Rig:
+    broker: Broker
+    collector: Collector
+    sim: ScenarioRunner
+    gateway: Gateway
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+async def start_rig(
+    tmp_path: Path,
+    broker: Broker,
+    scenario: Scenario,
+    *,
+    speed: float,
+    alarms: dict[str, Any] | None = None,
+    **config: Any,
+) -> tuple[ScenarioRunner, Gateway, asyncio.Event, asyncio.Task[None]]:
+    udp_port = free_udp_port()
+    sim = ScenarioRunner(scenario, speed=speed, udp_target=("127.0.0.1", udp_port))
+    await sim.__aenter__()
+    data = gateway_config(
+        tmp_path,
+        broker_port=broker.port,
+        endpoints=sim.endpoints(),
+        scenario=scenario,
+        registry_csv=REGISTRY,
+        udp_port=udp_port,
+        alarms=alarms,
+        **config,
+    )
+    gateway = Gateway(parse_config(data, base_dir=tmp_path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    await asyncio.sleep(0.3)  # ports open before the first frame
+    return sim, gateway, stop, task
+
+
+async def finish(sim: ScenarioRunner, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    await sim.__aexit__(None, None, None)
+
+
+def shipped(name: str) -> Scenario:
+    return load_scenario(resolve_scenario(name))
+
+
+async def run_scenario(
+    tmp_path: Path, broker: Broker, name: str, *, speed: float, settle_s: float = 1.5, **kw: Any
+) -> tuple[Collector, ScenarioRunner, Gateway]:
+    async with Collector(broker.port) as collector:
+        sim, gateway, stop, task = await start_rig(
+            tmp_path, broker, shipped(name), speed=speed, **kw
+        )
+        await sim.run()
+        await sim.quiesce()
+        await asyncio.sleep(settle_s)
+        await finish(sim, stop, task)
+        await asyncio.sleep(0.3)
+    assert collector.errors == []  # every message matched its JSON Schema
+    return collector, sim, gateway
+
+
+async def test_lorry_over_covers_raises_nothing(tmp_path: Path, broker: Broker) -> None:
+    collector, _, _ = await run_scenario(tmp_path, broker, "lorry", speed=1.0)
+    assert [a for a in collector.alarm_summary() if a[1] == "tilt"] == []
+    readings = collector.readings()
+    tilts = [r["derived"].get("tilt_deg") for r in readings if r["source"]["type"] == "modbus"]
+    assert tilts  # the wired inclinometer was read and forwarded
+    spike = [
+        r
+        for r in readings
+        if r["source"].get("msg_type") == "REPORT" and r["derived"]["tilt_deg"] > 15
+    ]
+    assert spike  # the radio node did report during the spike, and still no alarm
+
+
+async def test_cover_opened_and_closed(tmp_path: Path, broker: Broker) -> None:
+    collector, _, _ = await run_scenario(tmp_path, broker, "cover_opened", speed=4.0)
+    summary = collector.alarm_summary()
+    assert summary == [
+        ("HZ-0001", "cover_open", None, "raised"),
+        ("HZ-0001", "cover_open", None, "cleared"),
+    ]
+    raised, cleared = collector.alarms()
+    assert raised["alarm_id"] == cleared["alarm_id"]
+    assert raised["cover"]["owner_unit"] == "drainage"
+    assert raised["cover"]["address"] == "西湖区文三路 88 号"
+    assert raised["severity"] == "critical"
+    assert raised["source"]["node"] == "00C0FFEE"
+    # The EVENT was sent three times and heard once more as a duplicate: one reading.
+    events = [r for r in collector.readings() if r["source"].get("msg_type") == "EVENT"]
+    assert len(events) == 2  # opened, closed
+    stats = collector.of("stats")[-1]
+    assert stats["edge"]["duplicates"] >= 3
+
+
+async def test_flood_rises_and_falls(tmp_path: Path, broker: Broker) -> None:
+    collector, _, _ = await run_scenario(
+        tmp_path, broker, "flood", speed=4.0, alarms={"hold_s": 0.5}
+    )
+    summary = collector.alarm_summary()
+    assert ("HZ-0002", "water_high", None, "raised") in summary
+    assert ("HZ-0002", "water_high", None, "cleared") in summary
+    assert ("HZ-0002", "water_high", "rs485-0:1", "raised") in summary
+    assert ("HZ-0002", "water_overflow", "rs485-0:1", "raised") in summary
+    assert ("HZ-0002", "water_overflow", "rs485-0:1", "cleared") in summary
+    assert (
+        "HZ-0002",
+        "water_overflow",
+        None,
+        "raised",
+    ) not in summary  # the node's water stopped at 250 mm
+    overflow = next(a for a in collector.alarms() if a["kind"] == "water_overflow")
+    assert overflow["value"] <= 200
+    assert overflow["source"] == {"type": "modbus", "bus": "rs485-0", "slave": 1}
+
+
+async def test_faults_change_counters_and_alarms_never_the_flow(
+    tmp_path: Path, broker: Broker
+) -> None:
+    collector, sim, _ = await run_scenario(
+        tmp_path,
+        broker,
+        "faults",
+        speed=3.0,
+        settle_s=3.0,
+        alarms={"offline_after_s": 2.5, "report_count": 2},
+    )
+    summary = collector.alarm_summary()
+    assert ("HZ-0001", "low_battery", None, "raised") in summary
+    assert ("1234ABCD", "node_offline", None, "raised") in summary  # not registered: still raised
+    assert ("HZ-0002", "sensor_fault", "rs485-0:1", "raised") in summary
+    assert ("HZ-0002", "sensor_fault", "rs485-0:1", "cleared") in summary
+    assert ("HZ-0002", "node_offline", None, "raised") in summary  # registered, never heard
+    offline = next(
+        a
+        for a in collector.alarms()
+        if a["kind"] == "node_offline" and a["source"]["node"] == "1234ABCD"
+    )
+    assert offline["registered"] is False
+    assert offline["cover"] is None
+    stats = collector.of("stats")[-1]
+    lora0 = stats["ports"]["lora0"]
+    assert lora0["skipped_bytes"] > 0
+    assert (
+        lora0["rejected_bad_crc"] + lora0["rejected_bad_length"] + lora0["rejected_truncated"] > 0
+    )
+    assert stats["ports"]["lora1"]["ignored_lines"] > 0
+    assert stats["edge"]["lost_frames"] >= 2  # two frames of 0000002A dropped over the air
+    # Noise on lora0 and the dead slave stopped nothing: every frame of the other
+    # nodes reached the broker, across the seq wrap and the reboot.
+    got = {
+        (r["source"]["node"], r["source"]["seq"], r["source"]["msg_type"])
+        for r in collector.readings()
+        if r["source"]["type"] == "node"
+    }
+    sent = {(f"{f.node_id:08X}", f.seq, f.msg_type.name) for f in sim.sent}
+    assert sent <= got
+    assert any(s[0] == "0000002A" and s[2] == "BOOT" for s in got)
+    assert {
+        r["source"]["slave"] for r in collector.readings() if r["source"]["type"] == "modbus"
+    } == {0x50, 1}
+
+
+async def test_broker_outage_loses_nothing_and_alarms_go_first(
+    tmp_path: Path, broker: Broker
+) -> None:
+    scenario = load_scenario(resolve_scenario("cover_opened"))
+    data = {
+        "scenario": {"name": "outage", "duration_s": 12, "seed": 4},
+        "radio": [{"name": "lora0", "rssi_append": True}],
+        "node_groups": [
+            {"first_id": "00A00000", "count": 40, "link": "lora0", "report_interval_s": 0.4}
+        ],
+        "nodes": [{"id": "00C0FFEE", "link": "lora0", "report_interval_s": 1}],
+        "timeline": [
+            {"at_s": 5, "do": "set", "node": "00C0FFEE", "tilt_deg": [50.0, 0.0]},
+            {"at_s": 5.2, "do": "event", "node": "00C0FFEE", "event": "cover_opened", "retries": 1},
+        ],
+    }
+    from firmware_sim.scenario import parse_scenario  # noqa: PLC0415
+
+    scenario = parse_scenario(data)
+    async with Collector(broker.port) as collector:
+        sim, gateway, stop, task = await start_rig(tmp_path, broker, scenario, speed=1.0)
+        run = asyncio.create_task(sim.run())
+        await asyncio.sleep(3)
+        broker.stop()
+        outage_started = len(collector.messages)
+        await asyncio.sleep(5)  # the cover is opened during the outage
+        queued = gateway.queue.stats()
+        broker.start()
+        await run
+        await sim.quiesce()
+        distinct = len({(f.node_id, f.seq) for f in sim.sent})
+        await collector.wait_for(lambda: len(collector.readings()) >= distinct, timeout=30)
+        await finish(sim, stop, task)
+    assert collector.errors == []
+    assert queued.depth  # the outage really held messages back
+    sent = {(f"{f.node_id:08X}", f.seq) for f in sim.sent}
+    got = [(r["source"]["node"], r["source"]["seq"]) for r in collector.readings()]
+    assert set(got) == sent  # every reading, none missing
+    assert len(got) == len(set(got))  # and none twice after de-duplication
+    # After the outage, the alarm raised during it came before the backlog of readings.
+    after = collector.messages[outage_started:]
+    kinds = [m.topic.rsplit("/", 1)[-1] for m in after if m.topic.endswith(("alarm", "telemetry"))]
+    assert kinds[0] == "alarm"
+    assert ("HZ-0001", "cover_open", None, "raised") in collector.alarm_summary()
+    assert MessageType.EVENT.name in {r["source"]["msg_type"] for r in collector.readings()}
+
+
+async def test_alarm_state_survives_restart(tmp_path: Path, broker: Broker) -> None:
+    """An active alarm is neither raised again nor forgotten across a restart."""
+    from firmware_sim.scenario import parse_scenario  # noqa: PLC0415
+
+    node = {"id": "00C0FFEE", "link": "lora0", "report_interval_s": 0.5, "boot_on_start": False}
+    opened = {
+        "scenario": {"name": "open", "duration_s": 3, "seed": 4},
+        "radio": [{"name": "lora0"}],
+        "nodes": [node],
+        "timeline": [
+            {"at_s": 1, "do": "set", "node": "00C0FFEE", "tilt_deg": [50.0, 0.0]},
+            {"at_s": 1.1, "do": "event", "node": "00C0FFEE", "event": "cover_opened"},
+        ],
+    }
+    still_open_then_closed = {
+        "scenario": {"name": "closed", "duration_s": 3, "seed": 4},
+        "radio": [{"name": "lora0"}],
+        "nodes": [{**node, "tilt_deg": [50.0, 0.0]}],
+        "timeline": [
+            {"at_s": 2, "do": "set", "node": "00C0FFEE", "tilt_deg": [0.0, 0.0]},
+            {"at_s": 2.1, "do": "event", "node": "00C0FFEE", "event": "cover_closed"},
+        ],
+    }
+    async with Collector(broker.port) as collector:
+        for data in (opened, still_open_then_closed):
+            sim, gateway, stop, task = await start_rig(
+                tmp_path, broker, parse_scenario(data), speed=1.0
+            )
+            if data is still_open_then_closed:
+                assert [a["kind"] for a in gateway.engine.active_alarms()] == ["cover_open"]
+            await sim.run()
+            await sim.quiesce()
+            await asyncio.sleep(0.5)
+            await finish(sim, stop, task)
+        await asyncio.sleep(0.5)
+    assert collector.alarm_summary() == [
+        ("HZ-0001", "cover_open", None, "raised"),
+        ("HZ-0001", "cover_open", None, "cleared"),
+    ]
+    raised, cleared = collector.alarms()
+    assert raised["alarm_id"] == cleared["alarm_id"]
