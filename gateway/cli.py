@@ -51,6 +51,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(Path(args.config))
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.tools import demo  # noqa: PLC0415
+
+    return demo.run(args.scenario, duration_s=args.duration, speed=args.speed, broker=args.broker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covergw", description="Smart manhole cover gateway")
     parser.add_argument("--version", action="version", version=f"covergw {__version__}")
@@ -85,13 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="FILE")
     p.set_defaults(func=_check_config, parser=p)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the gateway against the simulator with a local broker, as an operator sees it",
+    )
+    p.add_argument("--scenario", default="city_block", help="shipped name or file")
+    p.add_argument("--duration", type=float, help="seconds (default: the scenario's length)")
+    p.add_argument("--speed", type=float, default=2.0, help="scenario time scale (default 2)")
+    p.add_argument("--broker", metavar="HOST:PORT", help="use this broker instead of a local one")
+    p.set_defaults(func=_demo, parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    default_level = "INFO" if args.command == "run" else "WARNING"
+    default_level = {"run": "INFO", "demo": "ERROR"}.get(args.command, "WARNING")
     logging.basicConfig(
         level=(args.log_level or default_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,66 +16,11 @@ import aiomqtt
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from firmware_sim.broker import Broker, free_port
+
+__all__ = ["Broker", "Collector", "free_port", "free_udp_port", "to_toml"]
+
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A Mosquitto on a free loopback port; ``stop()``/``start()`` make an outage."""
-
-    def __init__(self, workdir: Path, *, extra_conf: str = "", port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            extra_conf
-            or (
-                f"listener {self.port} 127.0.0.1\n"
-                "allow_anonymous true\n"
-                "persistence true\n"  # the subscriber's session survives an outage
-                f"persistence_location {workdir}/\n"
-                "max_queued_messages 0\n"
-            )
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "mosquitto.log").open("ab"),
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()}"
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-    def __enter__(self) -> Broker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _validators() -> dict[str, Draft202012Validator]:
@@ -200,69 +143,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def gateway_config(
-    tmp: Path,
-    *,
-    broker_port: int,
-    endpoints: Any,
-    scenario: Any,
-    registry_csv: str,
-    udp_port: int | None = None,
-    alarms: dict[str, Any] | None = None,
-    uplink: dict[str, Any] | None = None,
-    queue: dict[str, Any] | None = None,
-    poll_interval_s: float = 0.25,
-) -> dict[str, Any]:
-    """A configuration pointing the gateway at the simulator's ports and the test's broker."""
-    registry = tmp / "covers.csv"
-    registry.write_text(registry_csv, encoding="utf-8")
-    models = {(b.name, s.address): s.model for b in scenario.buses for s in b.slaves}
-    return {
-        "gateway": {"id": "gw-test", "state_dir": str(tmp / "state"), "registry": str(registry)},
-        "uplink": {
-            "host": "127.0.0.1",
-            "port": broker_port,
-            "stats_interval_s": 1,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.5,
-            "publish_timeout_s": 3,
-            **(uplink or {}),
-        },
-        "queue": {"flush_interval_s": 0.05, **(queue or {})},
-        "radio": [
-            {
-                "name": name,
-                "port": r["path"],
-                "dialect": r["dialect"],
-                "rssi_append": r["rssi_append"],
-                "reopen_min_s": 0.1,
-                "reopen_max_s": 0.5,
-            }
-            for name, r in endpoints.radios.items()
-        ],
-        "udp": [{"name": name, "bind": f"127.0.0.1:{udp_port}"} for name in endpoints.udp],
-        "modbus": [
-            {
-                "name": name,
-                "port": b["path"],
-                "timeout_s": 0.2,
-                "retries": 0,
-                "backoff_max_s": 1.0,
-                "slaves": [
-                    {
-                        "address": a,
-                        "profile": models[(name, a)],
-                        "poll_interval_s": poll_interval_s,
-                    }
-                    for a in b["slaves"]
-                ],
-            }
-            for name, b in endpoints.buses.items()
-        ],
-        "alarms": alarms or {},
-    }
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -13,10 +13,11 @@ import pytest
 from firmware_sim.__main__ import resolve_scenario
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import Scenario, load_scenario
+from firmware_sim.wiring import gateway_config
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.protocol.messages import MessageType
-from tests.harness import Broker, Collector, free_udp_port, gateway_config
+from tests.harness import Broker, Collector, free_udp_port
 
 REGISTRY = """\
 cover_id,name,owner_unit,cover_kind,address,latitude,longitude,node_id,modbus,sensor_depth_mm

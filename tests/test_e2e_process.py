@@ -12,7 +12,8 @@ from pathlib import Path
 
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import parse_scenario
-from tests.harness import Broker, Collector, free_udp_port, gateway_config, to_toml
+from firmware_sim.wiring import gateway_config
+from tests.harness import Broker, Collector, free_udp_port, to_toml
 
 REGISTRY = "cover_id,owner_unit,node_id\nHZ-0001,drainage,00C0FFEE\n"
 
