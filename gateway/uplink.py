@@ -141,7 +141,7 @@ class Uplink:
             tls_context = ssl.create_default_context(cafile=str(c.tls.ca_file))
             if c.tls.cert_file is not None and c.tls.key_file is not None:
                 tls_context.load_cert_chain(str(c.tls.cert_file), str(c.tls.key_file))
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             c.host,
             c.port,
             username=c.username,
@@ -159,6 +159,9 @@ class Uplink:
             tls_context=tls_context,
             logger=logging.getLogger("gateway.uplink.mqtt"),
         )
+        # aiomqtt warns past 10 pending publishes; our window is deliberate.
+        client.pending_calls_threshold = c.max_inflight + 2
+        return client
 
     def _ident(self) -> dict[str, Any]:
         return {"gateway": self.birth.get("gateway"), "version": __version__}
