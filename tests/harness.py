@@ -131,7 +131,7 @@ class Collector:
             for a in self.alarms()
         ]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:  # noqa: ASYNC109 - reads like asyncio.wait_for
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
         async with asyncio.timeout(timeout):
             while not predicate():
                 self._arrived.clear()

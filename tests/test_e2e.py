@@ -112,8 +112,11 @@ async def test_lorry_over_covers_raises_nothing(tmp_path: Path, broker: Broker) 
     assert spike  # the radio node did report during the spike, and still no alarm
 
 
-async def test_cover_opened_and_closed(tmp_path: Path, broker: Broker) -> None:
-    collector, _, _ = await run_scenario(tmp_path, broker, "cover_opened", speed=4.0)
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_cover_opened_and_closed(tmp_path: Path, broker: Broker, protocol: str) -> None:
+    collector, _, _ = await run_scenario(
+        tmp_path, broker, "cover_opened", speed=4.0, uplink={"protocol": protocol}
+    )
     summary = collector.alarm_summary()
     assert summary == [
         ("HZ-0001", "cover_open", None, "raised"),
@@ -239,6 +242,11 @@ async def test_broker_outage_loses_nothing_and_alarms_go_first(
     got = [(r["source"]["node"], r["source"]["seq"]) for r in collector.readings()]
     assert set(got) == sent  # every reading, none missing
     assert len(got) == len(set(got))  # and none twice after de-duplication
+    by_node: dict[str, list[int]] = {}
+    for node, seq in got:  # arrival order
+        by_node.setdefault(node, []).append(seq)
+    assert all(seqs == sorted(seqs) for seqs in by_node.values())  # in order per cover
+    assert collector.of("stats")[-1]["uplink"]["reconnects"] >= 1
     # After the outage, the alarm raised during it came before the backlog of readings.
     after = collector.messages[outage_started:]
     kinds = [m.topic.rsplit("/", 1)[-1] for m in after if m.topic.endswith(("alarm", "telemetry"))]
