@@ -7,6 +7,7 @@ subscribers' sessions survive.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -30,16 +31,16 @@ class Broker:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            extra_conf
-            or (
-                f"listener {self.port} 127.0.0.1\n"
-                "allow_anonymous true\n"
-                "persistence true\n"  # the subscriber's session survives an outage
-                f"persistence_location {workdir}/\n"
-                "max_queued_messages 0\n"
-            )
+        default = (
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"  # the subscriber's session survives an outage
+            f"persistence_location {workdir}/\n"
+            "max_queued_messages 0\n"
         )
+        # Started as root, mosquitto drops to its own user, which cannot read our
+        # private temp dirs; stay whoever started it (ignored when not root).
+        self.conf.write_text(f"user {getpass.getuser()}\n" + (extra_conf or default))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Collector:
     _task: asyncio.Task[None] | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     client_id: str = field(default_factory=lambda: f"test-collector-{free_port()}")
+    tls_context: ssl.SSLContext | None = None
 
     async def __aenter__(self) -> Collector:
         connected = asyncio.Event()
@@ -76,6 +78,7 @@ class Collector:
             identifier=self.client_id,
             clean_session=False,
             protocol=aiomqtt.ProtocolVersion.V311,
+            tls_context=self.tls_context,
         )
         while True:
             try:
