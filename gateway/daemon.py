@@ -28,6 +28,7 @@ from gateway.drivers.udp import UdpListener
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.events import Input
 from gateway.registry import Registry, load_registry
+from gateway.sdnotify import Notifier
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,13 @@ class Gateway:
         config: GatewayConfig,
         *,
         clock: Callable[[], float] = time.time,
-        ready: Callable[[], None] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.started_at = clock()
         self.stats = PipelineStats()
-        self._ready = ready
+        self.notifier = notifier or Notifier(None)
         self._inputs: asyncio.Queue[Input] = asyncio.Queue(maxsize=INPUT_QUEUE)
         self._critical: deque[Input] = deque()
         self._input_ready = asyncio.Event()
@@ -130,11 +131,11 @@ class Gateway:
                     tasks.create_task(driver.run(drivers_stop), name=f"driver-{driver.name}")
                 pipeline = tasks.create_task(self._pipeline(pipeline_stop), name="pipeline")
                 uplink = tasks.create_task(self.uplink.run(uplink_stop), name="uplink")
-                await asyncio.sleep(0)
-                if self._ready is not None:
-                    self._ready()
+                await asyncio.sleep(0)  # drivers and uplink have started
+                self.notifier.ready()
                 log.info("covergw %s running as %s", __version__, self.config.gateway_id)
                 await stop.wait()
+                self.notifier.stopping()
                 log.info("stopping: draining inputs and committing the queue")
                 drivers_stop.set()
                 await asyncio.sleep(0)
@@ -160,7 +161,9 @@ class Gateway:
                 out = self.engine.handle(event)
                 urgent |= any(m.lane is Lane.ALARM for m in out)
                 self._pending += out
+            self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             if time.monotonic() >= next_tick:
+                self.notifier.status(self.status_line())
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
                 self._pending += out
@@ -177,6 +180,8 @@ class Gateway:
             self._input_ready.clear()
             if self._inputs.empty() and not self._critical and not stop.is_set():
                 wait = flush_every if self._pending else TICK_S
+                if self.notifier.watchdog_interval_s is not None:
+                    wait = min(wait, self.notifier.watchdog_interval_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._input_ready.wait(), wait)
             else:
@@ -227,7 +232,19 @@ class Gateway:
             kept.append(message)
         self._pending = kept
 
-    # --- what the platform is told ---
+    # --- what people and the platform are told ---
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS (``systemctl status covergw``)."""
+        q = self.queue.stats()
+        uplink = self.uplink.stats.state.value if self.uplink else "stopped"
+        down = [d.name for d in self.drivers if d.status().get("state") == "down"]
+        oldest = f" oldest {q.oldest_age_s:.0f}s" if q.oldest_age_s else ""
+        ports = f"; ports down: {', '.join(down)}" if down else ""
+        return (
+            f"uplink {uplink}; queue {sum(q.depth.values())}{oldest}; "
+            f"{len(self.engine.active_alarms())} active alarms{ports}"
+        )
 
     def birth(self) -> dict[str, Any]:
         return {

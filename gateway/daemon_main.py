@@ -10,6 +10,7 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
+from gateway.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ def run_daemon(path: Path) -> int:
         log.error("config refused: %s", err)  # noqa: TRY400 - the reason is the message
         return EXIT_CONFIG
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    gateway = Gateway(config)
-    asyncio.run(serve(gateway))
+    notifier = Notifier.from_env()
+    try:
+        asyncio.run(serve(Gateway(config, notifier=notifier)))
+    finally:
+        notifier.close()
     return 0

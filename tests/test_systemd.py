@@ -1,0 +1,95 @@
+"""The daemon speaks systemd's notify protocol to a real datagram socket; the unit verifies."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware_sim.broker import Broker
+from gateway.sdnotify import Notifier
+
+UNIT = Path(__file__).resolve().parent.parent / "deploy" / "covergw.service"
+
+
+def receive(sock: socket.socket, until: str, limit_s: float = 10.0) -> list[str]:
+    messages: list[str] = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if messages[-1].startswith(until):
+            break
+    return messages
+
+
+def test_ready_status_watchdog_stopping(tmp_path: Path) -> None:
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    config = tmp_path / "gw.toml"
+    with Broker(tmp_path / "broker") as broker:
+        config.write_text(
+            f'[gateway]\nid = "gw-sd"\nstate_dir = "{tmp_path}/state"\n'
+            f'[uplink]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        )
+        env = {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000", "PATH": "/usr/bin:/bin"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            first = receive(sock, "READY=1")
+            assert first[-1] == "READY=1"
+            assert (tmp_path / "state" / "queue.db").exists()  # ready only once the queue is open
+            running = receive(sock, "never", limit_s=2.5)
+            proc.send_signal(signal.SIGTERM)
+            last = receive(sock, "STOPPING=1")
+            assert proc.wait(10) == 0
+        finally:
+            proc.kill()
+    sock.close()
+    pings = [m for m in running if m == "WATCHDOG=1"]
+    assert len(pings) >= 5  # every 0.2 s for 2.5 s, give or take the loop's tick
+    statuses = [m for m in first + running if m.startswith("STATUS=")]
+    assert any("uplink connected" in s and "active alarms" in s for s in statuses)
+    assert last[-1] == "STOPPING=1"
+
+
+def test_notifier_outside_systemd_does_nothing() -> None:
+    n = Notifier.from_env({})
+    assert not n.enabled
+    n.ready()
+    n.watchdog()
+    n.stopping()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_file_verifies(tmp_path: Path) -> None:
+    """The unit as shipped, but pointing at this checkout's covergw (verify checks the binary)."""
+    covergw = Path(sys.executable).parent / "covergw"
+    unit = tmp_path / "covergw.service"
+    unit.write_text(UNIT.read_text().replace("/usr/bin/covergw", str(covergw)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if "covergw.service" in line and "Failed to" not in line.split(":", 1)[0]
+    ]
+    assert result.returncode == 0, result.stderr
+    assert problems == [], result.stderr
