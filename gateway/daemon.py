@@ -15,17 +15,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
-from gateway.config import GatewayConfig, SlaveConfig
+from gateway.config import GatewayConfig, SlaveConfig, load_config
 from gateway.drivers.base import Driver
 from gateway.drivers.modbus import ModbusBus
 from gateway.drivers.serial_radio import SerialRadio
 from gateway.drivers.udp import UdpListener
 from gateway.edge.engine import EdgeEngine, iso
+from gateway.errors import ConfigError
 from gateway.events import Input
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
@@ -57,8 +59,12 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.last_reload: dict[str, Any] | None = None
+        self._reload_requested = False
         self.clock = clock
         self.started_at = clock()
         self.stats = PipelineStats()
@@ -119,7 +125,7 @@ class Gateway:
                 topic_root=self.config.topic_root,
                 queue=self.queue,
                 wakeup=self._wakeup,
-                birth=self.birth(),
+                birth=self.birth,
                 stats_payload=self.stats_payload,
                 stats_interval_s=self.config.uplink.stats_interval_s,
             )
@@ -157,6 +163,8 @@ class Gateway:
         next_tick = time.monotonic() + TICK_S
         while True:
             urgent = False
+            if self._reload_requested:
+                self._reload()
             for event in self._take():
                 out = self.engine.handle(event)
                 urgent |= any(m.lane is Lane.ALARM for m in out)
@@ -232,6 +240,56 @@ class Gateway:
             kept.append(message)
         self._pending = kept
 
+    # --- reloading (SIGHUP) ---
+
+    def request_reload(self) -> None:
+        """Reload registry and thresholds at the pipeline's next turn (it owns the engine)."""
+        self._reload_requested = True
+        self._input_ready.set()
+
+    def _reload(self) -> None:
+        self._reload_requested = False
+        at = iso(self.clock())
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+            registry, errors = load_registry(new.registry) if new.registry else (Registry(), [])
+        except (ConfigError, OSError) as err:
+            log.error("reload refused, the configuration in force stays: %s", err)  # noqa: TRY400
+            self.last_reload = {"ok": False, "at": at, "reason": str(err)}
+        else:
+            restart = [
+                name
+                for name in (
+                    "gateway_id",
+                    "state_dir",
+                    "uplink",
+                    "queue",
+                    "radios",
+                    "udp",
+                    "modbus",
+                )
+                if getattr(new, name) != getattr(self.config, name)
+            ]
+            if restart:
+                log.warning("reload: %s changed; that takes effect at restart", ", ".join(restart))
+            self.engine.reconfigure(
+                registry, new.thresholds, new.kind_thresholds, self.engine.slaves
+            )
+            self.config = replace(
+                self.config,
+                registry=new.registry,
+                thresholds=new.thresholds,
+                kind_thresholds=new.kind_thresholds,
+                digest=new.digest,
+            )
+            self.registry_errors = [str(e) for e in errors]
+            self.last_reload = {"ok": True, "at": at, "restart_needed": restart}
+            log.info("reloaded: %d covers, config %s", len(registry.covers), new.digest)
+        if self.uplink is not None:
+            self.uplink.announce()
+
     # --- what people and the platform are told ---
 
     def status_line(self) -> str:
@@ -254,6 +312,7 @@ class Gateway:
             "started_at": iso(self.started_at),
             "registry_covers": len(self.engine.registry.covers),
             "registry_errors": self.registry_errors[:20],
+            **({"reload": self.last_reload} if self.last_reload else {}),
         }
 
     def stats_payload(self) -> dict[str, Any]:

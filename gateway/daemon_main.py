@@ -23,10 +23,11 @@ async def serve(gateway: Gateway, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     try:
         await gateway.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
@@ -39,7 +40,7 @@ def run_daemon(path: Path) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     notifier = Notifier.from_env()
     try:
-        asyncio.run(serve(Gateway(config, notifier=notifier)))
+        asyncio.run(serve(Gateway(config, notifier=notifier, config_path=path)))
     finally:
         notifier.close()
     return 0

@@ -104,7 +104,7 @@ class Uplink:
         topic_root: str,
         queue: DurableQueue,
         wakeup: asyncio.Event,
-        birth: dict[str, Any],
+        birth: Callable[[], dict[str, Any]],
         stats_payload: Callable[[], dict[str, Any]],
         stats_interval_s: float,
     ) -> None:
@@ -118,6 +118,12 @@ class Uplink:
         self.stats = UplinkStats()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._client: aiomqtt.Client | None = None
+        self._announce = False
+
+    def announce(self) -> None:
+        """Publish the status again (after a reload) as soon as connected."""
+        self._announce = True
+        self.wakeup.set()
 
     @property
     def status_topic(self) -> str:
@@ -164,7 +170,7 @@ class Uplink:
         return client
 
     def _ident(self) -> dict[str, Any]:
-        return {"gateway": self.birth.get("gateway"), "version": __version__}
+        return {"gateway": self.birth().get("gateway"), "version": __version__}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, drain, reconnect, until ``stop`` is set."""
@@ -209,9 +215,12 @@ class Uplink:
         self.stats.last_error = None
         self._backoff.reset()
         log.info("uplink connected to %s:%d", self.config.host, self.config.port)
-        await client.publish(
-            self.status_topic, json.dumps({"state": "online", **self.birth}), qos=1, retain=True
-        )
+        await self._publish_status(client)
+
+    async def _publish_status(self, client: aiomqtt.Client) -> None:
+        self._announce = False
+        payload = {"state": "online", **self.birth()}
+        await client.publish(self.status_topic, json.dumps(payload), qos=1, retain=True)
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """A clean shutdown sends no will: say offline ourselves."""
@@ -224,6 +233,8 @@ class Uplink:
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         next_stats = time.monotonic()
         while not stop.is_set():
+            if self._announce:
+                await self._publish_status(client)
             if time.monotonic() >= next_stats:
                 await self._publish_stats(client)
                 next_stats = time.monotonic() + self.stats_interval_s
