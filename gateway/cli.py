@@ -51,6 +51,21 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(Path(args.config))
 
 
+def _status(args: argparse.Namespace) -> int:
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
+    from gateway.tools import status  # noqa: PLC0415
+
+    path = Path(args.socket) if args.socket else None
+    if path is None:
+        try:
+            path = load_config(Path(args.config)).control_path
+        except ConfigError as err:
+            print(f"config refused: {err}", file=sys.stderr)
+            return 2
+    return status.run(path, as_json=args.json)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.tools import demo  # noqa: PLC0415
 
@@ -91,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="FILE")
     p.set_defaults(func=_check_config, parser=p)
+
+    p = sub.add_parser("status", help="ask the running daemon how it is (local socket)")
+    p.add_argument("--config", default="/etc/covergw/covergw.toml", metavar="FILE")
+    p.add_argument("--socket", metavar="PATH", help="the control socket (default: from the config)")
+    p.add_argument("--json", action="store_true", help="the raw reply, for machines")
+    p.set_defaults(func=_status, parser=p)
 
     p = sub.add_parser(
         "demo",

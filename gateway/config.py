@@ -180,6 +180,10 @@ class GatewayConfig:
     def queue_path(self) -> Path:
         return self.state_dir / "queue.db"
 
+    @property
+    def control_path(self) -> Path:
+        return self.control_socket or self.state_dir / "control.sock"
+
 
 def _hostport(value: object) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:

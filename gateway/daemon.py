@@ -22,6 +22,7 @@ from typing import Any
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 from gateway.config import GatewayConfig, SlaveConfig, load_config
+from gateway.control import ControlServer
 from gateway.drivers.base import Driver
 from gateway.drivers.modbus import ModbusBus
 from gateway.drivers.serial_radio import SerialRadio
@@ -132,7 +133,8 @@ class Gateway:
             drivers_stop = asyncio.Event()
             pipeline_stop = asyncio.Event()
             uplink_stop = asyncio.Event()
-            async with asyncio.TaskGroup() as tasks:
+            control = ControlServer(self.config.control_path, {"status": self.local_status})
+            async with control, asyncio.TaskGroup() as tasks:
                 for driver in self.drivers:
                     tasks.create_task(driver.run(drivers_stop), name=f"driver-{driver.name}")
                 pipeline = tasks.create_task(self._pipeline(pipeline_stop), name="pipeline")
@@ -291,6 +293,18 @@ class Gateway:
             self.uplink.announce()
 
     # --- what people and the platform are told ---
+
+    def local_status(self) -> dict[str, Any]:
+        """For ``covergw status`` on the box: the stats, plus alarms and nodes by name."""
+        seen = sorted(self.engine.frames_seen(), key=lambda item: item[1], reverse=True)
+        return {
+            "stats": self.stats_payload(),
+            "config_digest": self.config.digest,
+            "active_alarms": self.engine.active_alarms(),
+            "nodes_last_seen": [{"node": node, "at": iso(at)} for node, at in seen[:50]],
+            "nodes_seen": len(seen),
+            "last_reload": self.last_reload,
+        }
 
     def status_line(self) -> str:
         """One line for systemd's STATUS (``systemctl status covergw``)."""

@@ -1,0 +1,112 @@
+"""``covergw status``: ask the running daemon, print what a technician needs to see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.control import request
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
+
+
+def render(reply: dict[str, Any], out: TextIO) -> None:
+    stats = reply["stats"]
+    up, q = stats["uplink"], stats["queue"]
+    uptime = _age(stats["uptime_s"])
+    print(f"covergw {stats['gateway']}  up {uptime}  config {reply['config_digest']}", file=out)
+    print(
+        f"uplink   {up['state']}  (connects {up['connects']}, reconnects {up['reconnects']}, "
+        f"published {up['published_messages']} messages)",
+        file=out,
+    )
+    print(
+        f"queue    {q['depth_alarm']} alarms + {q['depth_telemetry']} readings, "
+        f"oldest {_age(q['oldest_age_s'])}, {q['bytes'] // 1024} KiB; "
+        f"evicted {q['evicted_alarm']} alarms / {q['evicted_telemetry']} readings",
+        file=out,
+    )
+    edge = stats["edge"]
+    print(
+        f"edge     duplicates {edge['duplicates']}, lost by seq gap {edge['lost_frames']}, "
+        f"unregistered frames {edge['unregistered_frames']}, shed {edge['shed_telemetry']}\n",
+        file=out,
+    )
+    rows = [["PORT", "KIND", "STATE", "FRAMES", "REJECTED", "SKIPPED", "NOTES"]]
+    for name, port in stats["ports"].items():
+        rejected = sum(v for k, v in port.items() if k.startswith("rejected_"))
+        notes = port.get("last_error") or ""
+        if port["kind"] == "modbus" and port["state"] == "open":
+            notes = ", ".join(
+                f"0x{int(a):02X} "
+                + (
+                    "ok"
+                    if not s["consecutive_failures"]
+                    else f"FAILING x{s['consecutive_failures']}"
+                )
+                for a, s in port["slaves"].items()
+            )
+        rows.append(
+            [
+                name,
+                port["kind"],
+                port["state"],
+                str(port.get("frames", "-")),
+                str(rejected) if port["kind"] != "modbus" else "-",
+                str(port.get("skipped_bytes", "-")),
+                notes,
+            ]
+        )
+    _table(rows, out)
+    alarms = reply["active_alarms"]
+    print(f"\nactive alarms: {len(alarms)}", file=out)
+    if alarms:
+        _table(
+            [["SUBJECT", "KIND", "SINCE"]]
+            + [
+                [
+                    a["subject"],
+                    a["kind"] + (f" {a['sub']}" if a["sub"] else ""),
+                    a["raised_at"] or "-",
+                ]
+                for a in alarms
+            ],
+            out,
+        )
+    seen = reply["nodes_last_seen"]
+    print(f"\nnodes heard: {reply['nodes_seen']} (most recent first)", file=out)
+    if seen:
+        _table([["NODE", "LAST SEEN"]] + [[n["node"], n["at"]] for n in seen[:15]], out)
+
+
+def run(socket_path: Path, *, as_json: bool) -> int:
+    try:
+        reply = asyncio.run(request(socket_path, "status"))
+    except (OSError, TimeoutError) as err:
+        print(f"covergw is not answering on {socket_path}: {err}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(reply, ensure_ascii=False, indent=2))
+    else:
+        render(reply, sys.stdout)
+    return 0
