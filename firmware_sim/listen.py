@@ -28,7 +28,7 @@ from gateway.errors import ProtocolError
 from gateway.protocol.codec import decode_frame
 from gateway.protocol.framing import Item, Received, make_framer
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, registers_from_blocks
-from gateway.protocol.render import record_to_dict
+from gateway.protocol.render import describe
 
 counts: Counter[str] = Counter()
 
@@ -38,20 +38,14 @@ def _line(source: str, text: str) -> None:
 
 
 def _show(source: str, item: Item, quiet: bool) -> None:
-    if not isinstance(item, Received):
+    if isinstance(item, Received):
+        counts["frames"] += 1
+        routine = item.frame.msg_type.name == "REPORT" and not item.frame.flags
+        if quiet and routine:
+            return
+    else:
         counts["rejected"] += 1
-        _line(source, f"REJECTED {item.error}")
-        return
-    counts["frames"] += 1
-    f = item.frame
-    interesting = f.msg_type.name != "REPORT" or f.flags
-    if quiet and not interesting:
-        return
-    values = " ".join(
-        f"{k}={v}" for r in f.records for k, v in record_to_dict(r).items() if k != "tlv"
-    )
-    rssi = f" rssi={item.rssi_dbm}" if item.rssi_dbm is not None else ""
-    _line(source, f"{f.node_hex} #{f.seq:<5} {f.msg_type.name:<9} {values}{rssi}")
+    _line(source, describe(item))
 
 
 async def _radio(name: str, path: str, dialect: str, rssi_append: bool, quiet: bool) -> None:

@@ -66,6 +66,85 @@ def _status(args: argparse.Namespace) -> int:
     return status.run(path, as_json=args.json)
 
 
+def _diag_sniff(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import contextlib  # noqa: PLC0415
+
+    from gateway.tools import diag  # noqa: PLC0415
+
+    with open(args.save, "ab") if args.save else contextlib.nullcontext() as save:
+        return asyncio.run(
+            diag.sniff(
+                args.port,
+                baudrate=args.baud,
+                dialect=args.dialect,
+                rssi_append=args.rssi_append,
+                raw=args.raw,
+                save=save,
+                count=args.count,
+                duration_s=args.duration,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
+        )
+
+
+def _profile(args: argparse.Namespace) -> object:
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.protocol.modbus_profiles import BUILTIN_PROFILES  # noqa: PLC0415
+
+    profiles = dict(BUILTIN_PROFILES)
+    if args.config:
+        profiles.update(
+            {
+                s.profile.name: s.profile
+                for b in load_config(Path(args.config)).modbus
+                for s in b.slaves
+            }
+        )
+    if args.profile not in profiles:
+        args.parser.error(f"unknown profile {args.profile!r}; have {sorted(profiles)}")
+    return profiles[args.profile]
+
+
+def _diag_modbus(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from gateway.protocol.modbus_profiles import DeviceProfile  # noqa: PLC0415
+    from gateway.tools import diag  # noqa: PLC0415
+
+    if args.action == "scan":
+        try:
+            slaves = diag.parse_slaves(args.slaves)
+        except ValueError as err:
+            args.parser.error(str(err))
+        return asyncio.run(
+            diag.modbus_scan(
+                args.port,
+                baudrate=args.baud,
+                slaves=slaves,
+                timeout_s=args.timeout,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
+        )
+    if args.slave is None or args.profile is None:
+        args.parser.error("read needs --slave and --profile")
+    profile = _profile(args)
+    assert isinstance(profile, DeviceProfile)
+    return asyncio.run(
+        diag.modbus_read(
+            args.port,
+            baudrate=args.baud,
+            slave=args.slave,
+            profile=profile,
+            timeout_s=args.timeout,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.tools import demo  # noqa: PLC0415
 
@@ -106,6 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="FILE")
     p.set_defaults(func=_check_config, parser=p)
+
+    diag = sub.add_parser("diag", help="bus tools for a technician at the box").add_subparsers(
+        dest="tool", required=True
+    )
+    p = diag.add_parser(
+        "sniff",
+        help="decode what a radio module delivers, live",
+        description="One line per frame (time, node, seq, type, RSSI, values) and one per "
+        "rejected candidate with its reason. Ctrl-C stops.",
+    )
+    p.add_argument("--port", required=True, metavar="DEV")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--dialect", choices=("transparent", "at"), default="transparent")
+    p.add_argument("--rssi-append", action="store_true")
+    p.add_argument("--raw", action="store_true", help="add each frame's bytes in hex")
+    p.add_argument("--save", metavar="FILE", help="record the capture for covergw decode --file")
+    p.add_argument("--count", type=int, help="stop after this many frames")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=_diag_sniff, parser=p)
+
+    p = diag.add_parser("modbus", help="scan an RS-485 bus, or read one slave through a profile")
+    p.add_argument("action", choices=("scan", "read"))
+    p.add_argument("--port", required=True, metavar="DEV")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--slaves", default="1-247", help="scan: addresses, e.g. 1-247 or 1,80")
+    p.add_argument("--slave", type=lambda v: int(v, 0), help="read: the address (0x50 works)")
+    p.add_argument("--profile", help="read: wit_inclinometer, qdy30a_level, or one from --config")
+    p.add_argument("--config", metavar="FILE", help="take user-defined profiles from this config")
+    p.add_argument("--timeout", type=float, default=0.2, help="seconds per reply")
+    p.set_defaults(func=_diag_modbus, parser=p)
 
     p = sub.add_parser("status", help="ask the running daemon how it is (local socket)")
     p.add_argument("--config", default="/etc/covergw/covergw.toml", metavar="FILE")

@@ -62,8 +62,9 @@ class SerialRadio:
         while not stop.is_set():
             self.state = PortState.OPENING
             try:
+                # exclusive: a technician's sniffer is told the port is ours, not fed half the bytes
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self.config.port, baudrate=self.config.baudrate
+                    url=self.config.port, baudrate=self.config.baudrate, exclusive=True
                 )
             except (OSError, serial.SerialException) as err:
                 self._down(err)

@@ -105,3 +105,22 @@ def item_to_dict(item: Received | Rejected, *, with_raw: bool = True) -> dict[st
     if with_raw:
         out["raw_hex"] = item.raw.hex(" ").upper()
     return out
+
+
+def describe(item: Received | Rejected, *, raw: bool = False) -> str:
+    """One line for a person at the wire: node, seq, type, link, values; or why it was refused."""
+    if isinstance(item, Rejected):
+        text = f"REJECTED {item.error}"
+    else:
+        f = item.frame
+        values = " ".join(
+            f"{k}={v}" for r in f.records for k, v in record_to_dict(r).items() if k != "tlv"
+        )
+        link = "" if item.rssi_dbm is None else f" rssi={item.rssi_dbm}"
+        link += "" if item.snr_db is None else f" snr={item.snr_db:g}"
+        flags = [name for name, on in flags_to_dict(f.flags).items() if on]
+        flagged = f" [{','.join(flags)}]" if flags else ""
+        text = f"{f.node_hex} #{f.seq:<5} {f.msg_type.name:<9}{link}{flagged} {values}"
+    if raw:
+        text += f"  | {item.raw.hex(' ').upper()}"
+    return text
