@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
+from gateway.commands import CommandHandler
 from gateway.config import GatewayConfig, SlaveConfig, load_config
 from gateway.control import ControlServer
 from gateway.drivers.base import Driver
@@ -129,6 +130,9 @@ class Gateway:
                 birth=self.birth,
                 stats_payload=self.stats_payload,
                 stats_interval_s=self.config.uplink.stats_interval_s,
+                on_command=CommandHandler(
+                    self, gateway_id=self.config.gateway_id, clock=self.clock
+                ).handle,
             )
             drivers_stop = asyncio.Event()
             pipeline_stop = asyncio.Event()
@@ -244,6 +248,11 @@ class Gateway:
 
     # --- reloading (SIGHUP) ---
 
+    def reload_now(self) -> dict[str, Any]:
+        """For the reload command: carry it out and report the outcome."""
+        self._reload()
+        return dict(self.last_reload or {"ok": False, "reason": "no configuration file to reload"})
+
     def request_reload(self) -> None:
         """Reload registry and thresholds at the pipeline's next turn (it owns the engine)."""
         self._reload_requested = True
@@ -253,6 +262,7 @@ class Gateway:
         self._reload_requested = False
         at = iso(self.clock())
         if self.config_path is None:
+            self.last_reload = {"ok": False, "at": at, "reason": "started without a config file"}
             return
         try:
             new = load_config(self.config_path)

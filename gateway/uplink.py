@@ -10,6 +10,7 @@ machine with capped, jittered exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -62,6 +63,13 @@ class Unit:
     seqs: tuple[int, ...]
 
 
+def _report_command_task(task: asyncio.Task[None]) -> None:
+    """A lost connection also fails the drain loop; anything else is a bug to see."""
+    if task.cancelled() or isinstance(task.exception(), aiomqtt.MqttError):
+        return
+    log.error("command handling stopped", exc_info=task.exception())
+
+
 def batch_units(rows: list[Queued], *, max_count: int, max_bytes: int) -> list[Unit]:
     """Alarms one per message; runs of telemetry rows joined into bounded batches."""
     units: list[Unit] = []
@@ -107,6 +115,7 @@ class Uplink:
         birth: Callable[[], dict[str, Any]],
         stats_payload: Callable[[], dict[str, Any]],
         stats_interval_s: float,
+        on_command: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.config = config
         self.topic_root = topic_root
@@ -119,6 +128,7 @@ class Uplink:
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._client: aiomqtt.Client | None = None
         self._announce = False
+        self._on_command = on_command
 
     def announce(self) -> None:
         """Publish the status again (after a reload) as soon as connected."""
@@ -128,6 +138,10 @@ class Uplink:
     @property
     def status_topic(self) -> str:
         return f"{self.topic_root}/status"
+
+    @property
+    def command_topic(self) -> str:
+        return f"{self.topic_root}/cmd"
 
     def _client_for(self) -> aiomqtt.Client:
         c = self.config
@@ -231,6 +245,37 @@ class Uplink:
             log.debug("uplink: goodbye not delivered: %s", err)
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        if self._on_command is None:
+            await self._drain(client, stop)
+            return
+        await client.subscribe(self.command_topic, qos=1)
+        commands = asyncio.create_task(self._commands(client), name="uplink-commands")
+        commands.add_done_callback(_report_command_task)
+        try:
+            await self._drain(client, stop)
+        finally:
+            commands.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await commands
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        """Answer each command on its response topic (MQTT 5) or the documented fallback."""
+        assert self._on_command is not None
+        async for message in client.messages:
+            if not isinstance(message.payload, bytes | bytearray):
+                continue
+            answer = self._on_command(bytes(message.payload))
+            request = message.properties
+            topic = getattr(request, "ResponseTopic", None) or f"{self.command_topic}/response"
+            properties = None
+            correlation = getattr(request, "CorrelationData", None)
+            if self.config.protocol is MqttProtocol.V5:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                if correlation is not None:
+                    properties.CorrelationData = correlation
+            await client.publish(topic, answer, qos=1, properties=properties)
+
+    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         next_stats = time.monotonic()
         while not stop.is_set():
             if self._announce:

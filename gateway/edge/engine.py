@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,8 @@ from gateway.registry import Cover, Registry
 log = logging.getLogger(__name__)
 
 SLAVE_TELEMETRY_INTERVAL_S = 60.0
+RECENT_FRAMES = 50
+RECENT_NODES = 10_000
 
 
 def iso(at: float) -> str:
@@ -96,6 +98,11 @@ class EdgeEngine:
         self._kind_thresholds = kind_thresholds
         self.registry = registry
         self._thresholds: dict[str, Thresholds] = {}
+        # Set by the platform's commands; kept with the alarm state across restarts.
+        self.kind_overrides: dict[str, dict[str, Any]] = {}
+        self.cover_overrides: dict[str, dict[str, Any]] = {}
+        self.maintenance_until: dict[str, float] = {}
+        self._recent: OrderedDict[int, deque[dict[str, Any]]] = OrderedDict()
 
     # --- configuration that may change at run time (SIGHUP) ---
 
@@ -117,10 +124,36 @@ class EdgeEngine:
             return self._base_thresholds
         cached = self._thresholds.get(cover.cover_id)
         if cached is None:
-            kind = self._kind_thresholds.get(cover.cover_kind, {})
-            cached = self._base_thresholds.merged(kind).merged(cover.overrides)
+            cached = (
+                self._base_thresholds.merged(self._kind_thresholds.get(cover.cover_kind, {}))
+                .merged(self.kind_overrides.get(cover.cover_kind, {}))
+                .merged(cover.overrides)
+                .merged(self.cover_overrides.get(cover.cover_id, {}))
+            )
             self._thresholds[cover.cover_id] = cached
         return cached
+
+    def set_thresholds(
+        self, *, cover_id: str | None, cover_kind: str | None, values: dict[str, Any]
+    ) -> None:
+        target = self.cover_overrides if cover_id else self.kind_overrides
+        key = cover_id or cover_kind or ""
+        target[key] = {**target.get(key, {}), **values}
+        self._thresholds.clear()
+        self.dirty = True
+
+    def set_maintenance(self, cover_id: str, until: float | None) -> None:
+        """``until`` None ends it; a time in the past ends it too."""
+        if until is None:
+            self.maintenance_until.pop(cover_id, None)
+        else:
+            self.maintenance_until[cover_id] = until
+        self.dirty = True
+
+    def in_maintenance(self, cover: Cover | None, at: float) -> bool:
+        if cover is None:
+            return False
+        return cover.maintenance or self.maintenance_until.get(cover.cover_id, 0.0) > at
 
     # --- inputs ---
 
@@ -170,8 +203,32 @@ class EdgeEngine:
         key = cover.cover_id if cover else f"node:{node_id:08X}"
         return Subject(key, cover, source)
 
+    def _remember(self, event: FrameHeard) -> None:
+        """The last frames heard from each node, duplicates included, for a technician."""
+        node = event.received.frame.node_id
+        recent = self._recent.pop(node, None) or deque(maxlen=RECENT_FRAMES)
+        self._recent[node] = recent
+        if len(self._recent) > RECENT_NODES:
+            self._recent.popitem(last=False)
+        frame, received = event.received.frame, event.received
+        recent.append(
+            {
+                "time": iso(event.at),
+                "port": event.source,
+                "seq": frame.seq,
+                "msg_type": frame.msg_type.name,
+                "rx_rssi_dbm": received.rssi_dbm,
+                "rx_snr_db": received.snr_db,
+                "raw_hex": received.raw.hex(" ").upper(),
+            }
+        )
+
+    def recent_frames(self, node_id: int, last: int) -> list[dict[str, Any]]:
+        return list(self._recent.get(node_id, ()))[-last:]
+
     def _frame(self, event: FrameHeard) -> list[Outgoing]:
         frame = event.received.frame
+        self._remember(event)
         verdict = self._seq.observe(
             frame.node_id, frame.seq, event.at, boot=frame.msg_type is MessageType.BOOT
         )
@@ -580,7 +637,7 @@ class EdgeEngine:
             "raised_at": iso(machine.raised_at) if machine.raised_at is not None else None,
             "registered": cover is not None,
             "cover": cover.identity() if cover else None,
-            "maintenance": bool(cover and cover.maintenance),
+            "maintenance": self.in_maintenance(cover, at),
             "source": subject.source,
             "value": value,
             "unit": unit,
@@ -663,6 +720,9 @@ class EdgeEngine:
                 k: m.to_json() for k, m in self._machines.items() if m.state.value != "normal"
             },
             "baselines": {k: list(v) for k, v in self._baselines.items()},
+            "kind_overrides": self.kind_overrides,
+            "cover_overrides": self.cover_overrides,
+            "maintenance_until": self.maintenance_until,
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -670,6 +730,10 @@ class EdgeEngine:
         self._baselines = {
             k: (float(v[0]), float(v[1])) for k, v in data.get("baselines", {}).items()
         }
+        self.kind_overrides = dict(data.get("kind_overrides", {}))
+        self.cover_overrides = dict(data.get("cover_overrides", {}))
+        self.maintenance_until = {k: float(v) for k, v in data.get("maintenance_until", {}).items()}
+        self._thresholds.clear()
         log.info(
             "restored %d alarm states, %d tilt baselines", len(self._machines), len(self._baselines)
         )

@@ -1,0 +1,177 @@
+"""Commands from the platform over a real broker: answered, validated, idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from firmware_sim.broker import Broker
+from gateway.config import parse_config
+from gateway.daemon import Gateway
+from gateway.events import FrameHeard
+from gateway.protocol.framing import Received
+from gateway.protocol.messages import Event, EventCode, Frame, FrameFlags, MessageType, Tilt
+from tests.harness import VALIDATORS, Collector
+
+REGISTRY = "cover_id,owner_unit,cover_kind,node_id\nC-1,drainage,rain,00C0FFEE\n"
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, broker: Broker, protocol: str = "5") -> AsyncIterator[Gateway]:
+    (tmp_path / "covers.csv").write_text(REGISTRY)
+    data = {
+        "gateway": {
+            "id": "gw-c",
+            "state_dir": str(tmp_path / "s"),
+            "registry": str(tmp_path / "covers.csv"),
+        },
+        "uplink": {"host": "127.0.0.1", "port": broker.port, "protocol": protocol},
+    }
+    gateway = Gateway(parse_config(data, base_dir=tmp_path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    await asyncio.sleep(0.5)
+    try:
+        yield gateway
+    finally:
+        stop.set()
+        await task
+
+
+class Platform:
+    """The platform side: an MQTT 5 client that asks with a response topic and correlation data."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.answers: dict[bytes, dict[str, Any]] = {}
+
+    async def ask(self, request: dict[str, Any] | bytes) -> dict[str, Any]:
+        correlation = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "platform/replies"
+        props.CorrelationData = correlation
+        payload = request if isinstance(request, bytes) else json.dumps(request)
+        await self.client.publish("covers/gw-c/cmd", payload, qos=1, properties=props)
+        async with asyncio.timeout(5):
+            async for message in self.client.messages:
+                assert message.properties is not None
+                if message.properties.CorrelationData == correlation:
+                    assert isinstance(message.payload, bytes)
+                    answer: dict[str, Any] = json.loads(message.payload)
+                    assert list(VALIDATORS["response"].iter_errors(answer)) == []
+                    return answer
+        raise AssertionError("no answer")
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+def opened() -> FrameHeard:
+    frame = Frame(
+        0x00C0FFEE,
+        9,
+        MessageType.EVENT,
+        FrameFlags.NODE_ALARM,
+        (Event(EventCode.COVER_OPENED, 0, 0), Tilt(40, 0)),
+    )
+    return FrameHeard("lora0", 1.8e9, Received(frame, bytes.fromhex("A55A")))
+
+
+async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
+    async with (
+        running(tmp_path, broker) as gateway,
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        Collector(broker.port) as collector,
+    ):
+        await client.subscribe("platform/replies", qos=1)
+        platform = Platform(client)
+
+        pong = await platform.ask({"request_id": "r1", "cmd": "ping"})
+        assert (pong["ok"], pong["result"], pong["request_id"]) == (True, {"pong": True}, "r1")
+
+        set_ok = await platform.ask(
+            {
+                "request_id": "r2",
+                "cmd": "set_thresholds",
+                "args": {"cover_id": "C-1", "thresholds": {"tilt_deg": 7.5}},
+            }
+        )
+        assert set_ok["ok"]
+        cover = gateway.engine.registry.covers["C-1"]
+        assert gateway.engine.thresholds(cover).tilt_deg == 7.5
+
+        bad = await platform.ask(
+            {
+                "request_id": "r3",
+                "cmd": "set_thresholds",
+                "args": {"cover_id": "C-1", "thresholds": {"tilt_deg": -1}},
+            }
+        )
+        assert (bad["ok"], bad["error"]["code"]) == (False, "invalid")
+        assert "thresholds/tilt_deg" in bad["error"]["message"]
+        assert gateway.engine.thresholds(cover).tilt_deg == 7.5  # nothing changed
+
+        missing = await platform.ask(
+            {"request_id": "r4", "cmd": "rezero", "args": {"cover_id": "C-404"}}
+        )
+        assert missing["error"]["code"] == "not_found"
+        unknown = await platform.ask({"request_id": "r5", "cmd": "self_destruct"})
+        assert unknown["error"]["code"] == "invalid"
+        garbage = await platform.ask(b"\xff not json")
+        assert garbage["error"]["code"] == "invalid"
+
+        on = {
+            "request_id": "r6",
+            "cmd": "maintenance",
+            "args": {"cover_id": "C-1", "on": True, "until": "2099-01-01T00:00:00.000Z"},
+        }
+        first = await platform.ask(on)
+        again = await platform.ask(on)  # the same request id: same answer, carried out once
+        assert first == again
+        gateway.submit(opened(), critical=True)
+        await collector.wait_for(lambda: bool(collector.alarms()))
+        assert collector.alarms()[0]["maintenance"] is True
+
+        frames = await platform.ask(
+            {"request_id": "r7", "cmd": "frames", "args": {"node": "00C0FFEE", "last": 5}}
+        )
+        assert [f["seq"] for f in frames["result"]["frames"]] == [9]
+        status = await platform.ask({"request_id": "r8", "cmd": "status"})
+        assert status["result"]["active_alarms"][0]["kind"] == "cover_open"
+        reload = await platform.ask({"request_id": "r9", "cmd": "reload"})
+        assert (
+            reload["error"]["code"] == "failed"
+        )  # started without a file: said so, nothing changed
+    assert collector.errors == []
+
+
+async def test_commands_over_mqtt311_answer_on_the_fallback_topic(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with (
+        running(tmp_path, broker, protocol="3.1.1"),
+        aiomqtt.Client("127.0.0.1", broker.port) as client,
+    ):
+        await client.subscribe("covers/gw-c/cmd/response", qos=1)
+        await client.publish(
+            "covers/gw-c/cmd", json.dumps({"request_id": "x1", "cmd": "ping"}), qos=1
+        )
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                answer = json.loads(message.payload)
+                break
+    assert (answer["request_id"], answer["ok"]) == ("x1", True)
