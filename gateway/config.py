@@ -77,6 +77,13 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
 class RadioConfig:
     name: str
     port: str
@@ -171,6 +178,7 @@ class GatewayConfig:
     kind_thresholds: dict[str, dict[str, Any]]
     digest: str  # of the file's bytes: tells the platform which config is in force
     control_socket: Path | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def topic_root(self) -> str:
@@ -372,6 +380,11 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         profiles[name] = profile_from_config(name, pt.table(name))
     pt.done()
 
+    mt = root.table("metrics")
+    m_host, m_port = mt.convert("listen", _hostport, ("127.0.0.1", 9108))
+    metrics = MetricsConfig(enabled=mt.flag("enabled", False), host=m_host, port=m_port)
+    mt.done()
+
     radios, udp, buses = _ports(root, profiles)
     for items, path in ((radios, "radio"), (udp, "udp"), (buses, "modbus")):
         _names_unique(items, path)
@@ -403,6 +416,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         kind_thresholds=kind_thresholds,
         digest=digest,
         control_socket=Path(control) if control else None,
+        metrics=metrics,
     )
 
 

@@ -31,6 +31,8 @@ from gateway.drivers.udp import UdpListener
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError
 from gateway.events import Input
+from gateway.metrics import StatsCollector
+from gateway.metrics import serve as serve_metrics
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
 from gateway.uplink import Uplink
@@ -93,6 +95,7 @@ class Gateway:
         ]
         self.queue = DurableQueue(config.queue_path, max_bytes=config.queue.max_bytes, clock=clock)
         self.uplink: Uplink | None = None
+        self.metrics = StatsCollector() if config.metrics.enabled else None
 
     def _load_registry(self) -> tuple[Registry, list[str]]:
         if self.config.registry is None:
@@ -138,6 +141,9 @@ class Gateway:
             pipeline_stop = asyncio.Event()
             uplink_stop = asyncio.Event()
             control = ControlServer(self.config.control_path, {"status": self.local_status})
+            if self.metrics is not None:
+                self.metrics.snapshot = self.stats_payload()
+                serve_metrics(self.metrics, self.config.metrics.host, self.config.metrics.port)
             async with control, asyncio.TaskGroup() as tasks:
                 for driver in self.drivers:
                     tasks.create_task(driver.run(drivers_stop), name=f"driver-{driver.name}")
@@ -178,6 +184,8 @@ class Gateway:
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             if time.monotonic() >= next_tick:
                 self.notifier.status(self.status_line())
+                if self.metrics is not None:
+                    self.metrics.snapshot = self.stats_payload()
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
                 self._pending += out
