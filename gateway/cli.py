@@ -51,19 +51,31 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(Path(args.config))
 
 
-def _status(args: argparse.Namespace) -> int:
+def _control_path(args: argparse.Namespace) -> Path | None:
     from gateway.config import load_config  # noqa: PLC0415
     from gateway.errors import ConfigError  # noqa: PLC0415
+
+    if args.socket:
+        return Path(args.socket)
+    try:
+        return load_config(Path(args.config)).control_path
+    except ConfigError as err:
+        print(f"config refused: {err}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
     from gateway.tools import status  # noqa: PLC0415
 
-    path = Path(args.socket) if args.socket else None
-    if path is None:
-        try:
-            path = load_config(Path(args.config)).control_path
-        except ConfigError as err:
-            print(f"config refused: {err}", file=sys.stderr)
-            return 2
-    return status.run(path, as_json=args.json)
+    path = _control_path(args)
+    return 2 if path is None else status.run(path, as_json=args.json)
+
+
+def _diag_tail(args: argparse.Namespace) -> int:
+    from gateway.tools import status  # noqa: PLC0415
+
+    path = _control_path(args)
+    return 2 if path is None else status.tail(path, node=args.node, raw=args.raw)
 
 
 def _diag_sniff(args: argparse.Namespace) -> int:
@@ -151,6 +163,45 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args.scenario, duration_s=args.duration, speed=args.speed, broker=args.broker)
 
 
+def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    diag = sub.add_parser("diag", help="bus tools for a technician at the box").add_subparsers(
+        dest="tool", required=True
+    )
+    p = diag.add_parser(
+        "sniff",
+        help="decode what a radio module delivers, live",
+        description="One line per frame (time, node, seq, type, RSSI, values) and one per "
+        "rejected candidate with its reason. Ctrl-C stops.",
+    )
+    p.add_argument("--port", required=True, metavar="DEV")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--dialect", choices=("transparent", "at"), default="transparent")
+    p.add_argument("--rssi-append", action="store_true")
+    p.add_argument("--raw", action="store_true", help="add each frame's bytes in hex")
+    p.add_argument("--save", metavar="FILE", help="record the capture for covergw decode --file")
+    p.add_argument("--count", type=int, help="stop after this many frames")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=_diag_sniff, parser=p)
+
+    p = diag.add_parser("tail", help="what the running daemon's ports hear, live")
+    p.add_argument("--node", metavar="HEX", help="only this node (8 hex digits)")
+    p.add_argument("--raw", action="store_true", help="add each frame's bytes in hex")
+    p.add_argument("--config", default="/etc/covergw/covergw.toml", metavar="FILE")
+    p.add_argument("--socket", metavar="PATH", help="the control socket (default: from the config)")
+    p.set_defaults(func=_diag_tail, parser=p)
+
+    p = diag.add_parser("modbus", help="scan an RS-485 bus, or read one slave through a profile")
+    p.add_argument("action", choices=("scan", "read"))
+    p.add_argument("--port", required=True, metavar="DEV")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--slaves", default="1-247", help="scan: addresses, e.g. 1-247 or 1,80")
+    p.add_argument("--slave", type=lambda v: int(v, 0), help="read: the address (0x50 works)")
+    p.add_argument("--profile", help="read: wit_inclinometer, qdy30a_level, or one from --config")
+    p.add_argument("--config", metavar="FILE", help="take user-defined profiles from this config")
+    p.add_argument("--timeout", type=float, default=0.2, help="seconds per reply")
+    p.set_defaults(func=_diag_modbus, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covergw", description="Smart manhole cover gateway")
     parser.add_argument("--version", action="version", version=f"covergw {__version__}")
@@ -186,35 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="FILE")
     p.set_defaults(func=_check_config, parser=p)
 
-    diag = sub.add_parser("diag", help="bus tools for a technician at the box").add_subparsers(
-        dest="tool", required=True
-    )
-    p = diag.add_parser(
-        "sniff",
-        help="decode what a radio module delivers, live",
-        description="One line per frame (time, node, seq, type, RSSI, values) and one per "
-        "rejected candidate with its reason. Ctrl-C stops.",
-    )
-    p.add_argument("--port", required=True, metavar="DEV")
-    p.add_argument("--baud", type=int, default=9600)
-    p.add_argument("--dialect", choices=("transparent", "at"), default="transparent")
-    p.add_argument("--rssi-append", action="store_true")
-    p.add_argument("--raw", action="store_true", help="add each frame's bytes in hex")
-    p.add_argument("--save", metavar="FILE", help="record the capture for covergw decode --file")
-    p.add_argument("--count", type=int, help="stop after this many frames")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.set_defaults(func=_diag_sniff, parser=p)
-
-    p = diag.add_parser("modbus", help="scan an RS-485 bus, or read one slave through a profile")
-    p.add_argument("action", choices=("scan", "read"))
-    p.add_argument("--port", required=True, metavar="DEV")
-    p.add_argument("--baud", type=int, default=9600)
-    p.add_argument("--slaves", default="1-247", help="scan: addresses, e.g. 1-247 or 1,80")
-    p.add_argument("--slave", type=lambda v: int(v, 0), help="read: the address (0x50 works)")
-    p.add_argument("--profile", help="read: wit_inclinometer, qdy30a_level, or one from --config")
-    p.add_argument("--config", metavar="FILE", help="take user-defined profiles from this config")
-    p.add_argument("--timeout", type=float, default=0.2, help="seconds per reply")
-    p.set_defaults(func=_diag_modbus, parser=p)
+    _add_diag(sub)
 
     p = sub.add_parser("status", help="ask the running daemon how it is (local socket)")
     p.add_argument("--config", default="/etc/covergw/covergw.toml", metavar="FILE")

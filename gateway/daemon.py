@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ from gateway.errors import ConfigError
 from gateway.events import Input
 from gateway.metrics import StatsCollector
 from gateway.metrics import serve as serve_metrics
+from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
+from gateway.tap import Heard, Tap
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -88,9 +90,10 @@ class Gateway:
             slaves=slave_map(config),
             started_at=self.started_at,
         )
+        self.tap = Tap()
         self.drivers: list[Driver] = [
-            *(SerialRadio(r, self.submit, clock=clock) for r in config.radios),
-            *(UdpListener(u, self.submit, clock=clock) for u in config.udp),
+            *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
+            *(UdpListener(u, self.submit, clock=clock, tap=self._heard) for u in config.udp),
             *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
         ]
         self.queue = DurableQueue(config.queue_path, max_bytes=config.queue.max_bytes, clock=clock)
@@ -105,6 +108,9 @@ class Gateway:
         return registry, [str(e) for e in errors]
 
     # --- the drivers' sink ---
+
+    def _heard(self, source: str, at: float, item: Item) -> None:
+        self.tap.publish(Heard(source, at, item))
 
     def submit(self, event: Input, critical: bool) -> None:
         """Never blocks a reader; sheds telemetry under overload, never an alarm."""
@@ -140,7 +146,11 @@ class Gateway:
             drivers_stop = asyncio.Event()
             pipeline_stop = asyncio.Event()
             uplink_stop = asyncio.Event()
-            control = ControlServer(self.config.control_path, {"status": self.local_status})
+            control = ControlServer(
+                self.config.control_path,
+                {"status": self.local_status},
+                {"tail": self.tail_lines},
+            )
             if self.metrics is not None:
                 self.metrics.snapshot = self.stats_payload()
                 serve_metrics(self.metrics, self.config.metrics.host, self.config.metrics.port)
@@ -323,6 +333,16 @@ class Gateway:
             "nodes_seen": len(seen),
             "last_reload": self.last_reload,
         }
+
+    async def tail_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        """Everything the ports hear, as it is heard (``{"node": "00C0FFEE", "raw": true}``)."""
+        node = str(request.get("node") or "").upper() or None
+        raw = bool(request.get("raw"))
+        async with self.tap.listen() as heard:
+            while True:
+                item = await heard.get()
+                if node is None or item.node_hex == node:
+                    yield item.line(raw=raw)
 
     def status_line(self) -> str:
         """One line for systemd's STATUS (``systemctl status covergw``)."""

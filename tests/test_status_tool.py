@@ -65,3 +65,46 @@ def test_status_when_daemon_is_not_running(
 ) -> None:
     assert main(["status", "--socket", str(tmp_path / "nothing.sock")]) == 1
     assert "not answering" in capsys.readouterr().err
+
+
+async def test_tail_streams_what_the_ports_hear(tmp_path: Path) -> None:
+    from firmware_sim.ptys import PtyPort  # noqa: PLC0415
+    from gateway.control import follow  # noqa: PLC0415
+    from tests.vectors import vector  # noqa: PLC0415
+
+    radio = PtyPort()
+    with Broker(tmp_path / "broker") as broker:
+        data = {
+            "gateway": {"id": "gw-t", "state_dir": str(tmp_path / "s")},
+            "uplink": {"host": "127.0.0.1", "port": broker.port},
+            "radio": [{"name": "lora0", "port": radio.path}],
+        }
+        gateway = Gateway(parse_config(data, base_dir=tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(gateway.run(stop))
+        await asyncio.sleep(0.5)
+        path = gateway.config.control_path
+
+        async def first(n: int, request: dict[str, object]) -> list[str]:
+            lines = []
+            async for line in follow(path, request):
+                lines.append(line)
+                if len(lines) == n:
+                    break
+            return lines
+
+        everything = asyncio.create_task(first(3, {"cmd": "tail"}))
+        one_node = asyncio.create_task(first(1, {"cmd": "tail", "node": "00c0ffee", "raw": True}))
+        await asyncio.sleep(0.2)
+        radio.write(vector("heartbeat") + b"\xa5\x5a\x03junk" + vector("report"))
+        lines = await asyncio.wait_for(everything, 5)
+        (mine,) = await asyncio.wait_for(one_node, 5)
+        stop.set()
+        await task
+    radio.close()
+    assert "0000002A #65535 HEARTBEAT" in lines[0]
+    assert "REJECTED bad_length" in lines[1]
+    assert "00C0FFEE #1" in lines[2]
+    assert "lora0" in mine
+    assert "00C0FFEE" in mine
+    assert "A5 5A 1F" in mine

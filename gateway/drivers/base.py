@@ -8,9 +8,13 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.events import Input
+from gateway.protocol.framing import Item
 
 Sink = Callable[[Input, bool], None]
 """``sink(event, critical)``: never blocks; a critical event (an alarm) is never shed."""
+
+Tap = Callable[[str, float, Item], None]
+"""``tap(port, at, item)``: every frame and rejection, for people watching; never blocks."""
 
 
 class PortState(StrEnum):

@@ -18,7 +18,7 @@ import serial_asyncio_fast
 
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import RadioConfig
-from gateway.drivers.base import PortState, Sink
+from gateway.drivers.base import PortState, Sink, Tap
 from gateway.events import FrameHeard
 from gateway.protocol.framing import IDLE_GAP_S, Received, make_framer
 from gateway.protocol.messages import FrameFlags, MessageType
@@ -35,11 +35,17 @@ def is_critical(received: Received) -> bool:
 
 class SerialRadio:
     def __init__(
-        self, config: RadioConfig, sink: Sink, *, clock: Callable[[], float] = time.time
+        self,
+        config: RadioConfig,
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.time,
+        tap: Tap | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
         self._sink = sink
+        self._tap = tap
         self._clock = clock
         self.framer = make_framer(config.dialect.value, rssi_append=config.rssi_append)
         self.state = PortState.CLOSED
@@ -121,5 +127,7 @@ class SerialRadio:
     def _emit(self, items: list[Any]) -> None:
         at = self._clock()
         for item in items:
+            if self._tap is not None:
+                self._tap(self.name, at, item)
             if isinstance(item, Received):
                 self._sink(FrameHeard(self.name, at, item), is_critical(item))

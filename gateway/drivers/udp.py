@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import UdpConfig
-from gateway.drivers.base import PortState, Sink
+from gateway.drivers.base import PortState, Sink, Tap
 from gateway.drivers.serial_radio import is_critical
 from gateway.errors import ProtocolError
 from gateway.events import FrameHeard
@@ -32,11 +32,17 @@ class _Protocol(asyncio.DatagramProtocol):
 
 class UdpListener:
     def __init__(
-        self, config: UdpConfig, sink: Sink, *, clock: Callable[[], float] = time.time
+        self,
+        config: UdpConfig,
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.time,
+        tap: Tap | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
         self._sink = sink
+        self._tap = tap
         self._clock = clock
         self.stats = FramerStats()
         self.state = PortState.CLOSED
@@ -51,13 +57,19 @@ class UdpListener:
         }
 
     def datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        at = self._clock()
         try:
             received = Received(decode_frame(data), data)
         except ProtocolError as err:
-            self.stats.record(Rejected(err, data))
+            rejected = Rejected(err, data)
+            self.stats.record(rejected)
+            if self._tap is not None:
+                self._tap(self.name, at, rejected)
             return
         self.stats.record(received)
-        self._sink(FrameHeard(self.name, self._clock(), received), is_critical(received))
+        if self._tap is not None:
+            self._tap(self.name, at, received)
+        self._sink(FrameHeard(self.name, at, received), is_critical(received))
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,8 @@ from gateway.protocol.render import describe
 EXIT_BUSY = 3
 BUSY_HINT = (
     "{port} is held by another program, most likely the covergw daemon.\n"
-    "See what the daemon hears instead:  covergw status   (or stop it: systemctl stop covergw)"
+    "See what the daemon hears on it instead:  covergw diag tail   "
+    "(or stop it: systemctl stop covergw)"
 )
 
 

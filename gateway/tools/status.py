@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.control import request
+from gateway.control import follow, request
 
 
 def _age(seconds: float | None) -> str:
@@ -110,3 +110,21 @@ def run(socket_path: Path, *, as_json: bool) -> int:
     else:
         render(reply, sys.stdout)
     return 0
+
+
+def tail(socket_path: Path, *, node: str | None, raw: bool) -> int:
+    """Print what the daemon's ports hear, live, until Ctrl-C."""
+
+    async def follow_all() -> None:
+        async for line in follow(socket_path, {"cmd": "tail", "node": node, "raw": raw}):
+            print(line, flush=True)
+
+    try:
+        asyncio.run(follow_all())
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, TimeoutError) as err:
+        print(f"covergw is not answering on {socket_path}: {err}", file=sys.stderr)
+        return 1
+    print("the daemon closed the connection", file=sys.stderr)
+    return 1
