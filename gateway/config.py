@@ -84,6 +84,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The technician's console on the box's debug UART."""
+
+    port: str
+    baudrate: int = 115200
+
+
+@dataclass(frozen=True)
 class RadioConfig:
     name: str
     port: str
@@ -179,6 +187,7 @@ class GatewayConfig:
     digest: str  # of the file's bytes: tells the platform which config is in force
     control_socket: Path | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    console: ConsoleConfig | None = None
 
     @property
     def topic_root(self) -> str:
@@ -385,6 +394,14 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
     metrics = MetricsConfig(enabled=mt.flag("enabled", False), host=m_host, port=m_port)
     mt.done()
 
+    console = None
+    ct = root.table("console")
+    if ct.has("port"):
+        console = ConsoleConfig(
+            ct.text("port"), ct.integer("baudrate", 115200, lo=1200, hi=4_000_000)
+        )
+    ct.done()
+
     radios, udp, buses = _ports(root, profiles)
     for items, path in ((radios, "radio"), (udp, "udp"), (buses, "modbus")):
         _names_unique(items, path)
@@ -417,6 +434,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         digest=digest,
         control_socket=Path(control) if control else None,
         metrics=metrics,
+        console=console,
     )
 
 

@@ -23,9 +23,10 @@ from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 from gateway.commands import CommandHandler
 from gateway.config import GatewayConfig, SlaveConfig, load_config
+from gateway.console import Console
 from gateway.control import ControlServer
 from gateway.drivers.base import Driver
-from gateway.drivers.modbus import ModbusBus
+from gateway.drivers.modbus import ModbusBus, SlaveError
 from gateway.drivers.serial_radio import SerialRadio
 from gateway.drivers.udp import UdpListener
 from gateway.edge.engine import EdgeEngine, iso
@@ -96,6 +97,9 @@ class Gateway:
             *(UdpListener(u, self.submit, clock=clock, tap=self._heard) for u in config.udp),
             *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
         ]
+        self.commands = CommandHandler(self, gateway_id=config.gateway_id, clock=clock)
+        if config.console is not None:
+            self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))
         self.queue = DurableQueue(config.queue_path, max_bytes=config.queue.max_bytes, clock=clock)
         self.uplink: Uplink | None = None
         self.metrics = StatsCollector() if config.metrics.enabled else None
@@ -139,9 +143,7 @@ class Gateway:
                 birth=self.birth,
                 stats_payload=self.stats_payload,
                 stats_interval_s=self.config.uplink.stats_interval_s,
-                on_command=CommandHandler(
-                    self, gateway_id=self.config.gateway_id, clock=self.clock
-                ).handle,
+                on_command=self.commands.handle,
             )
             drivers_stop = asyncio.Event()
             pipeline_stop = asyncio.Event()
@@ -333,6 +335,25 @@ class Gateway:
             "nodes_seen": len(seen),
             "last_reload": self.last_reload,
         }
+
+    def covers(self) -> list[dict[str, Any]]:
+        out = []
+        for cover in self.engine.registry.covers.values():
+            sensors = [f"{cover.node_id:08X}"] if cover.node_id is not None else []
+            sensors += [f"{bus}:{slave}" for bus, slave in cover.modbus]
+            out.append({**cover.identity(), "sensor": " ".join(sensors) or "-"})
+        return out
+
+    def run_command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The same path as the platform's commands: validated, idempotent, logged."""
+        answer: dict[str, Any] = json.loads(self.commands.handle(json.dumps(request).encode()))
+        return answer
+
+    async def modbus_read(self, bus: str, slave: int) -> dict[str, float]:
+        for driver in self.drivers:
+            if isinstance(driver, ModbusBus) and driver.name == bus:
+                return await driver.read_now(slave)
+        raise SlaveError(f"no bus named {bus!r}")
 
     async def tail_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
         """Everything the ports hear, as it is heard (``{"node": "00C0FFEE", "raw": true}``)."""

@@ -61,6 +61,22 @@ class ModbusBus:
         self.last_error: str | None = None
         self.slaves = {s.address: _Slave(s) for s in config.slaves}
         self._backoff = Backoff(config.reopen_min_s, config.reopen_max_s)
+        self._requests: asyncio.Queue[tuple[int, asyncio.Future[dict[str, float]]]] = (
+            asyncio.Queue()
+        )
+        self._request_ready = asyncio.Event()
+
+    async def read_now(self, address: int) -> dict[str, float]:
+        """One reading for a person (console, command), taken between the scheduled polls."""
+        if self.state is not PortState.OPEN:
+            raise SlaveError(f"bus {self.name} is {self.state.value}: {self.last_error or ''}")
+        if address not in self.slaves:
+            raise SlaveError(f"slave {address} is not configured on bus {self.name}")
+        future: asyncio.Future[dict[str, float]] = asyncio.get_running_loop().create_future()
+        self._requests.put_nowait((address, future))
+        self._request_ready.set()
+        limit = 2 + self.config.timeout_s * (self.config.retries + 1) * 4
+        return await asyncio.wait_for(future, limit)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -126,10 +142,24 @@ class ModbusBus:
 
     async def _poll(self, client: AsyncModbusSerialClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            await self._serve_requests(client)
             slave = min(self.slaves.values(), key=lambda s: s.next_due)
             wait = slave.next_due - self._monotonic()
-            if wait > 0 and await sleep_or_stop(stop, wait):
-                return
+            if wait > 0:
+                self._request_ready.clear()
+                stopper = asyncio.ensure_future(stop.wait())
+                request = asyncio.ensure_future(self._request_ready.wait())
+                try:
+                    await asyncio.wait(
+                        {stopper, request}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    stopper.cancel()
+                    request.cancel()
+                if stop.is_set():
+                    return
+                if self._request_ready.is_set() or self._monotonic() < slave.next_due:
+                    continue
             if not client.connected:
                 raise OSError("adapter closed")
             try:
@@ -138,6 +168,16 @@ class ModbusBus:
                 self._failed(slave, str(err))
             else:
                 self._succeeded(slave, values)
+
+    async def _serve_requests(self, client: AsyncModbusSerialClient) -> None:
+        while not self._requests.empty():
+            address, future = self._requests.get_nowait()
+            if future.done():
+                continue
+            try:
+                future.set_result(await self._read(client, self.slaves[address].config))
+            except SlaveError as err:
+                future.set_exception(err)
 
     async def _read(self, client: AsyncModbusSerialClient, slave: SlaveConfig) -> dict[str, float]:
         profile = slave.profile

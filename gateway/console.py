@@ -1,0 +1,296 @@
+"""The technician's diagnostic console on a serial port of the box (its debug UART).
+
+Plain text at 115200 8N1 for any terminal program (picocom, minicom, PuTTY):
+the console echoes what is typed, takes a line at a time, ignores garbage,
+and reopens its port if the cable or adapter is pulled. It never holds the
+daemon up: commands read state, and output that a terminal does not take in
+time is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import serial
+import serial_asyncio_fast
+
+from gateway.backoff import Backoff, sleep_or_stop
+from gateway.config import ConsoleConfig
+from gateway.drivers.base import PortState
+from gateway.drivers.modbus import SlaveError
+from gateway.tap import Tap
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 200
+WRITE_BACKLOG = 64 * 1024  # bytes a terminal may lag behind before output is dropped
+CTRL_C = 0x03
+BACKSPACES = (0x08, 0x7F)
+
+HELP = """\
+commands:
+  help                       this list
+  status                     one line: uplink, queue, alarms, ports down
+  covers [N]                 the registry (first N, default 20)
+  alarms                     active alarms
+  tail [NODE]                live frames (all, or one node); any key stops
+  queue                      the store-and-forward queue
+  uplink                     the MQTT connection
+  modbus read BUS SLAVE      one reading from a wired sensor, now
+  maintenance COVER on|off   the owner works on a cover (alarms marked)
+  rezero COVER               the cover's current angle becomes its baseline"""
+
+
+class _Escape:
+    """Swallows ANSI sequences: ESC [ ... final, ESC O x, ESC x."""
+
+    def __init__(self) -> None:
+        self.state = ""
+
+    def swallow(self, byte: int) -> bool:
+        if self.state == "":
+            if byte == 0x1B:
+                self.state = "esc"
+                return True
+            return False
+        if self.state == "esc":
+            self.state = {ord("["): "csi", ord("O"): "ss3"}.get(byte, "")
+            return True
+        if self.state == "csi" and not 0x40 <= byte <= 0x7E:
+            return True  # parameters and intermediates
+        self.state = ""  # the final byte of CSI, or the one byte after ESC O
+        return True
+
+
+class Host(Protocol):
+    """What the console needs of the running gateway."""
+
+    tap: Tap
+
+    def local_status(self) -> dict[str, Any]: ...
+    def status_line(self) -> str: ...
+    def covers(self) -> list[dict[str, Any]]: ...
+    def run_command(self, request: dict[str, Any]) -> dict[str, Any]: ...
+    def modbus_read(self, bus: str, slave: int) -> Awaitable[dict[str, float]]: ...
+
+
+class Console:
+    def __init__(self, config: ConsoleConfig, host: Host, *, gateway_id: str) -> None:
+        self.name = "console"
+        self.config = config
+        self.host = host
+        self.gateway_id = gateway_id
+        self.state = PortState.CLOSED
+        self.last_error: str | None = None
+        self._backoff = Backoff(0.5, 10.0)
+        self._writer: asyncio.StreamWriter | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "console",
+            "port": self.config.port,
+            "state": self.state.value,
+            "last_error": self.last_error,
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await serial_asyncio_fast.open_serial_connection(
+                    url=self.config.port, baudrate=self.config.baudrate, exclusive=True
+                )
+            except (OSError, serial.SerialException) as err:
+                self._down(err)
+                if await sleep_or_stop(stop, self._backoff.next_delay()):
+                    break
+                continue
+            self.state, self._writer = PortState.OPEN, writer
+            self._backoff.reset()
+            try:
+                self.say(f"\ncovergw {self.gateway_id} diagnostic console. Type help.\n")
+                await self._session(reader, stop)
+            except (OSError, serial.SerialException, ConnectionError) as err:
+                self._down(err)  # cable pulled mid-command: reopen and carry on
+            finally:
+                self._writer = None
+                writer.close()
+            if not stop.is_set() and await sleep_or_stop(stop, self._backoff.next_delay()):
+                break
+        self.state = PortState.CLOSED
+
+    def _down(self, err: BaseException) -> None:
+        first = self.state is PortState.OPEN or self.last_error is None
+        self.state = PortState.DOWN
+        self.last_error = str(err) or type(err).__name__
+        log.log(logging.WARNING if first else logging.DEBUG, "console down: %s", self.last_error)
+
+    def say(self, text: str) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        transport = writer.transport
+        if transport.get_write_buffer_size() > WRITE_BACKLOG:
+            return  # nobody is reading; the daemon does not wait for a terminal
+        writer.write(text.replace("\n", "\r\n").encode("utf-8", "replace"))
+
+    async def _session(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+        line = bytearray()
+        escape = _Escape()
+        self.say("> ")
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                read = asyncio.ensure_future(reader.read(256))
+                await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    return
+                data = read.result()
+                if not data:
+                    raise ConnectionError("console port closed")
+                for byte in data:
+                    if escape.swallow(byte):
+                        continue  # arrow keys and other terminal sequences
+                    if byte in (0x0D, 0x0A):
+                        if byte == 0x0A and not line:
+                            continue  # the LF of a CR LF
+                        self.say("\n")
+                        await self._execute(line.decode("ascii", "replace").strip(), reader)
+                        line.clear()
+                        self.say("> ")
+                    elif byte == CTRL_C:
+                        line.clear()
+                        self.say("^C\n> ")
+                    elif byte in BACKSPACES:
+                        if line:
+                            line.pop()
+                            self.say("\b \b")
+                    elif 0x20 <= byte < 0x7F and len(line) < MAX_LINE:
+                        line.append(byte)
+                        self.say(chr(byte))
+                    # anything else (noise, escape sequences) is ignored
+        finally:
+            stopper.cancel()
+
+    async def _execute(self, text: str, reader: asyncio.StreamReader) -> None:
+        words = text.split()
+        if not words:
+            return
+        handler = self._commands().get(words[0].lower())
+        if handler is None:
+            self.say(f"unknown command {words[0]!r}; type help\n")
+            return
+        try:
+            await handler(words[1:], reader)
+        except (ValueError, IndexError):
+            self.say(f"usage: see help ({text})\n")
+        except SlaveError as err:
+            self.say(f"modbus: {err}\n")
+        except TimeoutError:
+            self.say("modbus: no answer in time\n")
+
+    def _commands(self) -> dict[str, Callable[[list[str], asyncio.StreamReader], Awaitable[None]]]:
+        return {
+            "help": self._help,
+            "status": self._status,
+            "covers": self._covers,
+            "alarms": self._alarms,
+            "tail": self._tail,
+            "queue": self._queue,
+            "uplink": self._uplink,
+            "modbus": self._modbus,
+            "maintenance": self._maintenance,
+            "rezero": self._rezero,
+        }
+
+    async def _help(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        self.say(HELP + "\n")
+
+    async def _status(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        self.say(self.host.status_line() + "\n")
+        for name, port in self.host.local_status()["stats"]["ports"].items():
+            extra = f" ({port['last_error']})" if port.get("last_error") else ""
+            self.say(f"  {name:<10} {port['kind']:<7} {port['state']}{extra}\n")
+
+    async def _covers(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        limit = int(args[0]) if args else 20
+        covers = self.host.covers()
+        for c in covers[:limit]:
+            self.say(
+                f"  {c['cover_id']:<16} {c['owner_unit']:<15} {c['sensor']:<14} {c['address']}\n"
+            )
+        self.say(f"{len(covers)} covers\n")
+
+    async def _alarms(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        alarms = self.host.local_status()["active_alarms"]
+        for a in alarms:
+            sub = f" {a['sub']}" if a["sub"] else ""
+            self.say(f"  {a['subject']:<16} {a['kind']}{sub:<12} since {a['raised_at']}\n")
+        self.say(f"{len(alarms)} active alarms\n")
+
+    async def _queue(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        q = self.host.local_status()["stats"]["queue"]
+        self.say(
+            f"alarms {q['depth_alarm']}, readings {q['depth_telemetry']}, {q['bytes']} bytes, "
+            f"oldest {q['oldest_age_s']} s; evicted {q['evicted_alarm']} alarms, "
+            f"{q['evicted_telemetry']} readings\n"
+        )
+
+    async def _uplink(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        u = self.host.local_status()["stats"]["uplink"]
+        self.say(
+            f"{u['state']}; connects {u['connects']}, reconnects {u['reconnects']}, "
+            f"published {u['published_messages']} messages\n"
+        )
+
+    async def _tail(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        node = args[0].upper() if args else None
+        self.say(f"tail{' ' + node if node else ''}: any key stops\n")
+        async with self.host.tap.listen() as heard:
+            key = asyncio.ensure_future(reader.read(64))
+            try:
+                while not key.done():
+                    item = asyncio.ensure_future(heard.get())
+                    await asyncio.wait({item, key}, return_when=asyncio.FIRST_COMPLETED)
+                    if not item.done():
+                        item.cancel()
+                        break
+                    got = item.result()
+                    if node is None or got.node_hex == node:
+                        self.say(got.line() + "\n")
+            finally:
+                key.cancel()
+
+    async def _modbus(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        if len(args) != 3 or args[0] != "read":
+            raise ValueError("modbus read BUS SLAVE")
+        values = await self.host.modbus_read(args[1], int(args[2], 0))
+        for name, value in values.items():
+            self.say(f"  {name:<16} {value:.4f}\n")
+
+    async def _maintenance(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        if len(args) != 2 or args[1] not in ("on", "off"):
+            raise ValueError("maintenance COVER on|off")
+        self._answer(
+            self.host.run_command(
+                self._request("maintenance", cover_id=args[0], on=args[1] == "on")
+            )
+        )
+
+    async def _rezero(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        self._answer(self.host.run_command(self._request("rezero", cover_id=args[0])))
+
+    @staticmethod
+    def _request(cmd: str, **args: Any) -> dict[str, Any]:
+        return {"request_id": f"console-{uuid.uuid4().hex}", "cmd": cmd, "args": args}
+
+    def _answer(self, answer: dict[str, Any]) -> None:
+        if answer["ok"]:
+            self.say(f"ok: {json.dumps(answer['result'], ensure_ascii=False)}\n")
+        else:
+            self.say(f"refused: {answer['error']['message']}\n")
