@@ -97,3 +97,39 @@ async def test_modbus_scan_and_read(
     assert "roll_deg" in read_out
     assert "-12.5" in read_out
     assert "003D=" in read_out  # the raw registers
+
+
+async def test_modbus_tools_say_when_the_daemon_owns_the_bus(
+    tmp_path: Path, make_scenario: Callable[..., Scenario], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.config import parse_config  # noqa: PLC0415
+    from gateway.daemon import Gateway  # noqa: PLC0415
+
+    scenario = make_scenario(
+        buses=[{"name": "bus", "slaves": [{"model": "qdy30a_level", "address": 1}]}]
+    )
+    async with ScenarioRunner(scenario) as sim:
+        path = sim.endpoints().buses["bus"]["path"]
+        data = {
+            "gateway": {"id": "gw-d", "state_dir": str(tmp_path / "s")},
+            "uplink": {"port": 1},  # no broker needed here
+            "modbus": [
+                {"name": "bus", "port": path, "slaves": [{"address": 1, "profile": "qdy30a_level"}]}
+            ],
+        }
+        gateway = Gateway(parse_config(data, base_dir=tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(gateway.run(stop))
+        await asyncio.sleep(0.5)
+        busy = await asyncio.to_thread(
+            main, ["diag", "modbus", "scan", "--port", path, "--slaves", "1"]
+        )
+        err = capsys.readouterr().err
+        stop.set()
+        await task
+        free = await asyncio.to_thread(
+            main, ["diag", "modbus", "scan", "--port", path, "--slaves", "1"]
+        )
+    assert busy == 3
+    assert "held by another program" in err
+    assert free == 0  # released when the daemon stopped

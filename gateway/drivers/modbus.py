@@ -113,7 +113,7 @@ class ModbusBus:
             return
         while not stop.is_set():
             self.state = PortState.OPENING
-            client = self._client()
+            client = self._client()  # pymodbus opens the port exclusively (flock)
             try:
                 await self._open(client)
                 self.state = PortState.OPEN

@@ -19,6 +19,7 @@ import serial_asyncio_fast
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
+from gateway.drivers.portlock import PortBusyError, PortLock
 from gateway.protocol.framing import IDLE_GAP_S, Item, Received, make_framer
 from gateway.protocol.modbus_profiles import DeviceProfile, registers_from_blocks
 from gateway.protocol.render import describe
@@ -26,8 +27,8 @@ from gateway.protocol.render import describe
 EXIT_BUSY = 3
 BUSY_HINT = (
     "{port} is held by another program, most likely the covergw daemon.\n"
-    "See what the daemon hears on it instead:  covergw diag tail   "
-    "(or stop it: systemctl stop covergw)"
+    "Ask the daemon instead:  covergw diag tail  (radio),  covergw status,  or on its console "
+    "'modbus read BUS SLAVE'  (or stop it: systemctl stop covergw)"
 )
 
 
@@ -111,7 +112,35 @@ def _client(port: str, baudrate: int, timeout_s: float) -> AsyncModbusSerialClie
     )
 
 
+def _busy(port: str, err: TextIO) -> int | None:
+    """Why the port cannot be had (the exit status), or None if it is free.
+
+    pymodbus opens ports exclusively too, so this only probes the lock to be
+    able to say who holds the port, then lets go before pymodbus opens it.
+    """
+    try:
+        with PortLock(port):
+            return None
+    except PortBusyError:
+        print(BUSY_HINT.format(port=port), file=err)
+        return EXIT_BUSY
+    except OSError as error:
+        print(f"cannot open {port}: {error.strerror}", file=err)
+        return 2
+
+
 async def modbus_scan(
+    port: str, *, baudrate: int, slaves: list[int], timeout_s: float, out: TextIO, err: TextIO
+) -> int:
+    busy = _busy(port, err)
+    if busy is not None:
+        return busy
+    return await _scan(
+        port, baudrate=baudrate, slaves=slaves, timeout_s=timeout_s, out=out, err=err
+    )
+
+
+async def _scan(
     port: str, *, baudrate: int, slaves: list[int], timeout_s: float, out: TextIO, err: TextIO
 ) -> int:
     client = _client(port, baudrate, timeout_s)
@@ -138,6 +167,24 @@ async def modbus_scan(
 
 
 async def modbus_read(
+    port: str,
+    *,
+    baudrate: int,
+    slave: int,
+    profile: DeviceProfile,
+    timeout_s: float,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    busy = _busy(port, err)
+    if busy is not None:
+        return busy
+    return await _read(
+        port, baudrate=baudrate, slave=slave, profile=profile, timeout_s=timeout_s, out=out, err=err
+    )
+
+
+async def _read(
     port: str,
     *,
     baudrate: int,
