@@ -16,7 +16,7 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo /us
 VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')
 ARCH=$(dpkg --print-architecture)
 STAGE=$(mktemp -d)
-trap 'rm -rf "$STAGE"' EXIT
+trap 'rm -rf "$STAGE" build' EXIT  # build/: what pip leaves behind when building from source
 ROOT="$STAGE/covergw_${VERSION}_${ARCH}"
 
 mkdir -p "$ROOT/DEBIAN" "$ROOT/usr/bin" "$ROOT/opt/covergw" "$ROOT/lib/systemd/system" \

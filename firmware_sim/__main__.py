@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firmware_sim.runner import ScenarioRunner, scenario_dir
-from firmware_sim.scenario import Step, load_scenario, parse_hostport
+from firmware_sim.scenario import Step, load_scenario
+from gateway.confcheck import hostport
 from gateway.errors import ConfigError
 
 
@@ -38,7 +39,7 @@ def shipped_scenarios() -> list[str]:
 
 async def _serve(args: argparse.Namespace) -> int:
     scenario = load_scenario(resolve_scenario(args.scenario))
-    udp_target = parse_hostport(args.udp_target) if args.udp_target else None
+    udp_target = hostport(args.udp_target) if args.udp_target else None
 
     def on_step(step: Step) -> None:
         print(f"[sim] {step.describe()}", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.dialects import Dialect
-from gateway.confcheck import Table
+from gateway.confcheck import Table, hostport
 from gateway.errors import ConfigError
 from gateway.protocol.messages import EventCode, GasKind, ResetCauseCode
 
@@ -275,7 +275,7 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         t.done()
     udp = []
     for t in root.tables("udp"):
-        target = t.convert("target", parse_hostport, None)
+        target = t.convert("target", hostport, None)
         udp.append(UdpTarget(name=t.text("name"), target=target))
         t.done()
     links = {r.name for r in radios} | {u.name for u in udp}
@@ -346,12 +346,3 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     head.done()
     root.done()
     return scenario
-
-
-def parse_hostport(value: object) -> tuple[str, int]:
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"must be HOST:PORT, got {value!r}")
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port must be 1–65535, got {port!r}")
-    return host.strip("[]"), int(port)

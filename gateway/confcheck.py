@@ -127,3 +127,13 @@ def _check_range(path: str, value: float, lo: float | None, hi: float | None) ->
         if lo is not None:
             raise ConfigError(path, f"must be at least {lo}, got {value}")
         raise ConfigError(path, f"must be at most {hi}, got {value}")
+
+
+def hostport(value: object) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:1883`` for IPv6), for ``Table.convert``."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be 1–65535, got {port!r}")
+    return host.strip("[]"), int(port)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gateway.confcheck import Table
+from gateway.confcheck import Table, hostport
 from gateway.errors import ConfigError
 from gateway.protocol.messages import GasKind
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, DeviceProfile, profile_from_config
@@ -202,15 +202,6 @@ class GatewayConfig:
         return self.control_socket or self.state_dir / "control.sock"
 
 
-def _hostport(value: object) -> tuple[str, int]:
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"must be HOST:PORT, got {value!r}")
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port must be 1–65535, got {port!r}")
-    return host.strip("[]"), int(port)
-
-
 def _threshold_overrides(t: Table) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in THRESHOLD_KEYS:
@@ -327,7 +318,7 @@ def _ports(
         t.done()
     udp = []
     for t in root.tables("udp"):
-        host, port = t.convert("bind", _hostport)
+        host, port = t.convert("bind", hostport)
         udp.append(UdpConfig(t.text("name"), host, port))
         t.done()
     buses = []
@@ -390,7 +381,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
     pt.done()
 
     mt = root.table("metrics")
-    m_host, m_port = mt.convert("listen", _hostport, ("127.0.0.1", 9108))
+    m_host, m_port = mt.convert("listen", hostport, ("127.0.0.1", 9108))
     metrics = MetricsConfig(enabled=mt.flag("enabled", False), host=m_host, port=m_port)
     mt.done()
 

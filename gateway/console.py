@@ -19,9 +19,8 @@ from typing import Any, Protocol
 import serial
 import serial_asyncio_fast
 
-from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import ConsoleConfig
-from gateway.drivers.base import PortState
+from gateway.drivers.base import PortHealth
 from gateway.drivers.modbus import SlaveError
 from gateway.tap import Tap
 
@@ -85,49 +84,42 @@ class Console:
         self.config = config
         self.host = host
         self.gateway_id = gateway_id
-        self.state = PortState.CLOSED
-        self.last_error: str | None = None
-        self._backoff = Backoff(0.5, 10.0)
+        self.health = PortHealth(f"console ({config.port})", reopen_min_s=0.5, reopen_max_s=10.0)
         self._writer: asyncio.StreamWriter | None = None
 
     def status(self) -> dict[str, Any]:
         return {
             "kind": "console",
             "port": self.config.port,
-            "state": self.state.value,
-            "last_error": self.last_error,
+            "state": self.health.state.value,
+            "last_error": self.health.last_error,
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.health.opening()
             try:
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
                     url=self.config.port, baudrate=self.config.baudrate, exclusive=True
                 )
             except (OSError, serial.SerialException) as err:
-                self._down(err)
-                if await sleep_or_stop(stop, self._backoff.next_delay()):
+                self.health.failed(err)
+                if await self.health.pause(stop):
                     break
                 continue
-            self.state, self._writer = PortState.OPEN, writer
-            self._backoff.reset()
+            self.health.opened()
+            self._writer = writer
             try:
                 self.say(f"\ncovergw {self.gateway_id} diagnostic console. Type help.\n")
                 await self._session(reader, stop)
             except (OSError, serial.SerialException, ConnectionError) as err:
-                self._down(err)  # cable pulled mid-command: reopen and carry on
+                self.health.failed(err)  # cable pulled mid-command: reopen and carry on
             finally:
                 self._writer = None
                 writer.close()
-            if not stop.is_set() and await sleep_or_stop(stop, self._backoff.next_delay()):
+            if not stop.is_set() and await self.health.pause(stop):
                 break
-        self.state = PortState.CLOSED
-
-    def _down(self, err: BaseException) -> None:
-        first = self.state is PortState.OPEN or self.last_error is None
-        self.state = PortState.DOWN
-        self.last_error = str(err) or type(err).__name__
-        log.log(logging.WARNING if first else logging.DEBUG, "console down: %s", self.last_error)
+        self.health.closed()
 
     def say(self, text: str) -> None:
         writer = self._writer

@@ -19,9 +19,8 @@ from typing import Any
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
-from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import ModbusConfig, SlaveConfig
-from gateway.drivers.base import PortState, Sink
+from gateway.drivers.base import PortHealth, PortState, Sink
 from gateway.errors import RegisterDecodeError
 from gateway.events import SlaveFailed, SlaveRead
 from gateway.protocol.modbus_profiles import registers_from_blocks
@@ -57,10 +56,12 @@ class ModbusBus:
         self._sink = sink
         self._clock = clock
         self._monotonic = monotonic
-        self.state = PortState.CLOSED
-        self.last_error: str | None = None
+        self.health = PortHealth(
+            f"modbus {config.name} ({config.port})",
+            reopen_min_s=config.reopen_min_s,
+            reopen_max_s=config.reopen_max_s,
+        )
         self.slaves = {s.address: _Slave(s) for s in config.slaves}
-        self._backoff = Backoff(config.reopen_min_s, config.reopen_max_s)
         self._requests: asyncio.Queue[tuple[int, asyncio.Future[dict[str, float]]]] = (
             asyncio.Queue()
         )
@@ -68,8 +69,9 @@ class ModbusBus:
 
     async def read_now(self, address: int) -> dict[str, float]:
         """One reading for a person (console, command), taken between the scheduled polls."""
-        if self.state is not PortState.OPEN:
-            raise SlaveError(f"bus {self.name} is {self.state.value}: {self.last_error or ''}")
+        if self.health.state is not PortState.OPEN:
+            state, error = self.health.state.value, self.health.last_error or ""
+            raise SlaveError(f"bus {self.name} is {state}: {error}")
         if address not in self.slaves:
             raise SlaveError(f"slave {address} is not configured on bus {self.name}")
         future: asyncio.Future[dict[str, float]] = asyncio.get_running_loop().create_future()
@@ -82,8 +84,8 @@ class ModbusBus:
         return {
             "kind": "modbus",
             "port": self.config.port,
-            "state": self.state.value,
-            "last_error": self.last_error,
+            "state": self.health.state.value,
+            "last_error": self.health.last_error,
             "slaves": {
                 str(a): {
                     "profile": s.config.profile.name,
@@ -112,29 +114,19 @@ class ModbusBus:
         if not self.slaves:
             return
         while not stop.is_set():
-            self.state = PortState.OPENING
+            self.health.opening()
             client = self._client()  # pymodbus opens the port exclusively (flock)
             try:
                 await self._open(client)
-                self.state = PortState.OPEN
-                self._backoff.reset()
-                log.info("modbus %s: %s open", self.name, self.config.port)
+                self.health.opened()
                 await self._poll(client, stop)
             except OSError as err:
-                first = self.state is PortState.OPEN or self.last_error is None
-                self.state = PortState.DOWN
-                self.last_error = str(err)
-                log.log(
-                    logging.WARNING if first else logging.DEBUG,
-                    "modbus %s down: %s",
-                    self.name,
-                    err,
-                )
+                self.health.failed(err)
             finally:
                 client.close()
-            if not stop.is_set() and await sleep_or_stop(stop, self._backoff.next_delay()):
+            if not stop.is_set() and await self.health.pause(stop):
                 break
-        self.state = PortState.CLOSED
+        self.health.closed()
 
     async def _open(self, client: AsyncModbusSerialClient) -> None:
         if not await client.connect():

@@ -16,9 +16,8 @@ from typing import Any
 import serial
 import serial_asyncio_fast
 
-from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import RadioConfig
-from gateway.drivers.base import PortState, Sink, Tap
+from gateway.drivers.base import PortHealth, PortState, Sink, Tap
 from gateway.events import FrameHeard
 from gateway.protocol.framing import IDLE_GAP_S, Received, make_framer
 from gateway.protocol.messages import FrameFlags, MessageType
@@ -48,62 +47,57 @@ class SerialRadio:
         self._tap = tap
         self._clock = clock
         self.framer = make_framer(config.dialect.value, rssi_append=config.rssi_append)
-        self.state = PortState.CLOSED
-        self.opens = 0
-        self.last_error: str | None = None
-        self._backoff = Backoff(config.reopen_min_s, config.reopen_max_s)
+        self.health = PortHealth(
+            f"radio {config.name} ({config.port})",
+            reopen_min_s=config.reopen_min_s,
+            reopen_max_s=config.reopen_max_s,
+        )
+
+    @property
+    def state(self) -> PortState:
+        return self.health.state
+
+    @property
+    def opens(self) -> int:
+        return self.health.opens
 
     def status(self) -> dict[str, Any]:
         return {
             "kind": "radio",
             "port": self.config.port,
             "dialect": self.config.dialect.value,
-            "state": self.state.value,
-            "opens": self.opens,
-            "last_error": self.last_error,
+            "state": self.health.state.value,
+            "opens": self.health.opens,
+            "last_error": self.health.last_error,
             **self.framer.stats.as_dict(),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self.state = PortState.OPENING
+            self.health.opening()
             try:
                 # exclusive: a technician's sniffer is told the port is ours, not fed half the bytes
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
                     url=self.config.port, baudrate=self.config.baudrate, exclusive=True
                 )
             except (OSError, serial.SerialException) as err:
-                self._down(err)
-                if await sleep_or_stop(stop, self._backoff.next_delay()):
+                self.health.failed(err)
+                if await self.health.pause(stop):
                     break
                 continue
-            self.state = PortState.OPEN
-            self.opens += 1
-            self._backoff.reset()
-            log.info("radio %s: %s open", self.name, self.config.port)
+            self.health.opened()
             try:
                 for command in self.config.init:
                     writer.write(command.encode("ascii") + b"\r\n")
                     await writer.drain()
                 await self._read(reader, stop)
             except (OSError, serial.SerialException, ConnectionError) as err:
-                self._down(err)
+                self.health.failed(err)
             finally:
                 writer.close()
-            if not stop.is_set() and await sleep_or_stop(stop, self._backoff.next_delay()):
+            if not stop.is_set() and await self.health.pause(stop):
                 break
-        self.state = PortState.CLOSED
-
-    def _down(self, err: BaseException) -> None:
-        first = self.state is PortState.OPEN or self.last_error is None
-        self.state = PortState.DOWN
-        self.last_error = str(err) or type(err).__name__
-        log.log(
-            logging.WARNING if first else logging.DEBUG,
-            "radio %s down: %s",
-            self.name,
-            self.last_error,
-        )
+        self.health.closed()
 
     async def _read(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())

@@ -132,17 +132,8 @@ def _busy(port: str, err: TextIO) -> int | None:
 async def modbus_scan(
     port: str, *, baudrate: int, slaves: list[int], timeout_s: float, out: TextIO, err: TextIO
 ) -> int:
-    busy = _busy(port, err)
-    if busy is not None:
+    if (busy := _busy(port, err)) is not None:
         return busy
-    return await _scan(
-        port, baudrate=baudrate, slaves=slaves, timeout_s=timeout_s, out=out, err=err
-    )
-
-
-async def _scan(
-    port: str, *, baudrate: int, slaves: list[int], timeout_s: float, out: TextIO, err: TextIO
-) -> int:
     client = _client(port, baudrate, timeout_s)
     if not await client.connect():
         print(f"cannot open {port}", file=err)
@@ -176,24 +167,8 @@ async def modbus_read(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    busy = _busy(port, err)
-    if busy is not None:
+    if (busy := _busy(port, err)) is not None:
         return busy
-    return await _read(
-        port, baudrate=baudrate, slave=slave, profile=profile, timeout_s=timeout_s, out=out, err=err
-    )
-
-
-async def _read(
-    port: str,
-    *,
-    baudrate: int,
-    slave: int,
-    profile: DeviceProfile,
-    timeout_s: float,
-    out: TextIO,
-    err: TextIO,
-) -> int:
     client = _client(port, baudrate, timeout_s)
     if not await client.connect():
         print(f"cannot open {port}", file=err)
