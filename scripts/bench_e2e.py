@@ -159,6 +159,10 @@ async def main() -> None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak_rss = next(
+                line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")
+            )
         finally:
             proc.terminate()
             proc.wait(15)
@@ -171,6 +175,7 @@ async def main() -> None:
         f"  last reading at subscriber  {done - start:6.2f} s  →  {rate:,.0f} readings/s sustained"
     )
     ms = sorted(x * 1000 for x in latencies)
+    print(f"covergw peak resident memory: {int(peak_rss) / 1024:.0f} MiB")
     p95 = ms[int(len(ms) * 0.95) - 1]
     print(
         f"frame → alarm at subscriber over {len(ms)} events: "
