@@ -16,12 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import serial
-import serial_asyncio_fast
-
 from gateway.config import ConsoleConfig
 from gateway.drivers.base import PortHealth
 from gateway.drivers.modbus import SlaveError
+from gateway.drivers.serialport import keep_open
 from gateway.tap import Tap
 
 log = logging.getLogger(__name__)
@@ -96,30 +94,17 @@ class Console:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.health.opening()
-            try:
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self.config.port, baudrate=self.config.baudrate, exclusive=True
-                )
-            except (OSError, serial.SerialException) as err:
-                self.health.failed(err)
-                if await self.health.pause(stop):
-                    break
-                continue
-            self.health.opened()
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self._writer = writer
             try:
                 self.say(f"\ncovergw {self.gateway_id} diagnostic console. Type help.\n")
                 await self._session(reader, stop)
-            except (OSError, serial.SerialException, ConnectionError) as err:
-                self.health.failed(err)  # cable pulled mid-command: reopen and carry on
             finally:
-                self._writer = None
-                writer.close()
-            if not stop.is_set() and await self.health.pause(stop):
-                break
-        self.health.closed()
+                self._writer = None  # a pulled cable ends here; keep_open reopens
+
+        await keep_open(
+            self.health, stop, url=self.config.port, baudrate=self.config.baudrate, session=session
+        )
 
     def say(self, text: str) -> None:
         writer = self._writer

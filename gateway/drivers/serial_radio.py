@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import serial
-import serial_asyncio_fast
-
 from gateway.config import RadioConfig
 from gateway.drivers.base import PortHealth, PortState, Sink, Tap
+from gateway.drivers.serialport import keep_open
 from gateway.events import FrameHeard
 from gateway.protocol.framing import IDLE_GAP_S, Received, make_framer
 from gateway.protocol.messages import FrameFlags, MessageType
@@ -73,31 +71,15 @@ class SerialRadio:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.health.opening()
-            try:
-                # exclusive: a technician's sniffer is told the port is ours, not fed half the bytes
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self.config.port, baudrate=self.config.baudrate, exclusive=True
-                )
-            except (OSError, serial.SerialException) as err:
-                self.health.failed(err)
-                if await self.health.pause(stop):
-                    break
-                continue
-            self.health.opened()
-            try:
-                for command in self.config.init:
-                    writer.write(command.encode("ascii") + b"\r\n")
-                    await writer.drain()
-                await self._read(reader, stop)
-            except (OSError, serial.SerialException, ConnectionError) as err:
-                self.health.failed(err)
-            finally:
-                writer.close()
-            if not stop.is_set() and await self.health.pause(stop):
-                break
-        self.health.closed()
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for command in self.config.init:
+                writer.write(command.encode("ascii") + b"\r\n")
+                await writer.drain()
+            await self._read(reader, stop)
+
+        await keep_open(
+            self.health, stop, url=self.config.port, baudrate=self.config.baudrate, session=session
+        )
 
     async def _read(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())
