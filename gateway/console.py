@@ -21,6 +21,7 @@ from gateway.drivers.base import PortHealth
 from gateway.drivers.modbus import SlaveError
 from gateway.drivers.serialport import keep_open
 from gateway.tap import Tap
+from gateway.tools.status import status_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ class Host(Protocol):
     tap: Tap
 
     def local_status(self) -> dict[str, Any]: ...
-    def status_line(self) -> str: ...
     def covers(self) -> list[dict[str, Any]]: ...
     def run_command(self, request: dict[str, Any]) -> dict[str, Any]: ...
     def modbus_read(self, bus: str, slave: int) -> Awaitable[dict[str, float]]: ...
@@ -189,8 +189,9 @@ class Console:
         self.say(HELP + "\n")
 
     async def _status(self, args: list[str], reader: asyncio.StreamReader) -> None:
-        self.say(self.host.status_line() + "\n")
-        for name, port in self.host.local_status()["stats"]["ports"].items():
+        stats = self.host.local_status()["stats"]
+        self.say(status_line(stats) + "\n")
+        for name, port in stats["ports"].items():
             extra = f" ({port['last_error']})" if port.get("last_error") else ""
             self.say(f"  {name:<10} {port['kind']:<7} {port['state']}{extra}\n")
 

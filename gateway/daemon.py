@@ -38,6 +38,7 @@ from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
 from gateway.tap import Heard, Tap
+from gateway.tools.status import status_line
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,11 @@ class Gateway:
                 self._pending += out
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             if time.monotonic() >= next_tick:
-                self.notifier.status(self.status_line())
-                if self.metrics is not None:
-                    self.metrics.snapshot = self.stats_payload()
+                if self.notifier.enabled or self.metrics is not None:
+                    snapshot = self.stats_payload()  # once, for whoever reads it
+                    self.notifier.status(status_line(snapshot))
+                    if self.metrics is not None:
+                        self.metrics.snapshot = snapshot
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
                 self._pending += out
@@ -365,18 +368,6 @@ class Gateway:
                 if node is None or item.node_hex == node:
                     yield item.line(raw=raw)
 
-    def status_line(self) -> str:
-        """One line for systemd's STATUS (``systemctl status covergw``)."""
-        q = self.queue.stats()
-        uplink = self.uplink.stats.state.value if self.uplink else "stopped"
-        down = [d.name for d in self.drivers if d.status().get("state") == "down"]
-        oldest = f" oldest {q.oldest_age_s:.0f}s" if q.oldest_age_s else ""
-        ports = f"; ports down: {', '.join(down)}" if down else ""
-        return (
-            f"uplink {uplink}; queue {sum(q.depth.values())}{oldest}; "
-            f"{len(self.engine.active_alarms())} active alarms{ports}"
-        )
-
     def birth(self) -> dict[str, Any]:
         return {
             "gateway": self.config.gateway_id,
@@ -398,6 +389,7 @@ class Gateway:
             "uptime_s": round(self.clock() - self.started_at, 1),
             "ports": {d.name: d.status() for d in self.drivers},
             "edge": {
+                "tail_dropped_lines": self.tap.dropped,
                 "duplicates": edge.duplicates,
                 "lost_frames": edge.lost_frames,
                 "lost_frames_by_node": dict(edge.lost_by_node.most_common(50)),

@@ -7,10 +7,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 
@@ -127,3 +130,38 @@ def test_nothing_accepted_is_lost_to_sigkill(tmp_path: Path) -> None:
         ids = {m.message.msg_id for m in q.peek(1_000_000)}
     for batch in range(committed + 1):
         assert all(f"b{batch}-{i}" in ids for i in range(50)), f"batch {batch} lost"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("put"),
+                st.lists(
+                    st.tuples(st.integers(0, 40), st.booleans(), st.integers(0, 60)), max_size=8
+                ),
+            ),
+            st.tuples(st.just("ack"), st.integers(0, 10)),
+        ),
+        max_size=25,
+    )
+)
+def test_running_depth_and_size_match_a_full_count(ops: list[tuple[str, object]]) -> None:
+    """stats() keeps running totals instead of scanning; they must always agree with a scan."""
+    with tempfile.TemporaryDirectory() as tmp, DurableQueue(Path(tmp) / "q.db", max_bytes=300) as q:
+        for op, arg in ops:
+            if op == "put":
+                assert isinstance(arg, list)
+                q.put_many(
+                    Outgoing(f"m{i}", Lane.ALARM if alarm else Lane.TELEMETRY, "t", bytes(size))
+                    for i, alarm, size in arg
+                )
+            else:
+                assert isinstance(arg, int)
+                q.ack([m.seq for m in q.peek(arg)])
+            running = q.stats()
+            q._recount()  # the full scan, for comparison
+            counted = q.stats()
+            assert (running.depth, running.bytes) == (counted.depth, counted.bytes)
+            assert running.bytes <= 300

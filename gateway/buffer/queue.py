@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +26,7 @@ from gateway.errors import GatewayError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+_CHUNK = 500  # ids per IN (...) when acknowledging
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -99,6 +100,11 @@ class DurableQueue:
         self.max_bytes = max_bytes
         self._clock = clock
         self._db: sqlite3.Connection | None = None
+        # Running depth and size, so neither the bound check on every commit nor
+        # stats() scans the table. Counted once at open; kept by each commit's
+        # known changes; counted again if a commit fails.
+        self._depth: dict[Lane, int] = dict.fromkeys(Lane, 0)
+        self._bytes = 0
 
     def __enter__(self) -> Self:
         self.open()
@@ -130,6 +136,17 @@ class DurableQueue:
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self._db = self._connect()
+        self._recount()
+
+    def _recount(self) -> None:
+        """The one full scan: at open, and after a commit that did not go through."""
+        self._depth = dict.fromkeys(Lane, 0)
+        self._bytes = 0
+        for lane, count, size in self.db.execute(
+            "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM outbox GROUP BY lane"
+        ):
+            self._depth[Lane(lane)] = count
+            self._bytes += size
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None)
@@ -170,6 +187,7 @@ class DurableQueue:
         rows = [(m.msg_id, int(m.lane), m.topic, m.payload, now, len(m.payload)) for m in messages]
         if not rows and not state:
             return 0
+        change = _Change()
         try:
             with self._transaction():
                 cursor = self.db.executemany(
@@ -178,27 +196,60 @@ class DurableQueue:
                     rows,
                 )
                 accepted = max(0, cursor.rowcount)
+                if accepted == len(rows):
+                    for _, lane, _, _, _, size in rows:
+                        change.add(Lane(lane), 1, size)
+                else:  # some ids were already queued: which ones is not worth tracking
+                    change.recount = True
                 if state:
                     self.db.executemany(
                         "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items()
                     )
-                self._evict_over_limit()
+                self._evict_over_limit(change)
         except sqlite3.OperationalError as err:  # disk full, read-only, locked
+            self._recount()
             raise QueueError(f"queue write failed: {err}") from err
+        self._apply(change)
         return accepted
 
     def ack(self, seqs: Sequence[int]) -> None:
         """The broker has the messages: forget them."""
         if not seqs:
             return
-        with self._transaction():
-            self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        change = _Change()
+        try:
+            with self._transaction():
+                for start in range(0, len(seqs), _CHUNK):
+                    chunk = list(seqs[start : start + _CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    for lane, count, size in self.db.execute(
+                        "SELECT lane, COUNT(*), SUM(size) FROM outbox"  # noqa: S608 - only placeholders
+                        f" WHERE seq IN ({marks}) GROUP BY lane",
+                        chunk,
+                    ):
+                        change.add(Lane(lane), -count, -size)
+                    self.db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
+        except sqlite3.OperationalError:
+            self._recount()
+            raise
+        self._apply(change)
+
+    def _apply(self, change: _Change) -> None:
+        if change.recount:
+            self._recount()
+            return
+        for lane, count in change.depth.items():
+            self._depth[lane] += count
+        self._bytes += change.bytes
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
-    def _evict_over_limit(self) -> None:
-        (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()
+    def _evict_over_limit(self, change: _Change) -> None:
+        if change.recount:
+            (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        else:
+            total = self._bytes + change.bytes
         excess = total - self.max_bytes
         for lane in (Lane.TELEMETRY, Lane.ALARM):
             if excess <= 0:
@@ -219,6 +270,7 @@ class DurableQueue:
                     " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                     (f"evicted_{lane.name.lower()}", len(victims)),
                 )
+                change.add(lane, -len(victims), -freed)
                 log.warning("queue full: evicted %d %s messages", len(victims), lane.name.lower())
             excess -= freed
 
@@ -241,19 +293,34 @@ class DurableQueue:
         ]
 
     def stats(self) -> QueueStats:
-        depth = dict.fromkeys(Lane, 0)
-        for lane, count in self.db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane"):
-            depth[Lane(lane)] = count
-        total, oldest = self.db.execute(
-            "SELECT COALESCE(SUM(size), 0), MIN(created) FROM outbox"
-        ).fetchone()
+        """Cheap enough to call every second: no table scan."""
+        oldest = None
+        for lane in Lane:
+            row = self.db.execute(
+                "SELECT created FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),)
+            ).fetchone()
+            if row is not None:
+                oldest = row[0] if oldest is None else min(oldest, row[0])
         evicted = dict.fromkeys(Lane, 0)
         for name, value in self.db.execute("SELECT name, value FROM counters"):
             for lane in Lane:
                 if name == f"evicted_{lane.name.lower()}":
                     evicted[lane] = value
         age = None if oldest is None else max(0.0, self._clock() - oldest)
-        return QueueStats(depth, total, age, evicted)
+        return QueueStats(dict(self._depth), self._bytes, age, evicted)
+
+
+@dataclass
+class _Change:
+    """What one commit does to the queue's depth and size, applied once it has committed."""
+
+    depth: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
+    bytes: int = 0
+    recount: bool = False
+
+    def add(self, lane: Lane, count: int, size: int) -> None:
+        self.depth[lane] += count
+        self.bytes += size
 
 
 def _integrity_check(db: sqlite3.Connection) -> None:

@@ -30,6 +30,19 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
         )
 
 
+def status_line(stats: dict[str, Any]) -> str:
+    """One line for systemd's STATUS (``systemctl status covergw``), from a stats snapshot."""
+    q = stats["queue"]
+    depth = q["depth_alarm"] + q["depth_telemetry"]
+    oldest = f" oldest {q['oldest_age_s']:.0f}s" if q["oldest_age_s"] else ""
+    down = [name for name, port in stats["ports"].items() if port["state"] == "down"]
+    ports = f"; ports down: {', '.join(down)}" if down else ""
+    return (
+        f"uplink {stats['uplink']['state']}; queue {depth}{oldest}; "
+        f"{stats['edge']['active_alarms']} active alarms{ports}"
+    )
+
+
 def render(reply: dict[str, Any], out: TextIO) -> None:
     stats = reply["stats"]
     up, q = stats["uplink"], stats["queue"]
