@@ -110,7 +110,6 @@ class SimBus:
     name: str
     slaves: list[SimSlave] = field(default_factory=list)
     baudrate: int = 9600
-    requests: int = 0
     _cable: NullModem | None = None
     _server: ModbusSerialServer | None = None
 
@@ -137,7 +136,6 @@ class SimBus:
             current_registers: list[int],
             set_values: list[int] | list[bool] | None,
         ) -> ExcCodes | None:
-            self.requests += 1
             slave.fill(start_address, current_registers)
             return None
 

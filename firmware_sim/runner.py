@@ -36,7 +36,6 @@ class RadioLink:
     def __init__(self, spec: RadioPort) -> None:
         self.spec = spec
         self.port = PtyPort()
-        self.sent_frames = 0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
 
     @property
@@ -51,7 +50,6 @@ class RadioLink:
             snr_db=node.state.rx_snr_db,
             rssi_append=self.spec.rssi_append,
         )
-        self.sent_frames += 1
         self._queue.put_nowait(data)
 
     def send_raw(self, data: bytes) -> None:
@@ -89,12 +87,10 @@ class UdpLink:
         family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.sent_frames = 0
 
     def send(self, frame: bytes, node: SimNode) -> None:
         try:
             self.sock.sendto(frame, self.target)
-            self.sent_frames += 1
         except OSError as err:  # nobody listening yet: the datagram is lost, as on the APN
             log.debug("udp %s to %s: %s", self.name, self.target, err)
 

@@ -95,7 +95,3 @@ class ConfigError(GatewayError):
 
 class TransportError(GatewayError):
     """A port, socket or bus failed; the driver reopens it with backoff."""
-
-
-class GatewayTimeoutError(TransportError, TimeoutError):
-    """A transaction got no answer in time (a silent Modbus slave)."""

@@ -51,7 +51,6 @@ class UplinkStats:
     published_messages: int = 0
     published_rows: int = 0
     last_error: str | None = None
-    connected_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,6 @@ class Uplink:
         self.stats_interval_s = stats_interval_s
         self.stats = UplinkStats()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
-        self._client: aiomqtt.Client | None = None
         self._announce = False
         self._on_command = on_command
 
@@ -192,19 +190,15 @@ class Uplink:
             self.stats.state = UplinkState.CONNECTING
             try:
                 async with self._client_for() as client:
-                    self._client = client
                     await self._on_connected(client)
                     await self._serve(client, stop)
                     await self._goodbye(client)
-                    return
+                    break
             except aiomqtt.MqttError as err:
                 self._on_failure(err)
             except QueueError:
                 log.exception("queue failed under the uplink; retrying")
                 self._on_failure(None)
-            finally:
-                self._client = None
-                self.stats.connected_since = None
             if stop.is_set():
                 break
             self.stats.state = UplinkState.BACKOFF
@@ -225,7 +219,6 @@ class Uplink:
         self.stats.connects += 1
         if self.stats.connects > 1:
             self.stats.reconnects += 1
-        self.stats.connected_since = time.time()
         self.stats.last_error = None
         self._backoff.reset()
         log.info("uplink connected to %s:%d", self.config.host, self.config.port)

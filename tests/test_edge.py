@@ -220,3 +220,17 @@ def test_snapshot_restores_pending_and_active(report_count: int) -> None:
     again = Rig(report_count=report_count)
     again.engine.restore(saved)
     assert again.engine.active_alarms() == rig.engine.active_alarms()
+
+
+def test_the_opening_event_itself_raises_no_tilt_alarm() -> None:
+    """The first EVENT creates the cover_open alarm; its own tilt reading must not count as tilt."""
+    rig = Rig(report_count=1)
+    rig.frame(1, [Tilt(0.0, 0.0)], at=0)
+    got = rig.frame(
+        1,
+        [Event(EventCode.COVER_OPENED, 0, 4500), Tilt(45.0, 0.0)],
+        at=1,
+        msg_type=MessageType.EVENT,
+        flags=FrameFlags.NODE_ALARM,
+    )
+    assert [a["kind"] for a in got] == ["cover_open"]

@@ -21,7 +21,7 @@ from pymodbus.exceptions import ModbusException
 
 from gateway.config import ModbusConfig, SlaveConfig
 from gateway.drivers.base import PortHealth, PortState, Sink
-from gateway.errors import RegisterDecodeError
+from gateway.errors import RegisterDecodeError, TransportError
 from gateway.events import SlaveFailed, SlaveRead
 from gateway.protocol.modbus_profiles import registers_from_blocks
 
@@ -38,7 +38,7 @@ class _Slave:
     last_error: str | None = None
 
 
-class SlaveError(Exception):
+class SlaveError(TransportError):
     """One failed transaction; the reason is what a technician needs to read."""
 
 

@@ -255,8 +255,8 @@ class EdgeEngine:
         derived: dict[str, Any] = {}
         tilt = frame.first(Tilt)
         rel_tilt = None
-        cover_open = self._machines.get(self._key(subject, AlarmKind.COVER_OPEN, ""))
-        opened = cover_open is not None and cover_open.active
+        cover_open = self._machine(subject, AlarmKind.COVER_OPEN)  # read again after events
+        opened = cover_open.active
         if tilt is not None:
             # Only a normal report may become the baseline: never an opened cover's angle.
             normal = (
@@ -274,9 +274,9 @@ class EdgeEngine:
             out += self._node_events(subject, frame, event.at, thr)
         rule = Debounce(hold_s=0.0, count=thr.report_count)
         if frame.msg_type in (MessageType.REPORT, MessageType.EVENT):
-            cover_open = self._machines.get(self._key(subject, AlarmKind.COVER_OPEN, ""))
             # An opened cover is tilted by definition: one alarm for one incident.
-            if rel_tilt is not None and not (cover_open and cover_open.active):
+            opened = cover_open.active  # this frame's own EVENT may just have opened it
+            if rel_tilt is not None and not opened:
                 out += self._tilt(subject, rel_tilt, event.at, thr, rule)
             if water is not None:
                 distance = math.inf if water.distance_mm is None else float(water.distance_mm)
