@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.observation import Observation
 from gateway.protocol.framing import Received
 
 
@@ -35,4 +36,6 @@ class SlaveFailed:
     consecutive: int
 
 
-Input = FrameHeard | SlaveRead | SlaveFailed
+# An Observation is the device-neutral form every input converges on (see
+# gateway/observation.py); the other three are the older, input-specific forms.
+Input = FrameHeard | SlaveRead | SlaveFailed | Observation

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -181,8 +181,14 @@ class DurableQueue:
 
     # --- writing ---
 
-    def put_many(self, messages: Iterable[Outgoing], *, state: dict[str, str] | None = None) -> int:
-        """Accept messages and state in one commit; a known message id is not queued twice."""
+    def put_many(
+        self, messages: Iterable[Outgoing], *, state: Mapping[str, str | None] | None = None
+    ) -> int:
+        """Accept messages and state in one commit; a known message id is not queued twice.
+
+        ``state`` is per key, so a caller writes only what changed: a value
+        replaces the key's row, ``None`` deletes it.
+        """
         now = self._clock()
         rows = [(m.msg_id, int(m.lane), m.topic, m.payload, now, len(m.payload)) for m in messages]
         if not rows and not state:
@@ -203,7 +209,12 @@ class DurableQueue:
                     change.recount = True
                 if state:
                     self.db.executemany(
-                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items()
+                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                        [(k, v) for k, v in state.items() if v is not None],
+                    )
+                    self.db.executemany(
+                        "DELETE FROM state WHERE key = ?",
+                        [(k,) for k, v in state.items() if v is None],
                     )
                 self._evict_over_limit(change)
         except sqlite3.OperationalError as err:  # disk full, read-only, locked
@@ -279,6 +290,15 @@ class DurableQueue:
     def get_state(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def state_items(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """Every state row whose key starts with ``prefix``, in key order."""
+        upper = prefix + "\U0010ffff"
+        for key, value in self.db.execute(
+            "SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, upper),
+        ):
+            yield str(key), str(value)
 
     def peek(self, limit: int) -> list[Queued]:
         """The next messages to publish: all alarms first, then telemetry oldest first."""

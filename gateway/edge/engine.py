@@ -162,7 +162,9 @@ class EdgeEngine:
             return self._frame(event)
         if isinstance(event, SlaveRead):
             return self._slave_read(event)
-        return self._slave_failed(event)
+        if isinstance(event, SlaveFailed):
+            return self._slave_failed(event)
+        return []  # Observation: taken by the device-neutral engine (issue 9)
 
     def tick(self, now: float) -> list[Outgoing]:
         """Time passing: nodes not heard from within their offline timeout."""
