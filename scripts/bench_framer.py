@@ -1,8 +1,9 @@
 """How many REPORT frames a second the framer plus decoder handle on one core.
 
 Not a test: numbers for the closing note and for comparing changes. Feeds a
-pre-built stream of realistic REPORT frames (tilt, water, battery,
-temperature, link) in serial-read-sized chunks, as a port would.
+pre-built stream of realistic frames in serial-read-sized chunks, as a port
+would: REPORTs (tilt, water, battery, temperature, link) with every tenth an
+EVENT (cover opened, with its tilt).
 
     .venv/bin/python scripts/bench_framer.py [--frames N]
 """
@@ -18,6 +19,8 @@ from gateway.protocol.codec import decode_frame, encode_frame
 from gateway.protocol.framing import AtLineFramer, StreamFramer
 from gateway.protocol.messages import (
     Battery,
+    Event,
+    EventCode,
     Frame,
     FrameFlags,
     Link,
@@ -32,6 +35,22 @@ def reports(n: int) -> list[bytes]:
     rng = random.Random(1)
     out = []
     for i in range(n):
+        if i % 10 == 9:
+            out.append(
+                encode_frame(
+                    Frame(
+                        node_id=0x00A00000 + i % 5000,
+                        seq=i & 0xFFFF,
+                        msg_type=MessageType.EVENT,
+                        flags=FrameFlags.NODE_ALARM,
+                        records=(
+                            Event(EventCode.COVER_OPENED, rng.randint(0, 30), 4500),
+                            Tilt(rng.randint(-9000, 9000) / 100, rng.randint(-300, 300) / 100),
+                        ),
+                    )
+                )
+            )
+            continue
         frame = Frame(
             node_id=0x00A00000 + i % 5000,
             seq=i & 0xFFFF,
@@ -85,7 +104,7 @@ def main() -> None:
         for f in frames:
             decode_frame(f)
 
-    print(f"{n} REPORT frames of {len(frames[0])} bytes, {args.chunk}-byte reads, one core")
+    print(f"{n} frames (REPORT, every tenth an EVENT), {args.chunk}-byte reads, one core")
     print(f"{'path':<34}{'frames/s':>12}{'us/frame':>10}")
     for name, func in (
         ("transparent stream (framer+decode)", transparent),

@@ -18,6 +18,7 @@ from gateway.errors import (
     UnknownTypeError,
     VersionError,
 )
+from gateway.protocol import scn1
 from gateway.protocol.codec import (
     decode_body,
     decode_frame,
@@ -130,3 +131,20 @@ def test_reserved_flag_bits_are_ignored() -> None:
     body = bytearray(encode_body(frame))
     body[8] |= 0xF8
     assert decode_frame(encode_envelope(bytes(body))).flags == frame.flags
+
+
+@given(st.sampled_from(sorted(scn1.TLV_BODIES)), st.data())
+def test_struct_layout_agrees_with_the_construct_definition(tag: int, data: st.DataObject) -> None:
+    """The decoder's struct formats are derived from construct; both must read the same."""
+    layout = scn1.TLV_LAYOUTS[tag]
+    assert layout.length is not None
+    raw = data.draw(st.binary(min_size=layout.length, max_size=layout.length))
+    parsed = scn1.TLV_BODIES[tag].parse(bytes([layout.length]) + raw)
+    assert layout.fields.unpack(raw) == tuple(parsed[name] for name in layout.names)
+
+
+@given(st.binary(min_size=scn1.HEADER_SIZE, max_size=scn1.HEADER_SIZE))
+def test_header_layout_agrees_with_the_construct_definition(raw: bytes) -> None:
+    parsed = scn1.HEADER.parse(raw)
+    layout = scn1.HEADER_LAYOUT
+    assert layout.fields.unpack(raw) == tuple(parsed[name] for name in layout.names)

@@ -13,7 +13,6 @@ from gateway.errors import (
     CrcError,
     LengthError,
     MalformedTlvError,
-    ProtocolError,
     SyncError,
     TrailingBytesError,
     TruncatedError,
@@ -52,34 +51,42 @@ _EVENT_CODES = {c.value: c for c in EventCode}
 _RESET_CAUSES = {c.value: c for c in ResetCauseCode}
 
 
-def _gas(c: Any, raw: bytes) -> Record:
-    kind = _GAS_KINDS.get(c.kind)
-    return UnknownTlv(Tag.GAS, raw) if kind is None else Gas(kind, c.value / 10)
+def _gas(raw: bytes, kind_code: int, value: int) -> Record:
+    kind = _GAS_KINDS.get(kind_code)
+    return UnknownTlv(Tag.GAS, raw) if kind is None else Gas(kind, value / 10)
 
 
-def _event(c: Any, raw: bytes) -> Record:
-    code = _EVENT_CODES.get(c.code)
-    return UnknownTlv(Tag.EVENT, raw) if code is None else Event(code, c.age, c.value)
+def _event(raw: bytes, code_value: int, age: int, value: int) -> Record:
+    code = _EVENT_CODES.get(code_value)
+    return UnknownTlv(Tag.EVENT, raw) if code is None else Event(code, age, value)
 
 
-def _reset_cause(c: Any, raw: bytes) -> Record:
-    cause = _RESET_CAUSES.get(c.cause)
+def _reset_cause(raw: bytes, cause_value: int) -> Record:
+    cause = _RESET_CAUSES.get(cause_value)
     return UnknownTlv(Tag.RESET_CAUSE, raw) if cause is None else ResetCause(cause)
 
 
-_FROM_WIRE: dict[int, Callable[[Any, bytes], Record]] = {
-    Tag.TILT: lambda c, _: Tilt(c.x / 100, c.y / 100),
-    Tag.WATER_DEPTH: lambda c, _: WaterDepth(None if c.mm == NO_ECHO else c.mm),
-    Tag.BATTERY: lambda c, _: Battery(c.mv),
-    Tag.TEMPERATURE: lambda c, _: Temperature(c.decidegc / 10),
+# Each takes the record's raw value bytes and its fields in the order the
+# construct definition (scn1.TLV_BODIES) declares them.
+_FROM_WIRE: dict[int, Callable[..., Record]] = {
+    Tag.TILT: lambda _, x, y: Tilt(x / 100, y / 100),
+    Tag.WATER_DEPTH: lambda _, mm: WaterDepth(None if mm == NO_ECHO else mm),
+    Tag.BATTERY: lambda _, mv: Battery(mv),
+    Tag.TEMPERATURE: lambda _, decidegc: Temperature(decidegc / 10),
     Tag.GAS: _gas,
-    Tag.LINK: lambda c, _: Link(c.rssi, c.snr),
+    Tag.LINK: lambda _, rssi, snr: Link(rssi, snr),
     Tag.EVENT: _event,
-    Tag.FIRMWARE: lambda c, _: Firmware(c.major, c.minor, c.build),
+    Tag.FIRMWARE: lambda _, major, minor, build: Firmware(major, minor, build),
     Tag.RESET_CAUSE: _reset_cause,
-    Tag.PRESSURE: lambda c, _: Pressure(c.decikpa / 10),
-    Tag.VIBRATION: lambda c, _: Vibration(c.mg),
+    Tag.PRESSURE: lambda _, decikpa: Pressure(decikpa / 10),
+    Tag.VIBRATION: lambda _, mg: Vibration(mg),
 }
+# tag -> (L the definition requires, unpack_from, record factory)
+_RECORDS: dict[int, tuple[int | None, Callable[..., tuple[Any, ...]], Callable[..., Record]]] = {
+    tag: (layout.length, layout.fields.unpack_from, _FROM_WIRE[tag])
+    for tag, layout in scn1.TLV_LAYOUTS.items()
+}
+_unpack_header = scn1.HEADER_LAYOUT.fields.unpack_from
 
 
 def decode_records(body: bytes, start: int = scn1.HEADER_SIZE) -> tuple[Record, ...]:
@@ -87,30 +94,30 @@ def decode_records(body: bytes, start: int = scn1.HEADER_SIZE) -> tuple[Record, 
     records: list[Record] = []
     end = len(body)
     pos = start
-    parsers = scn1.TLV_BODIES_FAST
+    known = _RECORDS
     while pos < end:
         if pos + 2 > end:
             raise MalformedTlvError("record header runs past the end of BODY", offset=pos)
         tag = body[pos]
-        stop = pos + 2 + body[pos + 1]
+        size = body[pos + 1]
+        stop = pos + 2 + size
         if stop > end:
             raise MalformedTlvError(
-                f"record tag 0x{tag:02X} L={body[pos + 1]} runs past the end of BODY",
+                f"record tag 0x{tag:02X} L={size} runs past the end of BODY",
                 offset=pos,
             )
         raw = body[pos + 2 : stop]
-        parser = parsers.get(tag)
-        if parser is None:
+        spec = known.get(tag)
+        if spec is None:
             records.append(UnknownTlv(tag, raw))
         else:
-            try:
-                container = parser.parse(body[pos + 1 : stop])
-            except scn1.ConstructError as err:
+            length, unpack, make = spec
+            if size != length:
                 raise MalformedTlvError(
-                    f"{Tag(tag).name} with L={len(raw)} does not match its defined size",
+                    f"{Tag(tag).name} with L={size} does not match its defined size",
                     offset=pos,
-                ) from err
-            records.append(_FROM_WIRE[tag](container, raw))
+                )
+            records.append(make(raw, *unpack(body, pos + 2)))
         pos = stop
     return tuple(records)
 
@@ -119,17 +126,17 @@ def decode_body(body: bytes) -> Frame:
     """Decode a CRC-checked BODY (VER … TLVs)."""
     if len(body) < scn1.HEADER_SIZE:
         raise LengthError(f"BODY of {len(body)} bytes is shorter than its header")
-    header = scn1.HEADER_FAST.parse(body)
-    if header.version != scn1.VERSION:
-        raise VersionError(f"version {header.version}, this gateway speaks {scn1.VERSION}")
-    msg_type = _MESSAGE_TYPES.get(header.msg_type)
+    version, msg_code, node_id, seq, flags = _unpack_header(body)
+    if version != scn1.VERSION:
+        raise VersionError(f"version {version}, this gateway speaks {scn1.VERSION}")
+    msg_type = _MESSAGE_TYPES.get(msg_code)
     if msg_type is None:
-        raise UnknownTypeError(f"message type {header.msg_type}")
+        raise UnknownTypeError(f"message type {msg_code}")
     return Frame(
-        node_id=header.node_id,
-        seq=header.seq,
+        node_id=node_id,
+        seq=seq,
         msg_type=msg_type,
-        flags=FrameFlags(header.flags & KNOWN_FLAGS),
+        flags=FrameFlags(flags & KNOWN_FLAGS),
         records=decode_records(body),
     )
 
@@ -148,13 +155,12 @@ def check_envelope(data: bytes) -> bytes:
         raise TruncatedError(f"LEN {length} needs {total} bytes, got {len(data)}")
     if len(data) > total:
         raise TrailingBytesError(f"{len(data) - total} bytes after the CRC", offset=total)
-    try:
-        return bytes(scn1.ENVELOPE_FAST.parse(data).body)
-    except scn1.ChecksumError as err:
-        received = int.from_bytes(data[-2:], "big")
-        raise CrcError(received=received, computed=scn1.crc16_ccitt_false(data[2:-2])) from err
-    except scn1.ConstructError as err:  # pragma: no cover - all checked above
-        raise ProtocolError(str(err)) from err
+    # ENVELOPE's Checksum field, done directly: the same function over LEN+BODY.
+    computed = scn1.crc16_ccitt_false(data[2:-2])
+    received = int.from_bytes(data[-2:], "big")
+    if computed != received:
+        raise CrcError(received=received, computed=computed)
+    return data[3:-2]
 
 
 def decode_frame(data: bytes) -> Frame:

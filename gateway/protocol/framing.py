@@ -78,10 +78,12 @@ class FramerStats:
         if isinstance(item, Received):
             self.frames += 1
             self.unknown_tlvs += item.frame.unknown_count
-            log.log(FRAME_LOG_LEVEL, "frame node=%s seq=%d", item.frame.node_hex, item.frame.seq)
+            if log.isEnabledFor(FRAME_LOG_LEVEL):  # the arguments cost more than the check
+                log.log(FRAME_LOG_LEVEL, "frame %s seq=%d", item.frame.node_hex, item.frame.seq)
         else:
             self.rejected[item.error.reason] += 1
-            log.log(FRAME_LOG_LEVEL, "rejected %s raw=%s", item.error, item.raw.hex())
+            if log.isEnabledFor(FRAME_LOG_LEVEL):
+                log.log(FRAME_LOG_LEVEL, "rejected %s raw=%s", item.error, item.raw.hex())
 
 
 class StreamFramer:
