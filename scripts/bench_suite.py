@@ -1,0 +1,817 @@
+"""``./dev bench``: every performance figure of the gateway, measured on the real thing.
+
+Not a test. Each figure runs the real daemon (``covergw run`` as a process)
+against a Mosquitto of its own on loopback, fed through real ptys and real
+UDP, and reads what arrives at a subscriber, ``/proc`` for CPU and memory, and
+the state directory for disk. It prints one table (figure, value, target, the
+command that reproduces it) and writes the same as JSON.
+
+These machines are noisy: throughput is also given as a ratio against a naive
+baseline measured in the same run (one SQLite commit and one QoS 1 publish per
+reading, the simplest correct store-and-forward), which moves with the machine.
+
+    .venv/bin/python scripts/bench_suite.py [--smoke] [--only KEY ...] [--json FILE]
+
+``--smoke`` runs every figure at a size that takes seconds: CI runs it to
+prove the suite still works; its numbers mean nothing. Targets live here and
+in docs/performance.md, never in a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_framer import reports as mixed_frames
+
+from firmware_sim.broker import Broker
+from firmware_sim.ptys import PtyPort
+from gateway.buffer.queue import DurableQueue, Lane, Outgoing
+from gateway.control import request as control_request
+from gateway.protocol.codec import encode_frame
+from gateway.protocol.framing import StreamFramer
+from gateway.protocol.messages import (
+    Battery,
+    Event,
+    EventCode,
+    Frame,
+    FrameFlags,
+    Link,
+    MessageType,
+    Temperature,
+    Tilt,
+    WaterDepth,
+)
+
+GW = "gw-bench"
+DAEMON = (sys.executable, "-m", "gateway.cli", "--log-level", "ERROR", "run")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SIZES: dict[str, dict[str, int]] = {
+    "full": {
+        "decode_frames": 50_000,
+        "e2e_frames": 50_000,
+        "naive_readings": 2_000,
+        "idle_events": 200,
+        "backlog_rows": 520_000,
+        "backlog_events": 100,
+        "nodes_small": 10_000,
+        "nodes_large": 100_000,
+        "active_events": 50,
+        "idle_window_s": 60,
+        "udp_covers": 20_000,
+        "udp_rate": 500,
+        "peer_window_s": 60,
+        "startup_rows": 1_000_000,
+    },
+    "smoke": {
+        "decode_frames": 2_000,
+        "e2e_frames": 2_000,
+        "naive_readings": 100,
+        "idle_events": 10,
+        "backlog_rows": 5_000,
+        "backlog_events": 5,
+        "nodes_small": 300,
+        "nodes_large": 600,
+        "active_events": 5,
+        "idle_window_s": 1,
+        "udp_covers": 200,
+        "udp_rate": 500,
+        "peer_window_s": 1,
+        "startup_rows": 5_000,
+    },
+}
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    value: float | None
+    unit: str
+    target: str  # e.g. "<= 20"; empty when the figure is context for another
+    command: str
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None or not self.target:
+            return None
+        op, bound = self.target.split()
+        return self.value <= float(bound) if op == "<=" else self.value >= float(bound)
+
+
+def cmd(key: str) -> str:
+    return f".venv/bin/python scripts/bench_suite.py --only {key}"
+
+
+# --- frames ---
+
+
+def report(node: int, seq: int) -> bytes:
+    return encode_frame(
+        Frame(
+            node,
+            seq & 0xFFFF,
+            MessageType.REPORT,
+            FrameFlags.NONE,
+            (Tilt(0.3, -0.2), WaterDepth(1800), Battery(3600), Temperature(15.5), Link(-90, 8)),
+        )
+    )
+
+
+def opened(node: int, seq: int) -> bytes:
+    return encode_frame(
+        Frame(
+            node,
+            seq & 0xFFFF,
+            MessageType.EVENT,
+            FrameFlags.NODE_ALARM,
+            (Event(EventCode.COVER_OPENED, 0, 4520), Tilt(45.2, -1.1)),
+        )
+    )
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+# --- the process under test ---
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem_mib(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Platform:
+    """The platform's side: one subscriber to the gateway's whole topic tree."""
+
+    port: int
+    readings: int = 0
+    telemetry_bytes: int = 0
+    telemetry_messages: int = 0
+    alarms: dict[str, float] = field(default_factory=dict)  # node → arrival (perf_counter)
+    online_at: float | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic.endswith("/telemetry"):
+            body = json.loads(payload)
+            self.readings += len(body.get("readings", ()))
+            self.telemetry_bytes += len(payload) + len(topic)
+            self.telemetry_messages += 1
+        elif topic.endswith("/alarm"):
+            body = json.loads(payload)
+            node = (body.get("source") or {}).get("node")
+            if body.get("state") == "raised" and node:
+                self.alarms.setdefault(node, time.perf_counter())
+        elif (
+            topic.endswith("/status")
+            and not retained
+            and self.online_at is None
+            and json.loads(payload).get("state") == "online"
+        ):
+            self.online_at = time.perf_counter()
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], limit_s: float) -> None:
+        async with asyncio.timeout(limit_s):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def subscribed(port: int) -> AsyncIterator[Platform]:
+    seen = Platform(port)
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-{port}") as client:
+        await client.subscribe(f"covers/{GW}/#", qos=1)
+
+        async def pump() -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                seen.take(str(message.topic), message.payload, bool(message.retain))
+
+        task = asyncio.create_task(pump())
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclass
+class Daemon:
+    tmp: Path
+    broker_port: int
+    radio: PtyPort | None = None
+    udp_port: int | None = None
+    modbus: str = ""
+    registry_rows: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state"
+
+    def write_config(self) -> Path:
+        lines = [
+            f'[gateway]\nid = "{GW}"\nstate_dir = "{self.state}"',
+            f'[uplink]\nhost = "127.0.0.1"\nport = {self.broker_port}\nstats_interval_s = 600',
+            "[alarms]\noffline_after_s = 86400",
+        ]
+        if self.registry_rows:
+            registry = self.tmp / "covers.csv"
+            registry.write_text(
+                "cover_id,owner_unit,node_id\n" + "".join(self.registry_rows), encoding="utf-8"
+            )
+            lines[0] += f'\nregistry = "{registry}"'
+        if self.radio is not None:
+            lines.append(
+                f'[[radio]]\nname = "lora0"\nport = "{self.radio.path}"\nbaudrate = 115200'
+            )
+        if self.udp_port is not None:
+            lines.append(f'[[udp]]\nname = "nbiot"\nbind = "127.0.0.1:{self.udp_port}"')
+        if self.modbus:
+            lines.append(self.modbus)
+        config = self.tmp / "gw.toml"
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return config
+
+    def start(self) -> float:
+        config = self.write_config()
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(  # noqa: S603 - our own daemon
+            [*DAEMON, "--config", str(config)],
+        )
+        return started
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def status(self) -> dict[str, Any]:
+        return await control_request(self.state / "control.sock", "status")
+
+    async def wait_ready(self, limit_s: float = 30) -> None:
+        async with asyncio.timeout(limit_s):
+            while True:
+                with contextlib.suppress(OSError, ValueError, TimeoutError):
+                    await self.status()
+                    return
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+async def write_all(port: PtyPort, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(port.master, view[:65536])
+        except BlockingIOError:
+            await asyncio.sleep(0.0005)
+            continue
+        view = view[n:]
+
+
+async def alarm_latencies(
+    seen: Platform, port: PtyPort, nodes: list[int], *, gap_s: float = 0.02
+) -> list[float]:
+    """Single EVENT frames, one at a time: last byte on the pty → alarm at the platform (ms)."""
+    out = []
+    for node in nodes:
+        await write_all(port, opened(node, 7))
+        sent = time.perf_counter()
+        key = f"{node:08X}"
+        await seen.until(lambda key=key: key in seen.alarms, 60)  # type: ignore[misc]
+        out.append((seen.alarms[key] - sent) * 1000)
+        await asyncio.sleep(gap_s)
+    return out
+
+
+def alarm_rows(base: int, count: int) -> list[str]:
+    return [f"A-{i:06d},drainage,{base + i:08X}\n" for i in range(count)]
+
+
+# --- the figures ---
+
+
+class Suite:
+    def __init__(self, tmp: Path, size: dict[str, int]) -> None:
+        self.tmp = tmp
+        self.n = size
+        self.figures: list[Figure] = []
+        self._runs = 0
+
+    def add(self, *figures: Figure) -> None:
+        for f in figures:
+            self.figures.append(f)
+            shown = "—" if f.value is None else f"{f.value:,.2f}"
+            print(f"  {f.title}: {shown} {f.unit}  (target {f.target or '—'})", flush=True)
+
+    def workdir(self) -> Path:
+        self._runs += 1
+        path = self.tmp / f"run{self._runs}"
+        path.mkdir()
+        return path
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, *, radio: bool = True, registry: list[str] | None = None, **kw: Any
+    ) -> AsyncIterator[tuple[Daemon, Platform, Broker]]:
+        work = self.workdir()
+        with Broker(work / "broker") as broker:
+            port = PtyPort() if radio else None
+            daemon = Daemon(work, broker.port, radio=port, registry_rows=registry or [], **kw)
+            try:
+                async with subscribed(broker.port) as seen:
+                    daemon.start()
+                    await daemon.wait_ready()
+                    await seen.until(lambda: seen.online_at is not None, 30)
+                    yield daemon, seen, broker
+            finally:
+                daemon.stop()
+                if port is not None:
+                    port.close()
+
+    def decode(self) -> None:
+        frames = mixed_frames(self.n["decode_frames"])
+        stream = b"".join(frames)
+        best = float("inf")
+        for _ in range(3):
+            framer = StreamFramer()
+            start = time.perf_counter()
+            for i in range(0, len(stream), 256):
+                framer.feed(stream[i : i + 256])
+            best = min(best, time.perf_counter() - start)
+        self.add(
+            Figure(
+                "decode",
+                "decode through the stream framer, mixed REPORT/EVENT",
+                len(frames) / best,
+                "frames/s/core",
+                ">= 60000",
+                ".venv/bin/python scripts/bench_framer.py",
+            )
+        )
+
+    async def naive_rate(self) -> float:
+        """The simplest correct store-and-forward: commit, publish QoS 1, wait, delete."""
+        work = self.workdir()
+        payload = json.dumps({"reading": "x" * 400}).encode()
+        count = self.n["naive_readings"]
+        with Broker(work / "broker") as broker:
+            db = sqlite3.connect(work / "naive.db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, payload BLOB)")
+            async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+                start = time.perf_counter()
+                for _ in range(count):
+                    row = db.execute("INSERT INTO q (payload) VALUES (?)", (payload,)).lastrowid
+                    await client.publish(f"covers/{GW}/telemetry", payload, qos=1)
+                    db.execute("DELETE FROM q WHERE id = ?", (row,))
+                elapsed = time.perf_counter() - start
+            db.close()
+        return count / elapsed
+
+    async def throughput(self, naive: float) -> None:
+        count = self.n["e2e_frames"]
+        nodes = 2000
+        async with self.running() as (daemon, seen, _):
+            assert daemon.radio is not None
+            stream = b"".join(report(0x00A00000 + i % nodes, i // nodes) for i in range(count))
+            cpu0 = proc_cpu_s(daemon.pid)
+            start = time.perf_counter()
+            await write_all(daemon.radio, stream)
+            await seen.until(lambda: seen.readings >= count, 600)
+            elapsed = time.perf_counter() - start
+            cpu = proc_cpu_s(daemon.pid) - cpu0
+            rate = count / elapsed
+            per_reading = seen.telemetry_bytes / max(1, seen.readings)
+        self.add(
+            Figure(
+                "e2e_rate",
+                "end to end, frames in → broker-acknowledged, no loss",
+                rate,
+                "readings/s",
+                ">= 25000",
+                cmd("e2e_rate"),
+                f"{rate / naive:.1f}× the naive baseline ({naive:,.0f}/s) in the same run",
+            ),
+            Figure(
+                "e2e_cpu",
+                "CPU per reading, end to end",
+                cpu / count * 1e6,
+                "µs",
+                "<= 35",
+                cmd("e2e_rate"),
+            ),
+            Figure(
+                "wire_bytes",
+                "telemetry bytes on the wire per reading (JSON, topic + payload)",
+                per_reading,
+                "B",
+                "",
+                cmd("e2e_rate"),
+                "targets: ≤ 40 B compact (cbor), ≤ 60 B deflated JSON; JSON stays the default",
+            ),
+        )
+
+    async def idle_latency(self) -> None:
+        count = self.n["idle_events"]
+        base = 0x00E00000
+        async with self.running(registry=alarm_rows(base, count)) as (daemon, seen, _):
+            assert daemon.radio is not None
+            ms = await alarm_latencies(seen, daemon.radio, [base + i for i in range(count)])
+            rss = proc_mem_mib(daemon.pid)
+        self.add(
+            Figure(
+                "latency_idle_p50",
+                "alarm latency idle, p50",
+                statistics.median(ms),
+                "ms",
+                "",
+                cmd("latency_idle"),
+            ),
+            Figure(
+                "latency_idle_p99",
+                "alarm latency idle, p99",
+                percentile(ms, 99),
+                "ms",
+                "<= 5",
+                cmd("latency_idle"),
+            ),
+            Figure(
+                "rss_idle", "RSS idle (one radio, a few covers)", rss, "MiB", "<= 30", cmd("rss")
+            ),
+        )
+
+    def prefill(self, state: Path, rows: int) -> None:
+        """A backlog as the daemon itself queues it, written through the queue's own API."""
+        reading = {
+            "reading_id": "0" * 32,
+            "time": "2026-11-30T04:00:00.000Z",
+            "registered": False,
+            "source": {"type": "node", "node": "00A00001", "port": "lora0", "seq": 1},
+            "values": {"tilt": {"x_deg": 0.3, "y_deg": -0.2}, "water_depth_mm": 1800},
+        }
+        with DurableQueue(state / "queue.db", max_bytes=1 << 40) as queue:
+            batch = 5000
+            for start in range(0, rows, batch):
+                queue.put_many(
+                    Outgoing(
+                        f"bench-{i}",
+                        Lane.TELEMETRY,
+                        f"covers/{GW}/telemetry",
+                        json.dumps({**reading, "reading_id": f"{i:032d}"}).encode(),
+                    )
+                    for i in range(start, min(rows, start + batch))
+                )
+
+    def disk_bytes(self, state: Path) -> int:
+        return sum(p.stat().st_size for p in state.glob("queue.db*"))
+
+    async def backlog(self) -> None:
+        rows, events = self.n["backlog_rows"], self.n["backlog_events"]
+        base = 0x00E10000
+        work = self.workdir()
+        daemon_state = work / "state"
+        daemon_state.mkdir()
+        self.prefill(daemon_state, rows)
+        disk = self.disk_bytes(daemon_state) / rows
+        with Broker(work / "broker") as broker:
+            port = PtyPort()
+            daemon = Daemon(work, broker.port, radio=port, registry_rows=alarm_rows(base, events))
+            try:
+                async with subscribed(broker.port) as seen:
+                    daemon.start()
+                    await daemon.wait_ready()
+                    await seen.until(lambda: seen.readings > 0, 60)
+                    ms = await alarm_latencies(
+                        seen, port, [base + i for i in range(events)], gap_s=0.05
+                    )
+                    draining = seen.readings < rows
+            finally:
+                daemon.stop()
+                port.close()
+        self.add(
+            Figure(
+                "latency_backlog_p99",
+                f"alarm latency while a {rows:,}-row backlog drains, p99",
+                percentile(ms, 99),
+                "ms",
+                "<= 20",
+                cmd("backlog"),
+                f"p50 {statistics.median(ms):.1f} ms"
+                + ("" if draining else "; the backlog was drained before the last alarm"),
+            ),
+            Figure(
+                "disk_per_reading",
+                "disk per queued reading (database and WAL)",
+                disk,
+                "B",
+                "<= 200",
+                cmd("backlog"),
+            ),
+        )
+
+    async def startup(self) -> None:
+        rows = self.n["startup_rows"]
+        work = self.workdir()
+        (work / "state").mkdir()
+        self.prefill(work / "state", rows)
+        with Broker(work / "broker") as broker:
+            daemon = Daemon(work, broker.port)
+            try:
+                async with subscribed(broker.port) as seen:
+                    started = daemon.start()
+                    await seen.until(lambda: seen.online_at is not None, 120)
+                    assert seen.online_at is not None
+                    elapsed = seen.online_at - started
+            finally:
+                daemon.stop()
+        interpreter = self.interpreter_start_s()
+        self.add(
+            Figure(
+                "startup",
+                f"start to retained `online` with {rows:,} readings queued",
+                elapsed - interpreter,
+                "s",
+                "<= 0.3",
+                cmd("startup"),
+                f"after the interpreter's own start-up ({interpreter:.2f} s) is taken off",
+            )
+        )
+
+    @staticmethod
+    def interpreter_start_s() -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import gateway.cli"], check=True)
+        return time.perf_counter() - start
+
+    async def nodes(self) -> None:
+        for count, label in ((self.n["nodes_small"], "small"), (self.n["nodes_large"], "large")):
+            await self._nodes(count, label)
+
+    async def _nodes(self, count: int, label: str) -> None:
+        events = self.n["active_events"]
+        base = 0x00E20000
+        async with self.running(registry=alarm_rows(base, events)) as (daemon, seen, _):
+            assert daemon.radio is not None
+            stream = b"".join(report(0x01000000 + i, 1) for i in range(count))
+            start = time.perf_counter()
+            await write_all(daemon.radio, stream)
+            await seen.until(lambda: seen.readings >= count, 1200)
+            first_contact = time.perf_counter() - start
+            rss = proc_mem_mib(daemon.pid)
+            ms = await alarm_latencies(seen, daemon.radio, [base + i for i in range(events)])
+            window = self.n["idle_window_s"]
+            cpu0 = proc_cpu_s(daemon.pid)
+            await asyncio.sleep(window)
+            idle_cpu = (proc_cpu_s(daemon.pid) - cpu0) / window * 60
+            peak = proc_mem_mib(daemon.pid, "VmHWM")
+        self.add(
+            Figure(
+                f"latency_nodes_{label}",
+                f"alarm latency p50 with {count:,} active nodes",
+                statistics.median(ms),
+                "ms",
+                "<= 5",
+                cmd("nodes"),
+            ),
+            Figure(
+                f"first_contact_{label}",
+                f"one frame from each of {count:,} nodes, pty → broker",
+                first_contact,
+                "s",
+                "<= 10" if label == "large" else "",
+                cmd("nodes"),
+                f"{count / first_contact:,.0f} frames/s",
+            ),
+            Figure(
+                f"rss_nodes_{label}",
+                f"RSS with {count:,} active nodes",
+                rss,
+                "MiB",
+                "<= 150" if label == "large" else "<= 60",
+                cmd("nodes"),
+                f"peak {peak:.0f} MiB",
+            ),
+            Figure(
+                f"idle_cpu_{label}",
+                f"idle CPU with {count:,} nodes",
+                idle_cpu,
+                "CPU-s/min",
+                "<= 0.3",
+                cmd("nodes"),
+            ),
+        )
+
+    async def udp_contact(self) -> None:
+        count, rate = self.n["udp_covers"], self.n["udp_rate"]
+        base = 0x02000000
+        rows = [f"U-{i:06d},drainage,{base + i:08X}\n" for i in range(count)]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            udp_port = int(probe.getsockname()[1])
+        async with self.running(radio=False, registry=rows, udp_port=udp_port) as (_, seen, _b):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                start = time.perf_counter()
+                for i in range(count):
+                    out.sendto(report(base + i, 1), ("127.0.0.1", udp_port))
+                    ahead = start + (i + 1) / rate - time.perf_counter()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            with contextlib.suppress(TimeoutError):
+                await seen.until(lambda: seen.readings >= count, 30)
+            taken = seen.readings
+        self.add(
+            Figure(
+                "udp_first_contact",
+                f"first contact of {count:,} registered covers over UDP at {rate}/s, taken in",
+                100 * taken / count,
+                "%",
+                ">= 100",
+                cmd("udp"),
+                f"{taken:,} of {count:,}",
+            )
+        )
+
+    async def peer(self) -> None:
+        """The peer's work: two Modbus RTU slaves polled at 1 Hz into the local broker."""
+        work = self.workdir()
+        scenario = work / "peer.toml"
+        scenario.write_text(
+            '[scenario]\nname = "peer"\nduration_s = 100000\nseed = 1\n'
+            '[[buses]]\nname = "rs485-0"\n'
+            '[[buses.slaves]]\nmodel = "wit_inclinometer"\naddress = 80\n'
+            '[[buses.slaves]]\nmodel = "qdy30a_level"\naddress = 1\nlevel = 0.5\ndecimals = 3\n',
+            encoding="utf-8",
+        )
+        sim = subprocess.Popen(  # noqa: S603 - our own simulator
+            [sys.executable, "-m", "firmware_sim", "--scenario", str(scenario), "--json"],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert sim.stdout is not None
+            endpoints = json.loads(sim.stdout.readline())
+            bus = endpoints["buses"]["rs485-0"]
+            modbus = (
+                f'[[modbus]]\nname = "rs485-0"\nport = "{bus["path"]}"\n'
+                f"baudrate = {bus['baudrate']}\n"
+                '[[modbus.slaves]]\naddress = 80\nprofile = "wit_inclinometer"\n'
+                "poll_interval_s = 1.0\n"
+                '[[modbus.slaves]]\naddress = 1\nprofile = "qdy30a_level"\n'
+                "poll_interval_s = 1.0\n"
+            )
+            async with self.running(radio=False, modbus=modbus) as (daemon, _, _b):
+                await asyncio.sleep(min(2, self.n["peer_window_s"]))  # the first polls
+                window = self.n["peer_window_s"]
+                cpu0 = proc_cpu_s(daemon.pid)
+                await asyncio.sleep(window)
+                cpu = (proc_cpu_s(daemon.pid) - cpu0) / window * 60
+        finally:
+            sim.terminate()
+            sim.wait(10)
+        self.add(
+            Figure(
+                "peer_cpu",
+                "CPU on the peer's work (two Modbus slaves at 1 Hz)",
+                cpu,
+                "CPU-s/min",
+                "<= 0.026",
+                cmd("peer"),
+                "ThingsBoard IoT Gateway measured 13 CPU-s/min on the same work",
+            )
+        )
+
+    async def run(self, only: set[str]) -> None:
+        def wanted(key: str) -> bool:
+            return not only or key in only
+
+        if wanted("decode"):
+            print("decode", flush=True)
+            self.decode()
+        if wanted("e2e_rate"):
+            print("end to end (and the naive baseline)", flush=True)
+            await self.throughput(await self.naive_rate())
+        if wanted("latency_idle") or wanted("rss"):
+            print("idle alarm latency", flush=True)
+            await self.idle_latency()
+        if wanted("backlog"):
+            print("alarm latency under a draining backlog", flush=True)
+            await self.backlog()
+        if wanted("startup"):
+            print("start-up with a full queue", flush=True)
+            await self.startup()
+        if wanted("nodes"):
+            print("many nodes", flush=True)
+            await self.nodes()
+        if wanted("udp"):
+            print("first contact over UDP", flush=True)
+            await self.udp_contact()
+        if wanted("peer"):
+            print("the peer's work", flush=True)
+            await self.peer()
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def table(figures: list[Figure]) -> Iterator[str]:
+    yield f"{'figure':<66} {'value':>12} {'unit':<11} {'target':<10} met"
+    for f in figures:
+        value = "—" if f.value is None else f"{f.value:,.2f}"
+        met = {True: "yes", False: "NO", None: ""}[f.met]
+        yield f"{f.title[:66]:<66} {value:>12} {f.unit:<11} {f.target:<10} {met}"
+    yield ""
+    yield "Reproduce one figure with its command:"
+    for f in figures:
+        yield f"  {f.key:<22} {f.command}" + (f"   ({f.note})" if f.note else "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="every figure, seconds-long")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        metavar="KEY",
+        help="decode e2e_rate latency_idle rss backlog startup nodes udp peer",
+    )
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    args = parser.parse_args()
+    size = SIZES["smoke" if args.smoke else "full"]
+    with tempfile.TemporaryDirectory(prefix="covergw-bench-") as tmp:
+        suite = Suite(Path(tmp), size)
+        asyncio.run(suite.run(set(args.only)))
+    print()
+    for line in table(suite.figures):
+        print(line)
+    result = {
+        "mode": "smoke" if args.smoke else "full",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "figures": [{**asdict(f), "met": f.met} for f in suite.figures],
+    }
+    args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
