@@ -84,6 +84,7 @@ class DeviceModel:
     decoder: DecodeFn = field(repr=False)
     encoders: Mapping[str, DownlinkFn] = field(default_factory=lambda: EMPTY, repr=False)
     summary: str = ""
+    default_fport: int | None = None  # the port of its ordinary uplink (None: no port)
 
     @property
     def downlinks(self) -> frozenset[str]:

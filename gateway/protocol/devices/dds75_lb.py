@@ -350,5 +350,6 @@ MODEL = DeviceModel(
     transport="lorawan",
     decoder=decode,
     encoders=ENCODERS,
+    default_fport=PORT_PERIODIC,
     summary="Dragino DDS75-LB ultrasonic distance sensor (LoRaWAN)",
 )

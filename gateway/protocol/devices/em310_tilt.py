@@ -183,5 +183,6 @@ MODEL = DeviceModel(
         "rezero": rezero,
         "set_thresholds": set_thresholds,
     },
+    default_fport=milesight.FPORT,
     summary="Milesight EM310-TILT three-axis tilt sensor (LoRaWAN)",
 )

@@ -130,5 +130,6 @@ MODEL = DeviceModel(
     transport="lorawan",
     decoder=decode,
     encoders=ENCODERS,
+    default_fport=milesight.FPORT,
     summary="Milesight EM310-UDL ultrasonic level sensor (LoRaWAN)",
 )
