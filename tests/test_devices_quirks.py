@@ -7,7 +7,9 @@ import pytest
 from gateway.errors import GatewayError, ProtocolError
 from gateway.protocol.devices import (
     MODELS,
+    Decoded,
     DeviceDecodeError,
+    DeviceStats,
     build_nb_frame,
     decode_nb_frame,
     em400,
@@ -223,3 +225,25 @@ def test_get_model_unknown() -> None:
     with pytest.raises(DeviceDecodeError) as err:
         get_model("em999")
     assert err.value.reason == "unknown_model"
+
+
+def test_stats_count_partials_and_refusals_by_reason() -> None:
+    stats = DeviceStats()
+    model = get_model("em310-tilt")
+    for hex_ in ("017564", "01756405821027", "03cf00", "0175"):
+        try:
+            stats.accepted(model.decode(bytes.fromhex(hex_), fport=85, at=AT))
+        except DeviceDecodeError as err:
+            stats.refused(err)
+    stats.accepted(decode_nb_model_history())
+    counts = stats.as_dict()
+    assert counts["decoded"] == 3
+    assert counts["readings"] == 4
+    assert counts["partial_unknown_channel"] == 1
+    assert counts["rejected_truncated"] == 2
+    assert counts["rejected_bad_length"] == 0
+
+
+def decode_nb_model_history() -> Decoded:
+    records = em400.build_reading(battery_pct=1) + em400.build_reading(battery_pct=2)
+    return MODELS["em400-mud-nb"].decode(build_nb_frame(records), fport=None, at=AT)

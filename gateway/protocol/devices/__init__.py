@@ -19,6 +19,7 @@ from gateway.protocol.devices.base import (
     DeviceReason,
 )
 from gateway.protocol.devices.nbiot import NbFrame, build_nb_frame, decode_nb_frame
+from gateway.protocol.devices.stats import DeviceStats
 
 MODELS: Mapping[str, DeviceModel] = MappingProxyType(
     {
@@ -51,6 +52,7 @@ __all__ = [
     "DeviceDecodeError",
     "DeviceModel",
     "DeviceReason",
+    "DeviceStats",
     "NbFrame",
     "build_nb_frame",
     "decode_nb_frame",
