@@ -25,15 +25,19 @@ from gateway.commands import CommandHandler
 from gateway.config import GatewayConfig, SlaveConfig, load_config
 from gateway.console import Console
 from gateway.control import ControlServer
+from gateway.downlinks import Downlinks
 from gateway.drivers.base import Driver
+from gateway.drivers.lorawan import LorawanInput
 from gateway.drivers.modbus import ModbusBus, SlaveError
 from gateway.drivers.serial_radio import SerialRadio
+from gateway.drivers.tcp import TcpListener
 from gateway.drivers.udp import UdpListener
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError
 from gateway.events import Input
 from gateway.metrics import StatsCollector
 from gateway.metrics import serve as serve_metrics
+from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
@@ -93,10 +97,35 @@ class Gateway:
             started_at=self.started_at,
         )
         self.tap = Tap()
+        self.downlinks = Downlinks(
+            gateway_id=config.gateway_id,
+            topic_root=config.topic_root,
+            registry=lambda: self.engine.registry,
+            emit=self.emit,
+        )
+        lorawan = [
+            LorawanInput(
+                lw,
+                self.submit,
+                lookup=self.device_lookup,
+                on_outcome=self.downlinks.outcome,
+                clock=clock,
+            )
+            for lw in config.lorawan
+        ]
+        self.downlinks.inputs = lorawan
         self.drivers: list[Driver] = [
             *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
-            *(UdpListener(u, self.submit, clock=clock, tap=self._heard) for u in config.udp),
+            *(
+                UdpListener(u, self.submit, clock=clock, tap=self._heard, lookup=self.device_lookup)
+                for u in config.udp
+            ),
             *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
+            *lorawan,
+            *(
+                TcpListener(t, self.submit, lookup=self.device_lookup, clock=clock)
+                for t in config.tcp
+            ),
         ]
         self.commands = CommandHandler(self, gateway_id=config.gateway_id, clock=clock)
         if config.console is not None:
@@ -128,6 +157,20 @@ class Gateway:
                 self.stats.shed_telemetry += 1
                 return
         self._input_ready.set()
+
+    def device_lookup(self, device_id: str) -> tuple[DeviceRef, str | None] | None:
+        """A LoRaWAN DevEUI or NB-IoT IMEI → its registered device and cover (reloads included)."""
+        found = self.engine.registry.device(device_id)
+        return None if found is None else (found[0], found[1].cover_id)
+
+    def emit(self, message: Outgoing) -> None:
+        """A message rendered outside the engine (a downlink outcome), for the next flush."""
+        self._pending.append(message)
+        self._input_ready.set()
+
+    def device_downlink(self, args: dict[str, Any], *, request_id: str | None) -> dict[str, Any]:
+        """The ``device_downlink`` command (see gateway/downlinks.py)."""
+        return self.downlinks.request(args, request_id=request_id)
 
     # --- running ---
 
@@ -304,6 +347,8 @@ class Gateway:
                     "radios",
                     "udp",
                     "modbus",
+                    "lorawan",
+                    "tcp",
                 )
                 if getattr(new, name) != getattr(self.config, name)
             ]
