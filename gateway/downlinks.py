@@ -60,8 +60,7 @@ class Downlinks:
         try:
             f_port, data = get_model(device.model).downlink(action, **params)
         except DeviceDecodeError as err:
-            code = "unsupported" if err.reason.value == "unsupported" else "invalid"
-            raise DownlinkError(code, err.detail) from err
+            raise DownlinkError("invalid", err.detail) from err
         request = DownlinkRequest(
             downlink_id=new_downlink_id(),
             request_id=request_id,
@@ -99,7 +98,7 @@ class Downlinks:
                 raise DownlinkError("invalid", f"{device.device_id} is on cover {cover.cover_id}")
             if device_transport(device.model, device.device_id) != "lorawan":
                 raise DownlinkError(
-                    "unsupported", f"{device} is an NB-IoT device: it takes no downlinks here"
+                    "invalid", f"{device} is an NB-IoT device: it takes no downlinks here"
                 )
             return device, cover.cover_id
         cover_id = str(args.get("cover_id") or "")
@@ -115,7 +114,7 @@ class Downlinks:
         ]
         if not candidates:
             raise DownlinkError(
-                "unsupported", f"cover {cover_id} has no LoRaWAN device that takes {action!r}"
+                "invalid", f"cover {cover_id} has no LoRaWAN device that takes {action!r}"
             )
         if len(candidates) > 1:
             ids = ", ".join(str(d) for d in candidates)
@@ -124,7 +123,7 @@ class Downlinks:
 
     def _input_for(self, device: DeviceRef) -> LorawanInput:
         if not self.inputs:
-            raise DownlinkError("unavailable", "no [[lorawan]] input is configured")
+            raise DownlinkError("failed", "no [[lorawan]] input is configured")
         for lorawan in self.inputs:
             if lorawan.knows(device.device_id):
                 return lorawan

@@ -72,7 +72,7 @@ FCNT_RESET_GAP = 16
 
 
 class DownlinkError(GatewayError):
-    """A downlink that cannot be enqueued (no room, no application id)."""
+    """A downlink refused; ``code`` is the command answer's (invalid, not_found, failed)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -364,12 +364,12 @@ class LorawanInput:
         )
         if not application and "{application_id}" in self.config.downlink_topic:
             raise DownlinkError(
-                "unavailable",
+                "failed",
                 f"no ChirpStack application id known for {request.device.device_id} yet: "
                 f"wait for its first uplink or set lorawan.application_id",
             )
         if len(self._outbox) >= self.config.downlink_queue:
-            raise DownlinkError("busy", f"{len(self._outbox)} downlinks already waiting")
+            raise DownlinkError("failed", f"{len(self._outbox)} downlinks already waiting")
         self._outbox.append(request)
         self._outbox_ready.set()
         return application or ""
