@@ -10,10 +10,30 @@ from pathlib import Path
 
 from gateway import __version__
 
+# covergw decode --device: SCN-1 and the models of gateway.protocol.devices
+# (a test checks this list against that registry, which is not imported here
+# to keep start-up light).
+DECODE_DEVICES = (
+    "scn1",
+    "em310-tilt",
+    "em400-mud",
+    "em400-udl",
+    "em310-udl",
+    "dds75-lb",
+    "em400-mud-nb",
+    "em400-udl-nb",
+)
+
 
 def _decode(args: argparse.Namespace) -> int:
     from gateway.tools import decode  # noqa: PLC0415 - keep start-up of other commands light
 
+    if args.device != "scn1":
+        if args.file is not None or not args.frames:
+            args.parser.error(f"--device {args.device} decodes HEX payloads given as arguments")
+        return decode.decode_device_args(args.device, args.frames, sys.stdout, fport=args.fport)
+    if args.fport is not None:
+        args.parser.error("--fport goes with --device MODEL")
     if not args.frames and args.file is None:
         args.parser.error("give HEX frames or --file PATH")
     if args.frames and args.file is not None:
@@ -221,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dialect", choices=("transparent", "at"), default="transparent")
     p.add_argument(
         "--rssi-append", action="store_true", help="the module appended an RSSI byte per packet"
+    )
+    p.add_argument(
+        "--device",
+        choices=DECODE_DEVICES,
+        default="scn1",
+        metavar="MODEL",
+        help="what sent the HEX payloads: " + ", ".join(DECODE_DEVICES) + " (default scn1)",
+    )
+    p.add_argument(
+        "--fport",
+        type=int,
+        metavar="N",
+        help="LoRaWAN port of the payloads (default: the model's ordinary uplink port, "
+        "85 for Milesight, 2 for dds75-lb; dds75-lb also 3, 5, 6)",
     )
     p.set_defaults(func=_decode, parser=p)
 

@@ -101,6 +101,86 @@ def main() -> None:
         framer.feed(stream[i : i + args.chunk])
     _, peak = tracemalloc.get_traced_memory()
     print(f"framer peak traced memory while streaming: {peak / 1024:.0f} KiB")
+    tracemalloc.stop()
+    compare_devices(frames, min(n, 20_000))
+
+
+def compare_devices(scn1_frames: list[bytes], n: int) -> None:
+    """A commercial payload's decode against an SCN-1 frame's (target: no dearer)."""
+    from gateway.protocol.devices import (  # noqa: PLC0415 - only this comparison needs them
+        MODELS,
+        build_nb_frame,
+        dds75_lb,
+        decode_nb_frame,
+        em310_tilt,
+        em400,
+    )
+
+    rng = random.Random(2)
+    tilt = [
+        em310_tilt.build_reading(
+            battery_pct=rng.randint(0, 100),
+            tilt_deg=(rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(85, 95)),
+        )
+        for _ in range(n)
+    ]
+    level = [
+        em400.build_reading(
+            battery_pct=rng.randint(0, 100),
+            temperature_c=rng.randint(-100, 300) / 10,
+            distance_mm=rng.randint(300, 3000),
+            position=0,
+        )
+        for _ in range(n)
+    ]
+    dragino = [
+        dds75_lb.build_periodic(
+            battery_mv=rng.randint(3000, 3600), distance_mm=rng.randint(300, 3000)
+        )
+        for _ in range(n)
+    ]
+    nb = [build_nb_frame(p) for p in level[: n // 4]]
+
+    def run(decode: object, payloads: list[bytes]) -> float:
+        assert callable(decode)
+
+        def loop() -> None:
+            for p in payloads:
+                decode(p)
+
+        return best_of(3, loop) / len(payloads) * 1e6
+
+    tilt_model, mud_model, dds_model = MODELS["em310-tilt"], MODELS["em400-mud"], MODELS["dds75-lb"]
+    rows = (
+        (
+            "SCN-1 decode_frame, 5 TLVs + CRC",
+            run(decode_frame, scn1_frames[:n]),
+            len(scn1_frames[0]),
+        ),
+        (
+            "em310-tilt, battery + angles",
+            run(lambda p: tilt_model.decode(p, fport=85, at=0.0), tilt),
+            len(tilt[0]),
+        ),
+        (
+            "em400-mud, 4 records",
+            run(lambda p: mud_model.decode(p, fport=85, at=0.0), level),
+            len(level[0]),
+        ),
+        (
+            "dds75-lb fPort 2",
+            run(lambda p: dds_model.decode(p, fport=2, at=0.0), dragino),
+            len(dragino[0]),
+        ),
+        (
+            "em400 NB-IoT frame, 1 reading",
+            run(lambda p: decode_nb_frame(p, at=0.0), nb),
+            len(nb[0]),
+        ),
+    )
+    print(f"\n{'decode, one payload':<34}{'bytes':>6}{'us':>8}{'vs SCN-1':>10}")
+    for name, us, size in rows:
+        print(f"{name:<34}{size:>6}{us:>8.1f}{us / rows[0][1]:>10.2f}")
 
 
 if __name__ == "__main__":

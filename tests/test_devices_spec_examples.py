@@ -305,3 +305,114 @@ def test_nb_model_wraps_the_frame() -> None:
     assert got.fields["imei"] == "868508064807350"
     assert len(got.readings) == 2
     assert MODELS["em400-mud-nb"].transport == "nbiot"
+
+
+# --- 3.5 EM310-UDL ---
+
+
+def test_em310_udl_readme_example() -> None:
+    got = dec("em310-udl", "01755c 03824408 040001")
+    assert got.fields == {
+        "battery_pct": 92,
+        "distance_mm": 2116,
+        "position": "tilt",
+        "cover_displaced": True,
+    }
+    assert got.quantities.cover_displaced is True
+
+
+def test_em310_udl_alarm_echo_has_signed_thresholds() -> None:
+    got = dec("em310-udl", "ff0681 18fc e803 3c00 0500")
+    assert got.fields["distance_alarm_config"] == {
+        "condition": "below",
+        "alarm_release": True,
+        "threshold_min_mm": -1000,
+        "threshold_max_mm": 1000,
+        "lock_time": 60,
+        "continue_time": 5,
+    }
+    assert get_model("em310-udl").downlink(
+        "set_thresholds", condition="below", min_mm=-1000, max_mm=1000, lock_s=60, continue_s=5
+    ) == (85, bytes.fromhex("ff068118fce8033c000500"))
+
+
+# --- 4.5 DDS75-LB ---
+
+
+@pytest.mark.parametrize(
+    ("hex_", "want"),
+    [
+        (
+            "0ce405dc00000001",
+            {"battery_mv": 3300, "distance_mm": 1500, "interrupt_flag": 0}
+            | {"temperature_c": 0.0, "sensor_flag": 1},
+        ),
+        (
+            "0d2a0b1a01ff3f01",
+            {"battery_mv": 3370, "distance_mm": 2842, "interrupt_flag": 1}
+            | {"temperature_c": -19.3, "sensor_flag": 1},
+        ),
+        (
+            "0b4500140100fa00",
+            {"battery_mv": 2885, "distance_raw_mm": 20, "interrupt_flag": 1}
+            | {"temperature_c": 25.0, "sensor_flag": 0},
+        ),
+    ],
+)
+def test_dds75_periodic(hex_: str, want: dict[str, Any]) -> None:
+    assert fields("dds75-lb", hex_, 2) == want
+
+
+def test_dds75_distance_only_with_sensor_flag() -> None:
+    good = dec("dds75-lb", "0d2a0b1a01ff3f01", 2)
+    assert good.quantities.distance_mm == 2842
+    assert good.quantities.battery_mv == 3370
+    assert good.quantities.temperature_c == -19.3
+    assert good.events == ()
+    for flag in ("00", "02", "ff"):
+        bad = dec("dds75-lb", "0b45001401 00fa" + flag, 2)
+        assert bad.quantities.distance_mm is None
+        assert bad.fields["distance_raw_mm"] == 20
+        (fault,) = bad.events
+        assert fault.kind is DeviceEventKind.SENSOR_FAULT
+        assert fault.detail["sensor_flag"] == int(flag, 16)
+
+
+def test_dds75_datalog_one_reading_per_record_in_utc() -> None:
+    got = dec("dds75-lb", "0cea271000fa416553f100", 3)
+    assert got.fields == {"pnackmd": False, "records": 1}
+    (reading,) = got.readings
+    assert reading.at == 1_700_000_000.0
+    assert reading.fields == {
+        "time": "2023-11-14T22:13:20Z",
+        "battery_mv": 3306,
+        "distance_mm": 10000,
+        "temperature_c": 25.0,
+        "interrupt_flag": 1,
+    }
+
+
+def test_dds75_status_is_device_info() -> None:
+    got = dec("dds75-lb", "27011101ff0ce4", 5)
+    assert got.fields == {
+        "sensor_model": "DDS75-LB",
+        "firmware_version": "1.1.1",
+        "frequency_band": "EU868",
+        "sub_band": None,
+        "battery_mv": 3300,
+    }
+    (info,) = got.events
+    assert info.kind is DeviceEventKind.DEVICE_INFO
+    assert info.detail["firmware"] == "1.1.1"
+    assert got.quantities.battery_mv == 3300
+
+
+def test_dds75_detect_mode() -> None:
+    assert fields("dds75-lb", "05dc05e6", 6) == {"detect_distance_mm": [1500, 1510]}
+
+
+def test_dds75_downlinks() -> None:
+    m = get_model("dds75-lb")
+    assert m.downlink("set_interval", seconds=1200) == (2, bytes.fromhex("010004b0"))
+    assert m.downlink("reboot") == (2, bytes.fromhex("04ff"))
+    assert m.downlinks == {"set_interval", "reboot"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable
 from typing import BinaryIO, TextIO
 
@@ -70,4 +71,33 @@ def run(frames: list[str], file: str | None, *, dialect: str, rssi_append: bool)
         return 0
     with open(file, "rb") as stream:
         decode_capture(stream, sys.stdout, sys.stderr, dialect=dialect, rssi_append=rssi_append)
+    return 0
+
+
+# --- commercial device payloads (covergw decode --device MODEL) ---
+
+
+def decode_device_args(
+    model: str, payloads: Iterable[str], out: TextIO, *, fport: int | None
+) -> int:
+    """One JSON line per payload of a device model; a refused one prints its reason."""
+    from gateway.protocol.devices import DeviceDecodeError, get_model  # noqa: PLC0415
+    from gateway.protocol.devices.render import decoded_to_dict, rejected_to_dict  # noqa: PLC0415
+
+    device = get_model(model)
+    if fport is None:
+        fport = device.default_fport
+    for text in payloads:
+        head: dict[str, object] = {"device": model}
+        if device.transport == "lorawan":
+            head["fport"] = fport
+        try:
+            view = head | decoded_to_dict(
+                device.decode(parse_hex(text), fport=fport, at=time.time())
+            )
+        except HexError as err:
+            view = head | {"rejected": err.reason.value, "detail": err.detail, "input": text}
+        except DeviceDecodeError as err:
+            view = head | rejected_to_dict(err) | {"input": text}
+        print(json.dumps(view, ensure_ascii=False), file=out)
     return 0

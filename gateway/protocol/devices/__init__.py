@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from gateway.protocol.devices import em310_tilt, em400, nbiot
+from gateway.protocol.devices import dds75_lb, em310_tilt, em310_udl, em400, nbiot
 from gateway.protocol.devices.base import (
     Decoded,
     DeviceDecodeError,
@@ -19,6 +19,7 @@ from gateway.protocol.devices.base import (
     DeviceReason,
 )
 from gateway.protocol.devices.nbiot import NbFrame, build_nb_frame, decode_nb_frame
+from gateway.protocol.devices.stats import DeviceStats
 
 MODELS: Mapping[str, DeviceModel] = MappingProxyType(
     {
@@ -27,6 +28,8 @@ MODELS: Mapping[str, DeviceModel] = MappingProxyType(
             em310_tilt.MODEL,
             em400.MUD_MODEL,
             em400.UDL_MODEL,
+            em310_udl.MODEL,
+            dds75_lb.MODEL,
             nbiot.MUD_NB_MODEL,
             nbiot.UDL_NB_MODEL,
         )
@@ -49,6 +52,7 @@ __all__ = [
     "DeviceDecodeError",
     "DeviceModel",
     "DeviceReason",
+    "DeviceStats",
     "NbFrame",
     "build_nb_frame",
     "decode_nb_frame",

@@ -15,6 +15,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from construct import ConstructError
+
 from gateway.errors import ProtocolError
 from gateway.observation import DeviceEvent, Quantities
 
@@ -82,6 +84,7 @@ class DeviceModel:
     decoder: DecodeFn = field(repr=False)
     encoders: Mapping[str, DownlinkFn] = field(default_factory=lambda: EMPTY, repr=False)
     summary: str = ""
+    default_fport: int | None = None  # the port of its ordinary uplink (None: no port)
 
     @property
     def downlinks(self) -> frozenset[str]:
@@ -101,11 +104,12 @@ class DeviceModel:
             )
         try:
             return encoder(**params)
-        except TypeError as err:
+        except (TypeError, ConstructError) as err:  # a missing, unknown or unbuildable parameter
             raise DeviceDecodeError(DeviceReason.BAD_VALUE, f"{self.name} {action}: {err}") from err
 
 
-def check_range(name: str, value: float, low: float, high: float) -> None:
-    """Refuse a downlink parameter outside what the device accepts."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+def check_range(name: str, value: float, low: float, high: float, *, integer: bool = True) -> None:
+    """Refuse a downlink parameter outside what the device accepts (or not a whole number)."""
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
         raise DeviceDecodeError(DeviceReason.BAD_VALUE, f"{name}={value!r} outside {low}..{high}")

@@ -158,7 +158,7 @@ def set_thresholds(
             f"axis {axis!r} (one of {sorted(AXES)}), condition {condition!r} (one of {CONDITIONS})",
         )
     for name, value in (("min_deg", min_deg), ("max_deg", max_deg)):
-        check_range(name, value, -327.68, 327.67)
+        check_range(name, value, -327.68, 327.67, integer=False)
     for name, value in (("lock_s", lock_s), ("continue_s", continue_s)):
         check_range(name, value, 0, 0xFFFF)
     return _command(
@@ -183,5 +183,6 @@ MODEL = DeviceModel(
         "rezero": rezero,
         "set_thresholds": set_thresholds,
     },
+    default_fport=milesight.FPORT,
     summary="Milesight EM310-TILT three-axis tilt sensor (LoRaWAN)",
 )

@@ -266,6 +266,7 @@ MUD_MODEL = DeviceModel(
     transport="lorawan",
     decoder=decode_mud,
     encoders=ENCODERS,
+    default_fport=milesight.FPORT,
     summary="Milesight EM400-MUD multi-function ultrasonic distance sensor (LoRaWAN)",
 )
 UDL_MODEL = DeviceModel(
@@ -273,5 +274,6 @@ UDL_MODEL = DeviceModel(
     transport="lorawan",
     decoder=decode_udl,
     encoders=ENCODERS,
+    default_fport=milesight.FPORT,
     summary="Milesight EM400-UDL ultrasonic level sensor (LoRaWAN)",
 )
