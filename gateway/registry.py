@@ -8,8 +8,10 @@ Columns (header names, any order; * required):
   cover_id*, owner_unit*, node_id (8 hex digits), modbus (``BUS:ADDRESS`` …,
   space separated), cover_kind, name, address, latitude, longitude,
   sensor_depth_mm (a level transmitter's depth below the cover),
-  maintenance (yes/no), baseline_x_deg, baseline_y_deg, and any threshold key
-  of ``[alarms]`` (``tilt_deg``, ``water_high_mm`` …) to override it for this cover.
+  maintenance (yes/no), baseline_x_deg, baseline_y_deg, input (the names of
+  the inputs this cover's radio devices may be heard on, space separated; empty:
+  the first input a device is heard on), and any threshold key of ``[alarms]``
+  (``tilt_deg``, ``water_high_mm`` …) to override it for this cover.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import THRESHOLD_KEYS
+from gateway.observation import DeviceRef
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Cover:
     maintenance: bool = False
     baseline_deg: tuple[float, float] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()  # empty: bound to the first input a device is heard on
 
     def identity(self) -> dict[str, Any]:
         """What every message about this cover carries, so the platform needs no lookup."""
@@ -119,6 +123,25 @@ class Registry:
         for slave in cover.modbus:
             self.by_slave[slave] = cover
         return None
+
+    def cover_for(self, device: DeviceRef) -> Cover | None:
+        """The cover a device is mounted on; None for a device not in the registry."""
+        match device.model:
+            case "scn1":
+                try:
+                    return self.by_node.get(int(device.device_id, 16))
+                except ValueError:
+                    return None
+            case "modbus":
+                bus, _, address = device.device_id.rpartition(":")
+                if not address.isdigit():
+                    return None
+                return self.by_slave.get((bus, int(address)))
+        return None
+
+    def radio_devices(self) -> list[tuple[DeviceRef, Cover]]:
+        """Registered devices that report on their own, so silence means something (offline)."""
+        return [(DeviceRef("scn1", f"{node:08X}"), cover) for node, cover in self.by_node.items()]
 
 
 def _float(row: dict[str, str], key: str) -> float | None:
@@ -196,6 +219,7 @@ def parse_row(row: dict[str, str]) -> Cover:
         maintenance=maintenance_text in _YES,
         baseline_deg=(bx or 0.0, by or 0.0) if bx is not None or by is not None else None,
         overrides=overrides,
+        inputs=tuple((row.get("input") or "").replace(",", " ").split()),
     )
 
 
