@@ -221,6 +221,15 @@ THRESHOLD_KEYS = tuple(
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: the bounds of the edge engine's per-key state (see ``gateway.edge.bounds``)."""
+
+    unregistered_nodes: int = 256  # ids not in the registry tracked at once; LRU forgotten first
+    device_frames_per_minute: int = 60  # per device; above it readings are not forwarded
+    recent_frames_bytes: int = 2 * 1024 * 1024  # the technician's frame history, all devices
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway_id: str
     state_dir: Path
@@ -238,6 +247,7 @@ class GatewayConfig:
     console: ConsoleConfig | None = None
     lorawan: tuple[LorawanConfig, ...] = ()
     tcp: tuple[TcpConfig, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def topic_root(self) -> str:
@@ -528,6 +538,8 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         )
     ct.done()
 
+    limits = _limits(root.table("limits"))
+
     radios, udp, buses = _ports(root, profiles)
     lorawan = [_lorawan(lt, gateway_id, base_dir) for lt in root.tables("lorawan")]
     tcp = [_tcp(tt) for tt in root.tables("tcp")]
@@ -572,7 +584,25 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         console=console,
         lorawan=tuple(lorawan),
         tcp=tuple(tcp),
+        limits=limits,
     )
+
+
+def _limits(t: Table) -> LimitsConfig:
+    default = LimitsConfig()
+    limits = LimitsConfig(
+        unregistered_nodes=t.integer(
+            "unregistered_nodes", default.unregistered_nodes, lo=0, hi=1_000_000
+        ),
+        device_frames_per_minute=t.integer(
+            "device_frames_per_minute", default.device_frames_per_minute, lo=1, hi=1_000_000
+        ),
+        recent_frames_bytes=t.integer(
+            "recent_frames_bytes", default.recent_frames_bytes, lo=0, hi=1 << 30
+        ),
+    )
+    t.done()
+    return limits
 
 
 def _strings(value: object) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from gateway.drivers.modbus import ModbusBus, SlaveError
 from gateway.drivers.serial_radio import SerialRadio
 from gateway.drivers.tcp import TcpListener
 from gateway.drivers.udp import UdpListener
+from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError
 from gateway.events import Input
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 TICK_S = 1.0
-STATE_KEY = "engine"
 
 
 @dataclass
@@ -95,7 +95,10 @@ class Gateway:
             kind_thresholds=config.kind_thresholds,
             slaves=slave_map(config),
             started_at=self.started_at,
+            limits=config.limits,
         )
+        # Engine state rows taken but not yet committed (a failed write keeps them).
+        self._pending_state: dict[str, str | None] = {}
         self.tap = Tap()
         self.downlinks = Downlinks(
             gateway_id=config.gateway_id,
@@ -176,9 +179,7 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         with self.queue:
-            saved = self.queue.get_state(STATE_KEY)
-            if saved:
-                self.engine.restore(json.loads(saved))
+            self._restore_engine()
             self.uplink = Uplink(
                 self.config.uplink,
                 topic_root=self.config.topic_root,
@@ -278,10 +279,21 @@ class Gateway:
                 break
         return events
 
+    def _restore_engine(self) -> None:
+        """State rows; or, once, the whole-state blob an earlier version wrote."""
+        self.engine.load_state(self.queue.state_items(engine_state.PREFIX))
+        legacy = self.queue.get_state(engine_state.LEGACY_KEY)
+        if legacy:
+            try:
+                self.engine.restore(json.loads(legacy))
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("the saved engine state is unreadable, starting afresh: %s", err)  # noqa: TRY400
+            self._pending_state[engine_state.LEGACY_KEY] = None  # written as rows at the next flush
+
     def _flush(self) -> bool:
-        state = None
-        if self.engine.dirty:
-            state = {STATE_KEY: json.dumps(self.engine.snapshot())}
+        # Rows changed since the last commit go with the messages they belong to.
+        self._pending_state.update(self.engine.take_state())
+        state = self._pending_state
         if not self._pending and not state:
             return True
         try:
@@ -289,13 +301,13 @@ class Gateway:
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
             self.stats.queue_write_errors += 1
-            self.engine.dirty = True
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
             self._trim_backlog()
             return False
         self._pending.clear()
+        self._pending_state = {}
         self._wakeup.set()
         return True
 
@@ -439,6 +451,12 @@ class Gateway:
                 "lost_frames": edge.lost_frames,
                 "lost_frames_by_node": dict(edge.lost_by_node.most_common(50)),
                 "unregistered_frames": edge.unregistered_frames,
+                "sequence_anomalies": edge.sequence_anomalies,
+                "wrong_input": edge.wrong_input,
+                "rate_limited": edge.rate_limited,
+                "partial_readings": edge.partial_readings,
+                "devices_tracked": len(self.engine.devices),
+                "unregistered_forgotten": self.engine.devices.forgotten,
                 "shed_telemetry": self.stats.shed_telemetry,
                 "active_alarms": len(self.engine.active_alarms()),
             },

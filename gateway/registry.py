@@ -8,8 +8,10 @@ Columns (header names, any order; * required):
   cover_id*, owner_unit*, node_id (8 hex digits), modbus (``BUS:ADDRESS`` …,
   space separated), cover_kind, name, address, latitude, longitude,
   sensor_depth_mm (a level transmitter's depth below the cover),
-  maintenance (yes/no), baseline_x_deg, baseline_y_deg, and any threshold key
-  of ``[alarms]`` (``tilt_deg``, ``water_high_mm`` …) to override it for this cover;
+  maintenance (yes/no), baseline_x_deg, baseline_y_deg, input (the names of
+  the inputs this cover's radio devices may be heard on, space separated; empty:
+  the first input a device is heard on), and any threshold key of ``[alarms]``
+  (``tilt_deg``, ``water_high_mm`` …) to override it for this cover;
   device (the model: ``scn1`` when empty, ``em310-tilt``, ``em400-mud``,
   ``em400-udl``, ``em310-udl``, ``dds75-lb``) and device_id (a LoRaWAN DevEUI,
   16 hex digits, kept in lower case; an NB-IoT IMEI, 15 digits; for ``scn1`` the
@@ -106,6 +108,7 @@ class Cover:
     # Devices bound by the device/device_id columns (LoRaWAN, NB-IoT); SCN-1
     # nodes stay in node_id, Modbus slaves in modbus.
     devices: tuple[DeviceRef, ...] = ()
+    inputs: tuple[str, ...] = ()  # empty: bound to the first input a device is heard on
 
     def identity(self) -> dict[str, Any]:
         """What every message about this cover carries, so the platform needs no lookup."""
@@ -206,6 +209,27 @@ class Registry:
     def device(self, device_id: str) -> tuple[DeviceRef, Cover] | None:
         """A LoRaWAN or NB-IoT device by its id (any case for a DevEUI) and its cover."""
         return self.by_device.get(device_id.lower())
+
+    def cover_for(self, device: DeviceRef) -> Cover | None:
+        """The cover a device is mounted on; None for a device not in the registry."""
+        match device.model:
+            case "scn1":
+                try:
+                    return self.by_node.get(int(device.device_id, 16))
+                except ValueError:
+                    return None
+            case "modbus":
+                bus, _, address = device.device_id.rpartition(":")
+                if not address.isdigit():
+                    return None
+                return self.by_slave.get((bus, int(address)))
+        found = self.by_device.get(device.device_id.lower())
+        return found[1] if found is not None and found[0].model == device.model else None
+
+    def radio_devices(self) -> list[tuple[DeviceRef, Cover]]:
+        """Registered devices that report on their own, so silence means something (offline)."""
+        nodes = [(DeviceRef("scn1", f"{node:08X}"), cover) for node, cover in self.by_node.items()]
+        return nodes + list(self.by_device.values())
 
 
 def _float(row: dict[str, str], key: str) -> float | None:
@@ -319,6 +343,7 @@ def parse_row(row: dict[str, str]) -> Cover:
         baseline_deg=(bx or 0.0, by or 0.0) if bx is not None or by is not None else None,
         overrides=overrides,
         devices=devices,
+        inputs=tuple((row.get("input") or "").replace(",", " ").split()),
     )
 
 

@@ -166,7 +166,7 @@ async def test_status_and_log_events(rig: Rig) -> None:
     await rig.heard.wait_for(lambda: len(rig.heard.items) == 4)
     batteries = [o.quantities.battery_pct for o in rig.heard.observations]
     assert batteries == [87.5, None, None, 80]
-    assert rig.heard.observations[1].extra["external_power"] is True
+    assert rig.heard.observations[1].extra["network_status"]["external_power"] is True
     assert rig.lorawan.status()["log_events"] == {"error:UPLINK_CODEC": 1}
 
 

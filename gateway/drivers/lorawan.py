@@ -46,6 +46,7 @@ from gateway.observation import (
     DeviceRef,
     Link,
     Observation,
+    Purpose,
     Quantities,
 )
 from gateway.protocol.chirpstack import (
@@ -69,6 +70,7 @@ REMEMBERED_DOWNLINKS = 1000  # sent downlinks whose txack/ack we still wait for
 # A frame counter that goes back by more than this without a join is a reset
 # (an ABP device restarted), not a late duplicate.
 FCNT_RESET_GAP = 16
+FCNT_MODULO = 1 << 32
 
 
 class DownlinkError(GatewayError):
@@ -239,7 +241,11 @@ class LorawanInput:
                     rejoined = DeviceEvent(
                         DeviceEventKind.REJOINED, at, detail=_detail(dev_addr=event.dev_addr)
                     )
-                    self._emit(Observation(found[0], self.name, at, events=(rejoined,)))
+                    self._emit(
+                        Observation(
+                            found[0], self.name, at, events=(rejoined,), purpose=Purpose.STATUS
+                        )
+                    )
             case StatusEvent():
                 self.counts["status"] += 1
                 found = self._registered(dev_eui)
@@ -251,13 +257,14 @@ class LorawanInput:
                             self.name,
                             at,
                             quantities=Quantities(battery_pct=event.battery_pct),
-                            message_id=event.deduplication_id or None,
                             extra=_detail(
-                                battery_source="network",
-                                external_power=event.external_power,
-                                battery_unavailable=event.battery_unavailable,
-                                link_margin_db=event.margin_db,
+                                network_status={
+                                    "external_power": event.external_power,
+                                    "battery_unavailable": event.battery_unavailable,
+                                    "margin_db": event.margin_db,
+                                }
                             ),
+                            purpose=Purpose.STATUS,
                         )
                     )
             case LogEvent():
@@ -342,7 +349,14 @@ class LorawanInput:
             counter=event.f_cnt,
             message_id=event.deduplication_id,
             raw=event.data,
-            extra={"f_port": event.f_port, "f_cnt": event.f_cnt, "gateways": event.gateways},
+            extra={
+                "lorawan": {
+                    "f_port": event.f_port,
+                    "f_cnt": event.f_cnt,
+                    "gateways": event.gateways,
+                }
+            },
+            counter_modulus=FCNT_MODULO,
         ):
             self._emit(observation)
 
@@ -517,6 +531,10 @@ class LorawanInput:
 
 def new_downlink_id() -> str:
     return str(uuid.uuid4())
+
+
+def _frame_info(event: UpEvent) -> dict[str, int]:
+    return {"f_port": event.f_port, "f_cnt": event.f_cnt, "gateways": event.gateways}
 
 
 def _b64(data: bytes) -> str:

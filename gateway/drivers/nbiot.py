@@ -100,7 +100,17 @@ class NbReceiver:
         decoded = Decoded(
             model=device.model,
             partial=next((r.partial for r in frame.readings if r.partial), None),
-            extra=MappingProxyType({"imsi": frame.imsi, "iccid": frame.iccid, "sn": frame.sn}),
+            extra=MappingProxyType(
+                {
+                    "nbiot": {
+                        "frame_cnt": frame.frame_cnt,
+                        "csq": frame.csq,
+                        "imsi": frame.imsi,
+                        "iccid": frame.iccid,
+                        "sn": frame.sn,
+                    }
+                }
+            ),
             readings=frame.readings,
         )
         if decoded.partial:
@@ -114,7 +124,6 @@ class NbReceiver:
             counter=frame.frame_cnt,
             message_id=None,
             raw=data,
-            extra={"frame_cnt": frame.frame_cnt, "csq": frame.csq},
         ):
             self.counts["observations"] += 1
             self._sink(observation, is_critical(observation))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gateway.observation import DeviceRef, Link, Observation
+from gateway.observation import DeviceRef, Link, Observation, Purpose
 from gateway.protocol.devices import Decoded
 
 MAX_COUNTED_IDS = 256  # default for unknown-device counters kept by id
@@ -35,8 +35,14 @@ def observations(
     message_id: str | None,
     raw: bytes,
     extra: dict[str, Any] | None = None,
+    counter_modulus: int = 1 << 16,
 ) -> list[Observation]:
-    """One observation per reading; the payload-wide events and extras ride on the first."""
+    """One observation per reading; the payload-wide events and extras ride on the first.
+
+    Only the first reading carries the transport's counter: the others came in
+    the same message, and the engine must not take them for a counter reused
+    with other content.
+    """
     readings = decoded.readings or (decoded,)
     out: list[Observation] = []
     for i, reading in enumerate(readings):
@@ -57,7 +63,10 @@ def observations(
                 quantities=reading.quantities,
                 events=events,
                 link=link,
-                counter=counter,
+                counter=counter if i == 0 else None,
+                counter_modulus=counter_modulus,
+                # A device's own alarm uplink is an event: judged, never a baseline.
+                purpose=Purpose.EVENT if reading.quantities.device_alarms else Purpose.REPORT,
                 # Each reading keeps an id of its own so the engine's
                 # idempotency does not fold a history frame into one reading.
                 message_id=(
