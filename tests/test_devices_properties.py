@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 from gateway.protocol.devices import (
     MODELS,
     DeviceDecodeError,
+    DeviceReason,
     build_nb_frame,
     dds75_lb,
     decode_nb_frame,
@@ -44,8 +44,15 @@ fports = st.one_of(st.none(), st.integers(0, 255), st.integers(-(2**31), 2**31))
 def test_arbitrary_bytes_only_raise_device_decode_error(
     name: str, payload: bytes, fport: int | None
 ) -> None:
-    with contextlib.suppress(DeviceDecodeError):
-        MODELS[name].decode(payload, fport=fport, at=AT)
+    try:
+        got = MODELS[name].decode(payload, fport=fport, at=AT)
+    except DeviceDecodeError as err:
+        reason = err.reason
+    else:
+        # the NB-IoT models label readings with the registry's model name
+        assert got.model == name.removesuffix("-nb")
+        reason = got.partial
+    assert reason is None or reason in DeviceReason.__members__.values()
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
@@ -75,8 +82,12 @@ def test_arbitrary_records_behind_known_pairs(name: str, data: st.DataObject) ->
 def test_nb_frame_arbitrary_data_and_cuts(records: bytes, tail: bytes, cut: int) -> None:
     frame = build_nb_frame(records)
     for candidate in (frame, frame + tail, frame[:cut]):
-        with contextlib.suppress(DeviceDecodeError):
-            decode_nb_frame(candidate, at=AT)
+        try:
+            frame = decode_nb_frame(candidate, at=AT)
+        except DeviceDecodeError:
+            continue
+        assert len(candidate) == 86 + len(records)
+        assert frame.readings
 
 
 # --- every record of every table: build(parse(raw)) parses back the same ---
