@@ -401,6 +401,7 @@ class Gateway:
         for cover in self.engine.registry.covers.values():
             sensors = [f"{cover.node_id:08X}"] if cover.node_id is not None else []
             sensors += [f"{bus}:{slave}" for bus, slave in cover.modbus]
+            sensors += [str(device) for device in cover.devices]
             out.append({**cover.identity(), "sensor": " ".join(sensors) or "-"})
         return out
 

@@ -71,6 +71,7 @@ REMEMBERED_DOWNLINKS = 1000  # sent downlinks whose txack/ack we still wait for
 # (an ABP device restarted), not a late duplicate.
 FCNT_RESET_GAP = 16
 FCNT_MODULO = 1 << 32
+MAX_LOG_KEYS = 64  # distinct (level, code) pairs of ChirpStack log events counted by name
 
 
 class DownlinkError(GatewayError):
@@ -269,11 +270,14 @@ class LorawanInput:
                     )
             case LogEvent():
                 key = f"{event.level.lower()}:{event.code or '-'}"
-                if key in self.log_events or len(self.log_events) < 64:
+                first = key not in self.log_events
+                if not first or len(self.log_events) < MAX_LOG_KEYS:
                     self.log_events[key] += 1
+                # The first of a kind is worth a look; repeats are in the counters.
                 level = {"ERROR": logging.WARNING, "WARNING": logging.INFO}.get(
                     event.level, logging.DEBUG
                 )
+                level = level if first else logging.DEBUG
                 log.log(
                     level,
                     "lorawan %s: ChirpStack %s %s for %s: %s",
@@ -328,7 +332,7 @@ class LorawanInput:
             decoded = get_model(device.model).decode(event.data, fport=event.f_port, at=at)
         except DeviceDecodeError as err:
             self.rejected[f"decode_{err.reason.value}"] += 1
-            log.info(
+            log.debug(
                 "lorawan %s: %s fCnt %d fPort %d refused: %s",
                 self.name,
                 device,
