@@ -7,8 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 # covergw decode --device: SCN-1 and the models of gateway.protocol.devices
 # (a test checks this list against that registry, which is not imported here
@@ -53,7 +57,8 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     print(
         f"{args.config}: ok (gateway {config.gateway_id}, digest {config.digest}; "
-        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus)"
+        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus"
+        f"{_device_inputs(config)})"
     )
     if config.registry is not None:
         registry, errors = load_registry(config.registry)
@@ -63,6 +68,15 @@ def _check_config(args: argparse.Namespace) -> int:
         if errors:
             return 1
     return 0
+
+
+def _device_inputs(config: GatewayConfig) -> str:
+    """The commercial-sensor inputs, when there are any (``, 1 lorawan, 1 tcp``)."""
+    return "".join(
+        f", {len(items)} {kind}"
+        for kind, items in (("lorawan", config.lorawan), ("tcp", config.tcp))
+        if items
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -189,6 +189,7 @@ class LorawanInput:
             "state": self.state.value,
             "connects": self.connects,
             "last_error": self.last_error,
+            "frames": self.counts["up"],  # uplink events taken (the status table's column)
             "uplinks": self.counts["up"],
             "observations": self.counts["observations"],
             "duplicates": self.counts["duplicates"],
