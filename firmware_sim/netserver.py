@@ -197,6 +197,9 @@ class NetworkServer:
     host: str
     port: int
     application_id: str = APPLICATION_ID
+    # A fixed client id with a persistent session: the broker keeps the downlinks
+    # published while this network server is away (as for a real ChirpStack).
+    session: str | None = None
     answer_downlinks: bool = True  # txack, and ack for confirmed ones
     ack_downlinks: bool = True  # the device acknowledges (False: ack with acknowledged false)
     downlinks: list[ReceivedDownlink] = field(default_factory=list)
@@ -208,7 +211,10 @@ class NetworkServer:
 
     async def __aenter__(self) -> Self:
         self._client = aiomqtt.Client(
-            self.host, self.port, identifier=f"sim-chirpstack-{uuid.uuid4().hex[:8]}"
+            self.host,
+            self.port,
+            identifier=self.session or f"sim-chirpstack-{uuid.uuid4().hex[:8]}",
+            clean_session=self.session is None,
         )
         await self._client.__aenter__()
         await self._client.subscribe("application/+/device/+/command/+", qos=1)

@@ -21,7 +21,7 @@ import pytest
 from firmware_sim.netserver import NetworkServer, event_topic, log_event, status_event, up_event
 from gateway.config import LorawanConfig
 from gateway.drivers.base import PortState
-from gateway.drivers.lorawan import LorawanInput
+from gateway.drivers.lorawan import DownlinkRequest, LorawanInput, new_downlink_id
 from gateway.observation import DeviceEventKind, DeviceRef, Observation
 from gateway.protocol.devices import em310_tilt, em400
 from gateway.registry import parse_registry
@@ -236,3 +236,33 @@ async def test_broker_outage_is_reported_and_the_session_resumes(rig: Rig) -> No
     await rig.heard.wait_for(lambda: len(rig.heard.items) == 2)
     assert rig.heard.observations[1].quantities.battery_pct == 60
     assert rig.lorawan.status()["lost_frames"] == 0
+
+
+async def test_a_downlink_waits_out_a_broker_outage(rig: Rig) -> None:
+    await rig.ns.up(TILT, em310_tilt.build_reading(battery_pct=70), f_port=85, f_cnt=1)
+    await rig.heard.wait_for(lambda: len(rig.heard.items) == 1)  # its application is known
+    # ChirpStack's own session on the broker survives the outage, as a real one's does.
+    async with NetworkServer("127.0.0.1", rig.broker.port, session="sim-chirpstack"):
+        pass
+    rig.broker.stop()
+    async with asyncio.timeout(15):
+        while rig.lorawan.state is PortState.OPEN:
+            await asyncio.sleep(0.05)
+    request = DownlinkRequest(
+        downlink_id=new_downlink_id(),
+        request_id="r-1",
+        device=DeviceRef("em310-tilt", TILT),
+        cover_id="CV-0421",
+        action="reboot",
+        f_port=85,
+        data=bytes.fromhex("ff10ff"),
+        confirmed=False,
+    )
+    rig.lorawan.enqueue(request)
+    assert rig.lorawan.status()["downlinks_waiting"] == 1
+    rig.broker.start()
+    async with NetworkServer("127.0.0.1", rig.broker.port, session="sim-chirpstack") as ns:
+        async with asyncio.timeout(20):
+            (downlink,) = await ns.wait_downlinks(1)
+    assert (downlink.queue_item_id, downlink.data) == (request.downlink_id, b"\xff\x10\xff")
+    assert rig.lorawan.status()["downlinks_waiting"] == 0
