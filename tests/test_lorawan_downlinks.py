@@ -86,6 +86,9 @@ async def test_a_command_produces_the_models_bytes_and_its_outcomes(
         # The gateway learns the device's ChirpStack application from its uplink.
         await ns.up(TILT, em310_tilt.build_reading(battery_pct=99), f_port=85, f_cnt=1)
         await ns.up(MUD, bytes.fromhex("04820008"), f_port=85, f_cnt=1)
+        await collector.wait_for(
+            lambda: {r["source"].get("device_id") for r in collector.readings()} >= {TILT, MUD}
+        )
         answer = await ask(
             collector,
             broker.port,
