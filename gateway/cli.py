@@ -7,8 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 # covergw decode --device: SCN-1 and the models of gateway.protocol.devices
 # (a test checks this list against that registry, which is not imported here
@@ -53,7 +57,8 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     print(
         f"{args.config}: ok (gateway {config.gateway_id}, digest {config.digest}; "
-        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus)"
+        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus"
+        f"{_device_inputs(config)})"
     )
     if config.registry is not None:
         registry, errors = load_registry(config.registry)
@@ -63,6 +68,15 @@ def _check_config(args: argparse.Namespace) -> int:
         if errors:
             return 1
     return 0
+
+
+def _device_inputs(config: GatewayConfig) -> str:
+    """The commercial-sensor inputs, when there are any (``, 1 lorawan, 1 tcp``)."""
+    return "".join(
+        f", {len(items)} {kind}"
+        for kind, items in (("lorawan", config.lorawan), ("tcp", config.tcp))
+        if items
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -177,6 +191,22 @@ def _diag_modbus(args: argparse.Namespace) -> int:
     )
 
 
+def _diag_lorawan(args: argparse.Namespace) -> int:
+    from gateway.registry import load_registry  # noqa: PLC0415
+    from gateway.tools import diag_lorawan  # noqa: PLC0415
+
+    try:
+        models = diag_lorawan.parse_devices(args.device or [])
+    except ValueError as err:
+        args.parser.error(str(err))
+    if args.registry:
+        registry, _ = load_registry(Path(args.registry))
+        for eui, (device, _cover) in registry.by_device.items():
+            models.setdefault(eui, device.model)
+    args.models = models
+    return diag_lorawan.run(args, sys.stdout)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.tools import demo  # noqa: PLC0415
 
@@ -220,6 +250,27 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", metavar="FILE", help="take user-defined profiles from this config")
     p.add_argument("--timeout", type=float, default=0.2, help="seconds per reply")
     p.set_defaults(func=_diag_modbus, parser=p)
+
+    p = diag.add_parser(
+        "lorawan",
+        help="live decoded uplinks from the network server's broker (ChirpStack v4)",
+        description="Subscribes (read-only) to ChirpStack's MQTT integration and prints each "
+        "event: uplinks decoded by the gateway's device models, joins, status, downlink "
+        "outcomes, log events. Ctrl-C stops.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--topic", default="application/+/device/+/event/+")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument(
+        "--device", action="append", metavar="DEVEUI=MODEL", help="the model of a device"
+    )
+    p.add_argument("--registry", metavar="CSV", help="take device models from the registry")
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(func=_diag_lorawan, parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from gateway.drivers.lorawan import DownlinkError
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import GatewayError
 
@@ -41,6 +42,9 @@ class Host(Protocol):
 
     def local_status(self) -> dict[str, Any]: ...
     def reload_now(self) -> dict[str, Any]: ...
+    def device_downlink(
+        self, args: dict[str, Any], *, request_id: str | None
+    ) -> dict[str, Any]: ...
 
 
 def _validator() -> Draft202012Validator:
@@ -62,6 +66,7 @@ class CommandHandler:
         self.clock = clock
         self._validator = _validator()
         self._answers: OrderedDict[str, bytes] = OrderedDict()
+        self._request_id: str | None = None  # of the request being carried out
 
     def handle(self, payload: bytes) -> bytes:
         """One request in, one JSON answer out; never raises."""
@@ -81,6 +86,7 @@ class CommandHandler:
                 request_id, cmd, error=CommandError("invalid", f"{where}: {errors[0].message}")
             )
         else:
+            self._request_id = request_id if isinstance(request_id, str) else None
             try:
                 result = self._carry_out(str(cmd), request.get("args", {}))
             except CommandError as err:
@@ -162,4 +168,9 @@ class CommandHandler:
                     "node": args["node"],
                     "frames": engine.recent_frames(node, args.get("last", 10)),
                 }
+            case "device_downlink":
+                try:
+                    return self.host.device_downlink(args, request_id=self._request_id)
+                except DownlinkError as err:
+                    raise CommandError(err.code, err.message) from err
         raise CommandError("invalid", f"unknown command {cmd!r}")  # pragma: no cover - schema

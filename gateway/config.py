@@ -103,11 +103,59 @@ class RadioConfig:
     reopen_max_s: float = 30.0
 
 
+class UdpFormat(StrEnum):
+    """What a UDP (or TCP) input's datagrams carry."""
+
+    SCN1 = "scn1"  # our own node frames
+    MILESIGHT_NB = "milesight-nb"  # the Milesight EM400 NB-IoT cellular frame
+
+
 @dataclass(frozen=True)
 class UdpConfig:
     name: str
     host: str
     port: int
+    format: UdpFormat = UdpFormat.SCN1
+
+
+@dataclass(frozen=True)
+class LorawanConfig:
+    """``[[lorawan]]``: a ChirpStack v4 MQTT integration to subscribe to."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: MqttProtocol = MqttProtocol.V5
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs
+    tls: TlsConfig | None = None
+    keepalive_s: int = 60
+    session_expiry_s: int = 86400
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    topic: str = "application/+/device/+/event/+"
+    # Downlinks go to this topic ({application_id}, {dev_eui} filled in).
+    downlink_topic: str = "application/{application_id}/device/{dev_eui}/command/down"
+    # Used for a device's downlink until one of its events names its application.
+    application_id: str | None = None
+    max_event_bytes: int = 32 * 1024
+    dedup_window: int = 10_000  # deduplicationIds remembered
+    unknown_devices_tracked: int = 256  # distinct unregistered DevEUIs counted by name
+    downlink_queue: int = 100  # downlinks waiting for the connection
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    """``[[tcp]]``: NB-IoT devices that connect and send Milesight cellular frames."""
+
+    name: str
+    host: str
+    port: int
+    format: UdpFormat = UdpFormat.MILESIGHT_NB
+    max_connections: int = 64
+    idle_timeout_s: float = 60.0
+    max_frame_bytes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -173,6 +221,15 @@ THRESHOLD_KEYS = tuple(
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: the bounds of the edge engine's per-key state (see ``gateway.edge.bounds``)."""
+
+    unregistered_nodes: int = 256  # ids not in the registry tracked at once; LRU forgotten first
+    device_frames_per_minute: int = 60  # per device; above it readings are not forwarded
+    recent_frames_bytes: int = 2 * 1024 * 1024  # the technician's frame history, all devices
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway_id: str
     state_dir: Path
@@ -188,6 +245,9 @@ class GatewayConfig:
     control_socket: Path | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     console: ConsoleConfig | None = None
+    lorawan: tuple[LorawanConfig, ...] = ()
+    tcp: tuple[TcpConfig, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def topic_root(self) -> str:
@@ -319,7 +379,9 @@ def _ports(
     udp = []
     for t in root.tables("udp"):
         host, port = t.convert("bind", hostport)
-        udp.append(UdpConfig(t.text("name"), host, port))
+        udp.append(
+            UdpConfig(t.text("name"), host, port, t.choice("format", UdpFormat, UdpFormat.SCN1))
+        )
         t.done()
     buses = []
     for t in root.tables("modbus"):
@@ -345,6 +407,89 @@ def _ports(
             raise ConfigError(t.key("parity"), "must be N, E or O")
         t.done()
     return radios, udp, buses
+
+
+def _tls_table(tt: Table, base_dir: Path) -> TlsConfig | None:
+    """A ``tls`` sub-table as the uplink reads it: enabled, ca_file, cert_file, key_file."""
+    tls = None
+    if tt.flag("enabled", False):
+        ca = tt.convert("ca_file", lambda v: _existing(v, base_dir))
+        cert = tt.convert("cert_file", lambda v: _existing(v, base_dir), None)
+        key = tt.convert("key_file", lambda v: _existing(v, base_dir), None)
+        if (cert is None) != (key is None):
+            raise ConfigError(tt.key("key_file"), "cert_file and key_file go together")
+        tls = TlsConfig(ca, cert, key)
+    else:
+        for k in ("ca_file", "cert_file", "key_file"):
+            tt.text(k, None)
+    tt.done()
+    return tls
+
+
+def _password(t: Table, base_dir: Path) -> str | None:
+    password: str | None = t.text("password", None)
+    password_file = t.convert("password_file", lambda v: _existing(v, base_dir), None)
+    if password_file is not None:
+        if password is not None:
+            raise ConfigError(t.key("password_file"), "give password or password_file, not both")
+        password = password_file.read_text(encoding="utf-8").strip()
+    return password
+
+
+def _lorawan(t: Table, gateway_id: str, base_dir: Path) -> LorawanConfig:
+    name = t.text("name")
+    tls = _tls_table(t.table("tls"), base_dir)
+    reconnect_min = t.number("reconnect_min_s", 1.0, lo=0.01, hi=3600)
+    topic = t.text("topic", "application/+/device/+/event/+")
+    if not topic or "#" in topic[:-1] or topic.endswith("/"):
+        raise ConfigError(t.key("topic"), f"not an MQTT topic filter: {topic!r}")
+    downlink_topic = t.text(
+        "downlink_topic", "application/{application_id}/device/{dev_eui}/command/down"
+    )
+    if "{dev_eui}" not in downlink_topic or any(c in downlink_topic for c in "+#"):
+        raise ConfigError(
+            t.key("downlink_topic"), "must contain {dev_eui} and no wildcard (+ or #)"
+        )
+    config = LorawanConfig(
+        name=name,
+        host=t.text("host", "127.0.0.1"),
+        port=t.integer("port", 8883 if tls else 1883, lo=1, hi=65535),
+        protocol=t.choice("protocol", MqttProtocol, MqttProtocol.V5),
+        client_id=t.text("client_id", f"covergw-{gateway_id}-{name}"),
+        username=t.text("username", None),
+        password=_password(t, base_dir),
+        tls=tls,
+        keepalive_s=t.integer("keepalive_s", 60, lo=5, hi=3600),
+        session_expiry_s=t.integer("session_expiry_s", 86400, lo=0, hi=2**32 - 1),
+        reconnect_min_s=reconnect_min,
+        reconnect_max_s=t.number("reconnect_max_s", 60.0, lo=reconnect_min, hi=86400),
+        topic=topic,
+        downlink_topic=downlink_topic,
+        application_id=t.text("application_id", None),
+        max_event_bytes=t.integer("max_event_bytes", 32 * 1024, lo=1024, hi=1024 * 1024),
+        dedup_window=t.integer("dedup_window", 10_000, lo=16, hi=1_000_000),
+        unknown_devices_tracked=t.integer("unknown_devices_tracked", 256, lo=0, hi=100_000),
+        downlink_queue=t.integer("downlink_queue", 100, lo=1, hi=10_000),
+    )
+    t.done()
+    return config
+
+
+def _tcp(t: Table) -> TcpConfig:
+    host, port = t.convert("bind", hostport)
+    config = TcpConfig(
+        name=t.text("name"),
+        host=host,
+        port=port,
+        format=t.choice("format", UdpFormat, UdpFormat.MILESIGHT_NB),
+        max_connections=t.integer("max_connections", 64, lo=1, hi=10_000),
+        idle_timeout_s=t.number("idle_timeout_s", 60.0, lo=0.1, hi=86400),
+        max_frame_bytes=t.integer("max_frame_bytes", 4096, lo=86, hi=1024 * 1024),
+    )
+    if config.format is not UdpFormat.MILESIGHT_NB:
+        raise ConfigError(t.key("format"), "a TCP input takes only milesight-nb frames")
+    t.done()
+    return config
 
 
 def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> GatewayConfig:
@@ -393,12 +538,23 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         )
     ct.done()
 
+    limits = _limits(root.table("limits"))
+
     radios, udp, buses = _ports(root, profiles)
-    for items, path in ((radios, "radio"), (udp, "udp"), (buses, "modbus")):
+    lorawan = [_lorawan(lt, gateway_id, base_dir) for lt in root.tables("lorawan")]
+    tcp = [_tcp(tt) for tt in root.tables("tcp")]
+    for items, path in (
+        (radios, "radio"),
+        (udp, "udp"),
+        (buses, "modbus"),
+        (lorawan, "lorawan"),
+        (tcp, "tcp"),
+    ):
         _names_unique(items, path)
     sources = [r.name for r in radios] + [u.name for u in udp] + [b.name for b in buses]
+    sources += [lw.name for lw in lorawan] + [tc.name for tc in tcp]
     if len(set(sources)) != len(sources):
-        raise ConfigError("radio/udp/modbus", "every port needs its own name")
+        raise ConfigError("radio/udp/modbus/lorawan/tcp", "every port needs its own name")
 
     at = root.table("alarms")
     kinds = at.table("kind")
@@ -426,7 +582,27 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         control_socket=Path(control) if control else None,
         metrics=metrics,
         console=console,
+        lorawan=tuple(lorawan),
+        tcp=tuple(tcp),
+        limits=limits,
     )
+
+
+def _limits(t: Table) -> LimitsConfig:
+    default = LimitsConfig()
+    limits = LimitsConfig(
+        unregistered_nodes=t.integer(
+            "unregistered_nodes", default.unregistered_nodes, lo=0, hi=1_000_000
+        ),
+        device_frames_per_minute=t.integer(
+            "device_frames_per_minute", default.device_frames_per_minute, lo=1, hi=1_000_000
+        ),
+        recent_frames_bytes=t.integer(
+            "recent_frames_bytes", default.recent_frames_bytes, lo=0, hi=1 << 30
+        ),
+    )
+    t.done()
+    return limits
 
 
 def _strings(value: object) -> tuple[str, ...]:

@@ -25,15 +25,20 @@ from gateway.commands import CommandHandler
 from gateway.config import GatewayConfig, SlaveConfig, load_config
 from gateway.console import Console
 from gateway.control import ControlServer
+from gateway.downlinks import Downlinks
 from gateway.drivers.base import Driver
+from gateway.drivers.lorawan import LorawanInput
 from gateway.drivers.modbus import ModbusBus, SlaveError
 from gateway.drivers.serial_radio import SerialRadio
+from gateway.drivers.tcp import TcpListener
 from gateway.drivers.udp import UdpListener
+from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError
 from gateway.events import Input
 from gateway.metrics import StatsCollector
 from gateway.metrics import serve as serve_metrics
+from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
@@ -46,7 +51,6 @@ log = logging.getLogger(__name__)
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 TICK_S = 1.0
-STATE_KEY = "engine"
 
 
 @dataclass
@@ -91,12 +95,40 @@ class Gateway:
             kind_thresholds=config.kind_thresholds,
             slaves=slave_map(config),
             started_at=self.started_at,
+            limits=config.limits,
         )
+        # Engine state rows taken but not yet committed (a failed write keeps them).
+        self._pending_state: dict[str, str | None] = {}
         self.tap = Tap()
+        self.downlinks = Downlinks(
+            gateway_id=config.gateway_id,
+            topic_root=config.topic_root,
+            registry=lambda: self.engine.registry,
+            emit=self.emit,
+        )
+        lorawan = [
+            LorawanInput(
+                lw,
+                self.submit,
+                lookup=self.device_lookup,
+                on_outcome=self.downlinks.outcome,
+                clock=clock,
+            )
+            for lw in config.lorawan
+        ]
+        self.downlinks.inputs = lorawan
         self.drivers: list[Driver] = [
             *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
-            *(UdpListener(u, self.submit, clock=clock, tap=self._heard) for u in config.udp),
+            *(
+                UdpListener(u, self.submit, clock=clock, tap=self._heard, lookup=self.device_lookup)
+                for u in config.udp
+            ),
             *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
+            *lorawan,
+            *(
+                TcpListener(t, self.submit, lookup=self.device_lookup, clock=clock)
+                for t in config.tcp
+            ),
         ]
         self.commands = CommandHandler(self, gateway_id=config.gateway_id, clock=clock)
         if config.console is not None:
@@ -129,13 +161,25 @@ class Gateway:
                 return
         self._input_ready.set()
 
+    def device_lookup(self, device_id: str) -> tuple[DeviceRef, str | None] | None:
+        """A LoRaWAN DevEUI or NB-IoT IMEI → its registered device and cover (reloads included)."""
+        found = self.engine.registry.device(device_id)
+        return None if found is None else (found[0], found[1].cover_id)
+
+    def emit(self, message: Outgoing) -> None:
+        """A message rendered outside the engine (a downlink outcome), for the next flush."""
+        self._pending.append(message)
+        self._input_ready.set()
+
+    def device_downlink(self, args: dict[str, Any], *, request_id: str | None) -> dict[str, Any]:
+        """The ``device_downlink`` command (see gateway/downlinks.py)."""
+        return self.downlinks.request(args, request_id=request_id)
+
     # --- running ---
 
     async def run(self, stop: asyncio.Event) -> None:
         with self.queue:
-            saved = self.queue.get_state(STATE_KEY)
-            if saved:
-                self.engine.restore(json.loads(saved))
+            self._restore_engine()
             self.uplink = Uplink(
                 self.config.uplink,
                 topic_root=self.config.topic_root,
@@ -235,10 +279,21 @@ class Gateway:
                 break
         return events
 
+    def _restore_engine(self) -> None:
+        """State rows; or, once, the whole-state blob an earlier version wrote."""
+        self.engine.load_state(self.queue.state_items(engine_state.PREFIX))
+        legacy = self.queue.get_state(engine_state.LEGACY_KEY)
+        if legacy:
+            try:
+                self.engine.restore(json.loads(legacy))
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("the saved engine state is unreadable, starting afresh: %s", err)  # noqa: TRY400
+            self._pending_state[engine_state.LEGACY_KEY] = None  # written as rows at the next flush
+
     def _flush(self) -> bool:
-        state = None
-        if self.engine.dirty:
-            state = {STATE_KEY: json.dumps(self.engine.snapshot())}
+        # Rows changed since the last commit go with the messages they belong to.
+        self._pending_state.update(self.engine.take_state())
+        state = self._pending_state
         if not self._pending and not state:
             return True
         try:
@@ -246,13 +301,13 @@ class Gateway:
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
             self.stats.queue_write_errors += 1
-            self.engine.dirty = True
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
             self._trim_backlog()
             return False
         self._pending.clear()
+        self._pending_state = {}
         self._wakeup.set()
         return True
 
@@ -304,6 +359,8 @@ class Gateway:
                     "radios",
                     "udp",
                     "modbus",
+                    "lorawan",
+                    "tcp",
                 )
                 if getattr(new, name) != getattr(self.config, name)
             ]
@@ -344,6 +401,7 @@ class Gateway:
         for cover in self.engine.registry.covers.values():
             sensors = [f"{cover.node_id:08X}"] if cover.node_id is not None else []
             sensors += [f"{bus}:{slave}" for bus, slave in cover.modbus]
+            sensors += [str(device) for device in cover.devices]
             out.append({**cover.identity(), "sensor": " ".join(sensors) or "-"})
         return out
 
@@ -394,6 +452,12 @@ class Gateway:
                 "lost_frames": edge.lost_frames,
                 "lost_frames_by_node": dict(edge.lost_by_node.most_common(50)),
                 "unregistered_frames": edge.unregistered_frames,
+                "sequence_anomalies": edge.sequence_anomalies,
+                "wrong_input": edge.wrong_input,
+                "rate_limited": edge.rate_limited,
+                "partial_readings": edge.partial_readings,
+                "devices_tracked": len(self.engine.devices),
+                "unregistered_forgotten": self.engine.devices.forgotten,
                 "shed_telemetry": self.stats.shed_telemetry,
                 "active_alarms": len(self.engine.active_alarms()),
             },

@@ -135,4 +135,4 @@ def test_registry_chinese_text_aliases_and_row_errors() -> None:
 def test_registry_example_loads() -> None:
     registry, errors = parse_registry((DEPLOY / "covers.example.csv").read_text(encoding="utf-8"))
     assert errors == []
-    assert len(registry.covers) == 4
+    assert len(registry.covers) == 6

@@ -73,4 +73,4 @@ def test_package_ships_unit_config_and_docs(scratch: Path, tmp_path: Path) -> No
     )
     checked = run(scratch, "check-config", str(config))
     assert checked.returncode == 0, checked.stderr
-    assert "4 covers" in checked.stdout
+    assert "6 covers" in checked.stdout

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import UdpConfig
+from gateway.config import UdpConfig, UdpFormat
 from gateway.drivers.base import PortState, Sink, Tap
+from gateway.drivers.nbiot import NbReceiver
+from gateway.drivers.observe import DeviceLookup
 from gateway.drivers.serial_radio import is_critical
 from gateway.errors import ProtocolError
 from gateway.events import FrameHeard
@@ -38,6 +40,7 @@ class UdpListener:
         *,
         clock: Callable[[], float] = time.time,
         tap: Tap | None = None,
+        lookup: DeviceLookup | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
@@ -47,16 +50,25 @@ class UdpListener:
         self.stats = FramerStats()
         self.state = PortState.CLOSED
         self.bound: tuple[str, int] | None = None
+        # format = "milesight-nb": NB-IoT cellular frames, one per datagram.
+        self.nb: NbReceiver | None = None
+        if config.format is UdpFormat.MILESIGHT_NB:
+            self.nb = NbReceiver(
+                config.name, sink, lookup=lookup or (lambda _id: None), clock=clock
+            )
 
     def status(self) -> dict[str, Any]:
         return {
             "kind": "udp",
             "bind": f"{self.config.host}:{self.config.port}",
             "state": self.state.value,
-            **self.stats.as_dict(),
+            **(self.nb.as_dict() if self.nb is not None else self.stats.as_dict()),
         }
 
     def datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self.nb is not None:
+            self.nb.frame(data, f"{addr[0]}:{addr[1]}")
+            return
         at = self._clock()
         try:
             received = Received(decode_frame(data), data)

@@ -155,7 +155,13 @@ async def demo(
             f"broker {host}:{port}, {duration:.0f} s (Ctrl-C to stop)"
         )
         print(f"  {scenario.description}\n")
-        async with ScenarioRunner(scenario, speed=speed, udp_target=("127.0.0.1", udp_port)) as sim:
+        async with ScenarioRunner(
+            # The demo's broker doubles as the simulated ChirpStack's.
+            scenario,
+            speed=speed,
+            udp_target=("127.0.0.1", udp_port),
+            ns_broker=(host, port),
+        ) as sim:
             data = gateway_config(
                 tmp,
                 broker_port=port,
