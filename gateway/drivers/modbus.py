@@ -4,13 +4,17 @@ One transaction at a time on the bus. A slave that fails (no reply, CRC
 error, exception reply, wrong slave) is reported on every failure with its
 count of consecutive failures (the edge logic decides when that is a fault)
 and is polled with backoff until it answers, never holding up the others.
-A bus adapter that vanishes is reopened with backoff.
+A bus adapter that cannot be opened or vanishes is reopened with backoff, and
+every attempt counts as one failed poll for every slave on it: a pulled USB
+adapter is a fault on each sensor behind it (``sensor_fault`` after
+``fault_after_failures``), cleared by the first good reading once it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +40,11 @@ class _Slave:
     reads: int = 0
     failures: int = 0
     last_error: str | None = None
+
+
+def _why_not(port: str) -> str:
+    """What a technician needs to hear when pymodbus only says the port did not open."""
+    return "" if os.path.exists(port) else " (no such device)"
 
 
 class SlaveError(TransportError):
@@ -122,6 +131,7 @@ class ModbusBus:
                 await self._poll(client, stop)
             except OSError as err:
                 self.health.failed(err)
+                self._port_failed(self.health.last_error or "port failed")
             finally:
                 client.close()
             if not stop.is_set() and await self.health.pause(stop):
@@ -130,7 +140,7 @@ class ModbusBus:
 
     async def _open(self, client: AsyncModbusSerialClient) -> None:
         if not await client.connect():
-            raise OSError(f"cannot open {self.config.port}")
+            raise OSError(f"cannot open {self.config.port}{_why_not(self.config.port)}")
 
     async def _poll(self, client: AsyncModbusSerialClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -193,6 +203,13 @@ class ModbusBus:
         except RegisterDecodeError as err:
             raise SlaveError(str(err)) from err
 
+    def _port_failed(self, error: str) -> None:
+        """The adapter is gone or will not open: one failed poll for each slave behind it."""
+        reason = f"bus {self.name} port {self.config.port}: {error}"
+        for slave in self.slaves.values():
+            self._failed(slave, reason, log_level=logging.DEBUG)
+            slave.next_due = 0.0  # polled as soon as the adapter is back
+
     def _succeeded(self, slave: _Slave, values: dict[str, float]) -> None:
         if slave.consecutive:
             log.info("modbus %s slave %d answers again", self.name, slave.config.address)
@@ -202,7 +219,7 @@ class ModbusBus:
         slave.next_due = self._monotonic() + slave.config.poll_interval_s
         self._sink(SlaveRead(self.name, slave.config.address, self._clock(), values), False)
 
-    def _failed(self, slave: _Slave, reason: str) -> None:
+    def _failed(self, slave: _Slave, reason: str, *, log_level: int | None = None) -> None:
         slave.consecutive += 1
         slave.failures += 1
         slave.last_error = reason
@@ -210,6 +227,7 @@ class ModbusBus:
         delay = min(self.config.backoff_max_s, interval * 2 ** min(slave.consecutive - 1, 16))
         slave.next_due = self._monotonic() + max(interval, delay)
         level = logging.WARNING if slave.consecutive == 1 else logging.DEBUG
+        level = level if log_level is None else log_level  # the port said it once already
         log.log(level, "modbus %s slave %d: %s", self.name, slave.config.address, reason)
         self._sink(
             SlaveFailed(self.name, slave.config.address, self._clock(), reason, slave.consecutive),
