@@ -4,7 +4,14 @@ Plain text at 115200 8N1 for any terminal program (picocom, minicom, PuTTY):
 the console echoes what is typed, takes a line at a time, ignores garbage,
 and reopens its port if the cable or adapter is pulled. It never holds the
 daemon up: commands read state, and output that a terminal does not take in
-time is dropped.
+time is dropped and counted.
+
+Output does not go through the serial transport: pyserial's ``write`` with a
+zero write timeout spins on EAGAIN when the terminal does not read (the whole
+daemon froze at 100 % CPU). ``_Output`` writes the port's descriptor itself,
+non-blocking, and keeps at most ``WRITE_BACKLOG`` bytes; a line that does not
+fit is dropped whole. Unknown commands get one short line, at most one per
+``REPLY_EVERY_S``; the rest are counted.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -27,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 200
 WRITE_BACKLOG = 64 * 1024  # bytes a terminal may lag behind before output is dropped
+REPLY_EVERY_S = 1.0  # at most one "unknown command" line per second
 CTRL_C = 0x03
 BACKSPACES = (0x08, 0x7F)
 
@@ -65,6 +75,69 @@ class _Escape:
         return True
 
 
+class _Output:
+    """Non-blocking writes to the port's descriptor with a bounded backlog.
+
+    When the terminal does not read, whole writes that do not fit are dropped
+    and counted; a write error (the cable pulled) ends output quietly, and the
+    reading side notices the port is gone and reopens it.
+    """
+
+    def __init__(self, fd: int, *, limit: int = WRITE_BACKLOG) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._backlog = bytearray()
+        self._writing = False
+        self.closed = False
+        self.dropped_bytes = 0
+        self.dropped_writes = 0
+        os.set_blocking(fd, False)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self._backlog:
+            data = data[self._send(data) :]
+            if not data or self.closed:
+                return
+        if len(self._backlog) + len(data) > self._limit:
+            self.dropped_bytes += len(data)
+            self.dropped_writes += 1
+            return
+        self._backlog += data
+        if not self._writing:
+            self._loop.add_writer(self._fd, self._drain)
+            self._writing = True
+
+    def _send(self, data: bytes | bytearray) -> int:
+        try:
+            return os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as err:
+            log.debug("console output ends: %s", err)
+            self.close()
+            return 0
+
+    def _drain(self) -> None:
+        sent = self._send(self._backlog)
+        del self._backlog[:sent]
+        if not self._backlog:
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def close(self) -> None:
+        self._stop_writing()
+        self.closed = True
+        self.dropped_bytes += len(self._backlog)
+        self._backlog.clear()
+
+
 class Host(Protocol):
     """What the console needs of the running gateway."""
 
@@ -83,37 +156,43 @@ class Console:
         self.host = host
         self.gateway_id = gateway_id
         self.health = PortHealth(f"console ({config.port})", reopen_min_s=0.5, reopen_max_s=10.0)
-        self._writer: asyncio.StreamWriter | None = None
+        self._output: _Output | None = None
+        self.dropped_output_bytes = 0  # by sessions that have ended
+        self.refused_lines = 0  # unknown commands answered with silence (rate limit)
+        self._last_refusal = -REPLY_EVERY_S
 
     def status(self) -> dict[str, Any]:
+        out = self._output
         return {
             "kind": "console",
             "port": self.config.port,
             "state": self.health.state.value,
             "last_error": self.health.last_error,
+            "dropped_output_bytes": self.dropped_output_bytes + (out.dropped_bytes if out else 0),
+            "unanswered_lines": self.refused_lines,
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self._writer = writer
+            serial_port = writer.transport.get_extra_info("serial")
+            output = _Output(serial_port.fileno())
+            self._output = output
             try:
                 self.say(f"\ncovergw {self.gateway_id} diagnostic console. Type help.\n")
                 await self._session(reader, stop)
             finally:
-                self._writer = None  # a pulled cable ends here; keep_open reopens
+                output.close()  # a pulled cable ends here; keep_open reopens
+                self.dropped_output_bytes += output.dropped_bytes
+                self._output = None
 
         await keep_open(
             self.health, stop, url=self.config.port, baudrate=self.config.baudrate, session=session
         )
 
     def say(self, text: str) -> None:
-        writer = self._writer
-        if writer is None:
-            return
-        transport = writer.transport
-        if transport.get_write_buffer_size() > WRITE_BACKLOG:
-            return  # nobody is reading; the daemon does not wait for a terminal
-        writer.write(text.replace("\n", "\r\n").encode("utf-8", "replace"))
+        """Never waits: what the terminal cannot take now is dropped (and counted)."""
+        if self._output is not None:
+            self._output.write(text.replace("\n", "\r\n").encode("utf-8", "replace"))
 
     async def _session(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
         line = bytearray()
@@ -160,7 +239,12 @@ class Console:
             return
         handler = self._commands().get(words[0].lower())
         if handler is None:
-            self.say(f"unknown command {words[0]!r}; type help\n")
+            now = time.monotonic()
+            if now - self._last_refusal < REPLY_EVERY_S:
+                self.refused_lines += 1
+                return
+            self._last_refusal = now
+            self.say(f"unknown command {words[0][:20]!r}; type help\n")
             return
         try:
             await handler(words[1:], reader)
@@ -213,9 +297,11 @@ class Console:
 
     async def _queue(self, args: list[str], reader: asyncio.StreamReader) -> None:
         q = self.host.local_status()["stats"]["queue"]
+        age = q["oldest_age_s"]
+        oldest = "nothing waiting" if age is None else f"oldest {age} s"
         self.say(
             f"alarms {q['depth_alarm']}, readings {q['depth_telemetry']}, {q['bytes']} bytes, "
-            f"oldest {q['oldest_age_s']} s; evicted {q['evicted_alarm']} alarms, "
+            f"{oldest}; evicted {q['evicted_alarm']} alarms, "
             f"{q['evicted_telemetry']} readings\n"
         )
 
