@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,31 +52,46 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(Path(args.config))
 
 
-def _control_path(args: argparse.Namespace) -> Path | None:
-    from gateway.config import load_config  # noqa: PLC0415
-    from gateway.errors import ConfigError  # noqa: PLC0415
+DEFAULT_CONFIG = "/etc/covergw/covergw.toml"
+DEFAULT_SOCKET = Path("/var/lib/covergw/control.sock")
 
-    if args.socket:
+
+def _control_path(args: argparse.Namespace) -> Path:
+    """The daemon's socket: ``--socket``, else what the config names, else the default.
+
+    Only ``[gateway] control_socket`` and ``state_dir`` are read, and a config
+    that would be refused whole still yields them: a technician asking a
+    running daemon how it is must not need a config that passes every check.
+    """
+    if getattr(args, "socket", None):
         return Path(args.socket)
+    config = Path(getattr(args, "config", None) or DEFAULT_CONFIG)
     try:
-        return load_config(Path(args.config)).control_path
-    except ConfigError as err:
-        print(f"config refused: {err}", file=sys.stderr)
-        return None
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return DEFAULT_SOCKET
+    gateway = data.get("gateway")
+    if not isinstance(gateway, dict):
+        return DEFAULT_SOCKET
+    base = config.resolve().parent
+    control, state_dir = gateway.get("control_socket"), gateway.get("state_dir")
+    if isinstance(control, str) and control:
+        return base / control
+    if isinstance(state_dir, str) and state_dir:
+        return base / state_dir / "control.sock"
+    return DEFAULT_SOCKET
 
 
 def _status(args: argparse.Namespace) -> int:
     from gateway.tools import status  # noqa: PLC0415
 
-    path = _control_path(args)
-    return 2 if path is None else status.run(path, as_json=args.json)
+    return status.run(_control_path(args), as_json=args.json)
 
 
 def _diag_tail(args: argparse.Namespace) -> int:
     from gateway.tools import status  # noqa: PLC0415
 
-    path = _control_path(args)
-    return 2 if path is None else status.tail(path, node=args.node, raw=args.raw)
+    return status.tail(_control_path(args), node=args.node, raw=args.raw)
 
 
 def _diag_sniff(args: argparse.Namespace) -> int:
@@ -103,17 +119,16 @@ def _diag_sniff(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> object:
     from gateway.config import load_config  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
     from gateway.protocol.modbus_profiles import BUILTIN_PROFILES  # noqa: PLC0415
 
     profiles = dict(BUILTIN_PROFILES)
     if args.config:
-        profiles.update(
-            {
-                s.profile.name: s.profile
-                for b in load_config(Path(args.config)).modbus
-                for s in b.slaves
-            }
-        )
+        try:
+            config = load_config(Path(args.config))
+        except ConfigError as err:
+            args.parser.error(f"config refused: {err}")
+        profiles.update({s.profile.name: s.profile for b in config.modbus for s in b.slaves})
     if args.profile not in profiles:
         args.parser.error(f"unknown profile {args.profile!r}; have {sorted(profiles)}")
     return profiles[args.profile]
@@ -125,6 +140,10 @@ def _diag_modbus(args: argparse.Namespace) -> int:
     from gateway.protocol.modbus_profiles import DeviceProfile  # noqa: PLC0415
     from gateway.tools import diag  # noqa: PLC0415
 
+    if args.port is None and args.bus is None:
+        args.parser.error("give --port DEV (the tool takes it, or asks the daemon that has it) "
+                          "or --bus NAME (ask the daemon)")  # fmt: skip
+    socket = _control_path(args)
     if args.action == "scan":
         try:
             slaves = diag.parse_slaves(args.slaves)
@@ -138,6 +157,10 @@ def _diag_modbus(args: argparse.Namespace) -> int:
                 timeout_s=args.timeout,
                 out=sys.stdout,
                 err=sys.stderr,
+                bus=args.bus,
+                socket=socket,
+                as_json=args.json,
+                show_all=args.all,
             )
         )
     if args.slave is None or args.profile is None:
@@ -153,6 +176,8 @@ def _diag_modbus(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             out=sys.stdout,
             err=sys.stderr,
+            bus=args.bus,
+            socket=socket,
         )
     )
 
@@ -190,15 +215,31 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--socket", metavar="PATH", help="the control socket (default: from the config)")
     p.set_defaults(func=_diag_tail, parser=p)
 
-    p = diag.add_parser("modbus", help="scan an RS-485 bus, or read one slave through a profile")
+    p = diag.add_parser(
+        "modbus",
+        help="scan an RS-485 bus, or read one slave through a profile",
+        description="Takes the port when it is free; when the daemon holds it, asks the "
+        "daemon, which runs each probe between its own polls. A scan waits a short "
+        "time per address chosen from the baud rate (48 ms at 9600: 247 addresses in "
+        "about 12 s) and prints address, answer, exception code and meaning, and the "
+        "profile the device looks like. Exit 1 if the adapter goes away mid-scan.",
+        epilog="examples:\n  covergw diag modbus scan --port /dev/ttyUSB0\n"
+        "  covergw diag modbus scan --bus rs485-0 --slaves 1-10,80 --json\n"
+        "  covergw diag modbus read --port /dev/ttyUSB0 --slave 0x50 --profile wit_inclinometer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("action", choices=("scan", "read"))
-    p.add_argument("--port", required=True, metavar="DEV")
-    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--port", metavar="DEV", help="the adapter (direct, or the daemon's bus on it)")
+    p.add_argument("--bus", metavar="NAME", help="the daemon's bus of this name")
+    p.add_argument("--baud", type=int, default=9600, help="direct use only (default 9600)")
     p.add_argument("--slaves", default="1-247", help="scan: addresses, e.g. 1-247 or 1,80")
     p.add_argument("--slave", type=lambda v: int(v, 0), help="read: the address (0x50 works)")
     p.add_argument("--profile", help="read: wit_inclinometer, qdy30a_level, or one from --config")
-    p.add_argument("--config", metavar="FILE", help="take user-defined profiles from this config")
-    p.add_argument("--timeout", type=float, default=0.2, help="seconds per reply")
+    p.add_argument("--config", metavar="FILE", help="user-defined profiles; the daemon's socket")
+    p.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
+    p.add_argument("--timeout", type=float, help="seconds per reply (default: from the baud rate)")
+    p.add_argument("--json", action="store_true", help="scan: one JSON object per address")
+    p.add_argument("--all", action="store_true", help="scan: list silent addresses too")
     p.set_defaults(func=_diag_modbus, parser=p)
 
 

@@ -38,6 +38,7 @@ from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
 from gateway.tap import Heard, Tap
+from gateway.tools import busscan
 from gateway.tools.status import status_line
 from gateway.uplink import Uplink
 
@@ -152,7 +153,7 @@ class Gateway:
             control = ControlServer(
                 self.config.control_path,
                 {"status": self.local_status},
-                {"tail": self.tail_lines},
+                {"tail": self.tail_lines, "modbus": self.modbus_lines},
             )
             if self.metrics is not None:
                 self.metrics.snapshot = self.stats_payload()
@@ -357,6 +358,11 @@ class Gateway:
             if isinstance(driver, ModbusBus) and driver.name == bus:
                 return await driver.read_now(slave)
         raise SlaveError(f"no bus named {bus!r}")
+
+    def modbus_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        """``covergw diag modbus`` through the daemon: probes run between the bus's own polls."""
+        buses = [d for d in self.drivers if isinstance(d, ModbusBus)]
+        return busscan.serve(buses, request)
 
     async def tail_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
         """Everything the ports hear, as it is heard (``{"node": "00C0FFEE", "raw": true}``)."""
