@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.errors import GatewayError
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -19,7 +21,13 @@ def _decode(args: argparse.Namespace) -> int:
         args.parser.error("give HEX frames or --file PATH")
     if args.frames and args.file is not None:
         args.parser.error("give HEX frames or --file, not both")
-    return decode.run(args.frames, args.file, dialect=args.dialect, rssi_append=args.rssi_append)
+    try:
+        return decode.run(
+            args.frames, args.file, dialect=args.dialect, rssi_append=args.rssi_append
+        )
+    except decode.CaptureError as err:
+        print(f"covergw decode: {err}", file=sys.stderr)
+        return 2
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -183,9 +191,37 @@ def _diag_modbus(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from firmware_sim.__main__ import resolve_scenario  # noqa: PLC0415
+    from firmware_sim.scenario import load_scenario  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
     from gateway.tools import demo  # noqa: PLC0415
 
+    try:
+        load_scenario(resolve_scenario(args.scenario))  # refused here, in one line
+    except FileNotFoundError:
+        from firmware_sim.__main__ import shipped_scenarios  # noqa: PLC0415
+
+        args.parser.error(
+            f"no scenario {args.scenario!r}: give a file or one of {shipped_scenarios()}"
+        )
+    except (ConfigError, ValueError, OSError, UnicodeDecodeError) as err:
+        args.parser.error(f"scenario {args.scenario!r} refused: {err}")
+    if args.broker is not None:
+        _, _, port = args.broker.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            args.parser.error(f"--broker is HOST:PORT, got {args.broker!r}")
     return demo.run(args.scenario, duration_s=args.duration, speed=args.speed, broker=args.broker)
+
+
+def _positive(text: str) -> float:
+    """A finite number above zero (a speed or a duration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above zero and finite, got {text!r}")
+    return value
 
 
 def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -291,11 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway against the simulator with a local broker, as an operator sees it",
     )
     p.add_argument("--scenario", default="city_block", help="shipped name or file")
-    p.add_argument("--duration", type=float, help="seconds (default: the scenario's length)")
-    p.add_argument("--speed", type=float, default=2.0, help="scenario time scale (default 2)")
+    p.add_argument("--duration", type=_positive, help="seconds (default: the scenario's length)")
+    p.add_argument("--speed", type=_positive, default=2.0, help="scenario time scale (default 2)")
     p.add_argument("--broker", metavar="HOST:PORT", help="use this broker instead of a local one")
     p.set_defaults(func=_demo, parser=p)
     return parser
+
+
+EXIT_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE (``| head``)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,7 +345,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=(args.log_level or default_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (``covergw decode … | head``): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except GatewayError as err:
+        print(f"covergw {args.command}: {err}", file=sys.stderr)
+        return 2
     return code
 
 
