@@ -99,7 +99,14 @@ def _status(args: argparse.Namespace) -> int:
 def _diag_tail(args: argparse.Namespace) -> int:
     from gateway.tools import status  # noqa: PLC0415
 
-    return status.tail(_control_path(args), node=args.node, raw=args.raw)
+    return status.tail(
+        _control_path(args),
+        node=args.node,
+        raw=args.raw,
+        cover=args.cover,
+        bus=args.bus,
+        as_json=args.json,
+    )
 
 
 def _diag_sniff(args: argparse.Namespace) -> int:
@@ -244,10 +251,22 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=_diag_sniff, parser=p)
 
-    p = diag.add_parser("tail", help="what the running daemon's ports hear, live")
-    p.add_argument("--node", metavar="HEX", help="only this node (8 hex digits)")
+    p = diag.add_parser(
+        "tail",
+        help="what the running daemon hears and decides, live",
+        description="Radio frames, Modbus readings and failures, and alarm decisions, as "
+        "they happen, from the running daemon's control socket. Filters combine.",
+        epilog="examples:\n  covergw diag tail\n  covergw diag tail --cover HZ-XH-000123\n"
+        "  covergw diag tail --node 00C0FFEE --raw\n  covergw diag tail --bus rs485-0 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--node", metavar="ID", help="one node (8 hex digits) or BUS:ADDRESS")
+    p.add_argument("--cover", metavar="COVER_ID", help="a cover's node and wired sensors")
+    p.add_argument("--bus", metavar="NAME", help="one bus or radio input")
     p.add_argument("--raw", action="store_true", help="add each frame's bytes in hex")
-    p.add_argument("--config", default="/etc/covergw/covergw.toml", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help="only to find the socket; need not be valid")  # fmt: skip
     p.add_argument("--socket", metavar="PATH", help="the control socket (default: from the config)")
     p.set_defaults(func=_diag_tail, parser=p)
 

@@ -254,6 +254,10 @@ class Console:
             self.say(f"modbus: {err}\n")
         except TimeoutError:
             self.say("modbus: no answer in time\n")
+        except Exception:
+            # A command's bug must not end the console, let alone the daemon.
+            log.exception("console command %r failed", words[0])
+            self.say("internal error; see the log\n")
 
     def _commands(self) -> dict[str, Callable[[list[str], asyncio.StreamReader], Awaitable[None]]]:
         return {
