@@ -35,13 +35,18 @@ def _check_config(args: argparse.Namespace) -> int:
     from gateway.errors import ConfigError  # noqa: PLC0415
     from gateway.registry import load_registry  # noqa: PLC0415
 
+    if args.config and args.config_file and args.config != args.config_file:
+        args.parser.error("give the configuration once: --config FILE")
+    path = args.config or args.config_file
+    if path is None:
+        args.parser.error("give the configuration: --config FILE")
     try:
-        config = load_config(Path(args.config))
+        config = load_config(Path(path))
     except ConfigError as err:
         print(f"config refused: {err}", file=sys.stderr)
         return 2
     print(
-        f"{args.config}: ok (gateway {config.gateway_id}, digest {config.digest}; "
+        f"{path}: ok (gateway {config.gateway_id}, digest {config.digest}; "
         f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus)"
     )
     if config.registry is not None:
@@ -115,7 +120,12 @@ def _diag_sniff(args: argparse.Namespace) -> int:
 
     from gateway.tools import diag  # noqa: PLC0415
 
-    with open(args.save, "ab") if args.save else contextlib.nullcontext() as save:
+    try:
+        saving = open(args.save, "ab") if args.save else contextlib.nullcontext()  # noqa: SIM115
+    except OSError as err:
+        print(f"cannot write {args.save}: {err.strerror}", file=sys.stderr)
+        return 2
+    with saving as save:
         return asyncio.run(
             diag.sniff(
                 args.port,
@@ -128,6 +138,7 @@ def _diag_sniff(args: argparse.Namespace) -> int:
                 duration_s=args.duration,
                 out=sys.stdout,
                 err=sys.stderr,
+                as_json=args.json,
             )
         )
 
@@ -220,6 +231,10 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args.scenario, duration_s=args.duration, speed=args.speed, broker=args.broker)
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  covergw {line}" for line in lines)
+
+
 def _positive(text: str) -> float:
     """A finite number above zero (a speed or a duration)."""
     try:
@@ -232,14 +247,27 @@ def _positive(text: str) -> float:
 
 
 def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    diag = sub.add_parser("diag", help="bus tools for a technician at the box").add_subparsers(
-        dest="tool", required=True
-    )
+    diag = sub.add_parser(
+        "diag",
+        help="bus tools for a technician at the box",
+        epilog=_examples(
+            "diag sniff --port /dev/ttyUSB0",
+            "diag modbus scan --port /dev/ttyUSB1",
+            "diag tail --cover HZ-XH-000123",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).add_subparsers(dest="tool", required=True)
     p = diag.add_parser(
         "sniff",
         help="decode what a radio module delivers, live",
         description="One line per frame (time, node, seq, type, RSSI, values) and one per "
-        "rejected candidate with its reason. Ctrl-C stops.",
+        "rejected candidate with its reason. Ctrl-C stops; a summary of counters follows "
+        "(a table, or one JSON object with --json).",
+        epilog=_examples(
+            "diag sniff --port /dev/ttyUSB0 --rssi-append --raw",
+            "diag sniff --port /dev/ttyUSB0 --dialect at --save capture.bin --duration 60",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--port", required=True, metavar="DEV")
     p.add_argument("--baud", type=int, default=9600)
@@ -249,6 +277,7 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--save", metavar="FILE", help="record the capture for covergw decode --file")
     p.add_argument("--count", type=int, help="stop after this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object")
     p.set_defaults(func=_diag_sniff, parser=p)
 
     p = diag.add_parser(
@@ -310,7 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
         "decode",
         help="decode SCN-1 frames from hex or a raw capture",
         description="Decode SCN-1 frames. Prints one JSON object per frame on stdout; "
-        "with --file, a summary of counters on stderr.",
+        "with --file, a summary of counters on stderr. A file, pipe or live tty is decoded "
+        "as bytes arrive and ends at EOF (or when a tty's far side closes).",
+        epilog=_examples(
+            "decode 'A5 5A 1F 01 01 00 C0 FF EE ...'   (quote the frame)",
+            "decode --file capture.bin --rssi-append",
+            "decode --file /dev/ttyUSB0 --dialect at",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("frames", nargs="*", metavar="HEX", help="one whole frame in hex (spaces ok)")
     p.add_argument("--file", metavar="PATH", help="raw capture to frame; - for stdin")
@@ -320,7 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_decode, parser=p)
 
-    p = sub.add_parser("run", help="run the gateway daemon")
+    p = sub.add_parser(
+        "run",
+        help="run the gateway daemon",
+        epilog=_examples("run --config /etc/covergw/covergw.toml"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     p.set_defaults(func=_run, parser=p)
 
@@ -329,14 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a configuration (and its registry) without starting",
         description="Exit 0: valid. 2: refused (the key and reason are printed). "
         "1: valid, but registry rows were left out.",
+        epilog=_examples(
+            "check-config --config /etc/covergw/covergw.toml",
+            "check-config /etc/covergw/covergw.toml   (the older form, still accepted)",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="FILE")
+    p.add_argument("config_file", nargs="?", metavar="FILE", help="same as --config FILE")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration")
     p.set_defaults(func=_check_config, parser=p)
 
     _add_diag(sub)
 
-    p = sub.add_parser("status", help="ask the running daemon how it is (local socket)")
-    p.add_argument("--config", default="/etc/covergw/covergw.toml", metavar="FILE")
+    p = sub.add_parser(
+        "status",
+        help="ask the running daemon how it is (local socket)",
+        epilog=_examples("status", "status --json", "status --socket /run/covergw/control.sock"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help="only to find the socket; need not be valid")  # fmt: skip
     p.add_argument("--socket", metavar="PATH", help="the control socket (default: from the config)")
     p.add_argument("--json", action="store_true", help="the raw reply, for machines")
     p.set_defaults(func=_status, parser=p)
@@ -344,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run the gateway against the simulator with a local broker, as an operator sees it",
+        epilog=_examples("demo", "demo --scenario flood --speed 4", "demo --broker 127.0.0.1:1883"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--scenario", default="city_block", help="shipped name or file")
     p.add_argument("--duration", type=_positive, help="seconds (default: the scenario's length)")

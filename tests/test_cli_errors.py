@@ -112,3 +112,23 @@ async def test_decode_follows_a_live_pty_and_ends_cleanly_when_it_closes() -> No
     assert b"Traceback" not in stderr, stderr
     assert proc.returncode == 0
     assert b'"summary"' in stderr
+
+
+def test_every_subcommand_has_an_example_and_config_is_named_one_way(tmp_path: Path) -> None:
+    commands = [
+        ["decode"], ["run"], ["check-config"], ["status"], ["demo"], ["diag"],
+        ["diag", "sniff"], ["diag", "tail"], ["diag", "modbus"],
+    ]  # fmt: skip
+    for command in commands:
+        result = covergw(*command, "--help")
+        assert result.returncode == 0, command
+        assert "examples:\n  covergw " in result.stdout, command
+    config = tmp_path / "gw.toml"
+    config.write_text('[gateway]\nid = "gw-1"\nstate_dir = "state"\n', encoding="utf-8")
+    new_form = covergw("check-config", "--config", str(config))
+    old_form = covergw("check-config", str(config))
+    assert (new_form.returncode, old_form.returncode) == (0, 0), new_form.stderr
+    assert new_form.stdout == old_form.stdout
+    neither = covergw("check-config")
+    assert neither.returncode == 2
+    assert "--config FILE" in neither.stderr

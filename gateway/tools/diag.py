@@ -62,6 +62,7 @@ async def sniff(
     duration_s: float | None,
     out: TextIO,
     err: TextIO,
+    as_json: bool = False,
 ) -> int:
     try:
         reader, writer = await serial_asyncio_fast.open_serial_connection(
@@ -103,9 +104,20 @@ async def sniff(
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         writer.close()
-    summary = {k: v for k, v in framer.stats.as_dict().items() if v}
-    print(f"summary: {summary}", file=err)
+    print_summary(framer.stats.as_dict(), err, as_json=as_json)
     return 0
+
+
+def print_summary(counters: dict[str, int], err: TextIO, *, as_json: bool) -> None:
+    """The framer's counters: one JSON object, or a small table of the non-zero ones."""
+    if as_json:
+        print(json.dumps({"summary": counters}), file=err)
+        return
+    shown = {k: v for k, v in counters.items() if v} or {"frames": 0}
+    width = max(len(k) for k in shown)
+    print("summary:", file=err)
+    for name, value in shown.items():
+        print(f"  {name.replace('_', ' '):<{width}}  {value:>8}", file=err)
 
 
 def _client(port: str, baudrate: int, timeout_s: float) -> AsyncModbusSerialClient:
