@@ -95,6 +95,22 @@ def _control_path(args: argparse.Namespace) -> Path:
     return DEFAULT_SOCKET
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from gateway.tools import diag, selftest  # noqa: PLC0415
+
+    diag.quiet_pymodbus()
+    logging.getLogger("gateway.uplink").setLevel(logging.CRITICAL)
+    checks = asyncio.run(selftest.selftest(Path(args.config)))
+    if args.json:
+        print(json.dumps([c.as_json() for c in checks], ensure_ascii=False, indent=2))
+    else:
+        selftest.render(checks, sys.stdout)
+    return selftest.exit_status(checks)
+
+
 def _status(args: argparse.Namespace) -> int:
     from gateway.tools import status  # noqa: PLC0415
 
@@ -381,6 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check_config, parser=p)
 
     _add_diag(sub)
+
+    p = sub.add_parser(
+        "selftest",
+        help="check config, state dir, ports, slaves, broker, TLS and clock in one go",
+        description="One line per check, with the fix for each failure. Ports the running "
+        "daemon holds are not taken from it. Exit 0: nothing failed (warnings allowed); 1: "
+        "a check failed.",
+        epilog=_examples("selftest", "selftest --config /etc/covergw/covergw.toml --json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per check")
+    p.set_defaults(func=_selftest, parser=p)
 
     p = sub.add_parser(
         "status",
