@@ -23,9 +23,10 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from gateway.config import ConsoleConfig
+from gateway.config import ConsoleConfig, GatewayConfig
 from gateway.drivers.base import PortHealth
 from gateway.drivers.modbus import SlaveError
 from gateway.drivers.serialport import keep_open
@@ -50,8 +51,27 @@ commands:
   queue                      the store-and-forward queue
   uplink                     the MQTT connection
   modbus read BUS SLAVE      one reading from a wired sensor, now
-  maintenance COVER on|off   the owner works on a cover (alarms marked)
-  rezero COVER               the cover's current angle becomes its baseline"""
+  frames NODE [N]            the last N frames heard from a node (default 10)
+  maintenance COVER [DUR]    the owner works on a cover (alarms marked) for DUR
+                             (30m, 2h, 3600; default 1h, at most 24h)
+  maintenance COVER off      the work is done
+  rezero COVER               the next normal reading becomes the cover's baseline
+  selftest                   ports, slaves, broker, state dir, clock: one line each
+  status json | alarms json  the same, as one JSON line (for scripts)"""
+
+DEFAULT_MAINTENANCE_S = 3600.0
+MAX_MAINTENANCE_S = 24 * 3600.0
+CONFIRM_TIMEOUT_S = 30.0
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``: seconds, above zero and at most a day."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1.0)
+    seconds = float(number) * unit
+    if not 0 < seconds <= MAX_MAINTENANCE_S:
+        raise ValueError(f"a duration above zero and at most 24h, got {text!r}")
+    return seconds
 
 
 class _Escape:
@@ -142,6 +162,8 @@ class Host(Protocol):
     """What the console needs of the running gateway."""
 
     tap: Tap
+    config: GatewayConfig
+    clock: Callable[[], float]
 
     def local_status(self) -> dict[str, Any]: ...
     def covers(self) -> list[dict[str, Any]]: ...
@@ -248,8 +270,8 @@ class Console:
             return
         try:
             await handler(words[1:], reader)
-        except (ValueError, IndexError):
-            self.say(f"usage: see help ({text})\n")
+        except (ValueError, IndexError) as err:
+            self.say(f"usage: {str(err)[:120] or text[:40]}; type help\n")
         except SlaveError as err:
             self.say(f"modbus: {err}\n")
         except TimeoutError:
@@ -271,12 +293,17 @@ class Console:
             "modbus": self._modbus,
             "maintenance": self._maintenance,
             "rezero": self._rezero,
+            "frames": self._frames,
+            "selftest": self._selftest,
         }
 
     async def _help(self, args: list[str], reader: asyncio.StreamReader) -> None:
         self.say(HELP + "\n")
 
     async def _status(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        if args == ["json"]:
+            self.say(json.dumps(self.host.local_status(), ensure_ascii=False) + "\n")
+            return
         stats = self.host.local_status()["stats"]
         self.say(status_line(stats) + "\n")
         for name, port in stats["ports"].items():
@@ -294,6 +321,9 @@ class Console:
 
     async def _alarms(self, args: list[str], reader: asyncio.StreamReader) -> None:
         alarms = self.host.local_status()["active_alarms"]
+        if args == ["json"]:
+            self.say(json.dumps(alarms, ensure_ascii=False) + "\n")
+            return
         for a in alarms:
             sub = f" {a['sub']}" if a["sub"] else ""
             self.say(f"  {a['subject']:<16} {a['kind']}{sub:<12} since {a['raised_at']}\n")
@@ -342,16 +372,91 @@ class Console:
             self.say(f"  {name:<16} {value:.4f}\n")
 
     async def _maintenance(self, args: list[str], reader: asyncio.StreamReader) -> None:
-        if len(args) != 2 or args[1] not in ("on", "off"):
-            raise ValueError("maintenance COVER on|off")
-        self._answer(
-            self.host.run_command(
-                self._request("maintenance", cover_id=args[0], on=args[1] == "on")
-            )
-        )
+        if len(args) == 2 and args[1] == "off":
+            request = self._request("maintenance", cover_id=args[0], on=False)
+        elif len(args) in (1, 2):
+            seconds = DEFAULT_MAINTENANCE_S
+            if len(args) == 2 and args[1] != "on":
+                seconds = parse_duration(args[1])
+            until = datetime.fromtimestamp(self.host.clock() + seconds, UTC)
+            stamp = until.strftime("%Y-%m-%dT%H:%M:%S.") + f"{until.microsecond // 1000:03d}Z"
+            request = self._request("maintenance", cover_id=args[0], on=True, until=stamp)
+        else:
+            raise ValueError("maintenance COVER [DURATION|off]")
+        answer = self.host.run_command(request)
+        if not answer["ok"]:
+            self.say(f"refused: {answer['error']['message']}\n")
+        elif answer["result"]["maintenance"]:
+            self.say(f"{args[0]}: maintenance until {answer['result']['until']}\n")
+        else:
+            self.say(f"{args[0]}: maintenance over\n")
 
     async def _rezero(self, args: list[str], reader: asyncio.StreamReader) -> None:
-        self._answer(self.host.run_command(self._request("rezero", cover_id=args[0])))
+        if len(args) != 1:
+            raise ValueError("rezero COVER")
+        self.say(f"re-zero {args[0]}: its next normal reading becomes the baseline. Sure? [y/N] ")
+        try:
+            reply = await asyncio.wait_for(self._ask(reader), CONFIRM_TIMEOUT_S)
+        except TimeoutError:
+            reply = ""
+        if reply.strip().lower() not in ("y", "yes"):
+            self.say("\nleft as it was\n")
+            return
+        self.say("\n")
+        answer = self.host.run_command(self._request("rezero", cover_id=args[0]))
+        if answer["ok"]:
+            self.say(f"{args[0]}: baseline will be {answer['result']['baseline']}\n")
+        else:
+            self.say(f"refused: {answer['error']['message']}\n")
+
+    async def _ask(self, reader: asyncio.StreamReader) -> str:
+        """A short answer typed at a question, echoed; Enter ends it."""
+        answer = bytearray()
+        while len(answer) < 16:
+            data = await reader.read(16)
+            if not data:
+                raise ConnectionError("console port closed")
+            for byte in data:
+                if byte in (0x0D, 0x0A):
+                    return answer.decode("ascii")
+                if 0x20 <= byte < 0x7F:
+                    answer.append(byte)
+                    self.say(chr(byte))
+        return answer.decode("ascii")
+
+    async def _frames(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        if len(args) not in (1, 2):
+            raise ValueError("frames NODE [N]")
+        last = int(args[1]) if len(args) == 2 else 10
+        answer = self.host.run_command(self._request("frames", node=args[0].upper(), last=last))
+        if not answer["ok"]:
+            self.say(f"refused: {answer['error']['message']}\n")
+            return
+        frames = answer["result"]["frames"]
+        for f in frames:
+            rssi = "" if f["rx_rssi_dbm"] is None else f" rssi={f['rx_rssi_dbm']}"
+            self.say(f"  {f['time']} {f['port']:<8} #{f['seq']:<5} {f['msg_type']:<9}{rssi}\n")
+        self.say(f"{len(frames)} frames from {args[0].upper()}\n")
+
+    async def _selftest(self, args: list[str], reader: asyncio.StreamReader) -> None:
+        from gateway.tools import selftest  # noqa: PLC0415 - only when asked
+
+        config = self.host.config
+        status = self.host.local_status()["stats"]
+        inside = selftest.Inside(
+            port_states=status["ports"],
+            read_slave=self.host.modbus_read,
+            uplink_state=status["uplink"]["state"],
+        )
+        base = [selftest.Check("config", selftest.Verdict.OK, f"in force (digest {config.digest})")]
+        checks = await selftest.run_checks(config, base, inside)
+        if args == ["json"]:
+            self.say(json.dumps([c.as_json() for c in checks], ensure_ascii=False) + "\n")
+            return
+        for check in checks:
+            self.say(check.line() + "\n")
+        failed = sum(c.verdict is selftest.Verdict.FAIL for c in checks)
+        self.say(f"{len(checks)} checks, {failed} failed\n")
 
     @staticmethod
     def _request(cmd: str, **args: Any) -> dict[str, Any]:
