@@ -28,7 +28,9 @@ async def test_sniff_decodes_live_and_saves_a_capture(
         sys.executable, "-m", "gateway.cli", *argv, "--count", "2",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    await asyncio.sleep(1.0)
+    assert proc.stderr is not None
+    listening = await asyncio.wait_for(proc.stderr.readline(), 30)  # the port is open
+    assert b"listening on" in listening
     port.write(b"\xa5\x5a\x07noise" + vector("report") + b"\xa1" + vector("event_open") + b"\x9c")
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 10)
     port.close()

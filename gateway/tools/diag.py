@@ -75,6 +75,7 @@ async def sniff(
         print(f"cannot open {port}: {error}", file=err)
         return 2
     framer = make_framer(dialect, rssi_append=rssi_append)
+    print(f"listening on {port} at {baudrate} baud ({dialect}); Ctrl-C stops", file=err, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
