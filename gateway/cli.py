@@ -251,6 +251,26 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  covergw {line}" for line in lines)
 
 
+def _baud(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a baud rate: {text!r}") from None
+    if not 300 <= value <= 4_000_000:
+        raise argparse.ArgumentTypeError(f"a baud rate is 300 to 4000000, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> float:
     """A finite number above zero (a speed or a duration)."""
     try:
@@ -286,13 +306,13 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--port", required=True, metavar="DEV")
-    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--baud", type=_baud, default=9600)
     p.add_argument("--dialect", choices=("transparent", "at"), default="transparent")
     p.add_argument("--rssi-append", action="store_true")
     p.add_argument("--raw", action="store_true", help="add each frame's bytes in hex")
     p.add_argument("--save", metavar="FILE", help="record the capture for covergw decode --file")
-    p.add_argument("--count", type=int, help="stop after this many frames")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--count", type=_count, help="stop after this many frames")
+    p.add_argument("--duration", type=_positive, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object")
     p.set_defaults(func=_diag_sniff, parser=p)
 
@@ -331,13 +351,15 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("action", choices=("scan", "read"))
     p.add_argument("--port", metavar="DEV", help="the adapter (direct, or the daemon's bus on it)")
     p.add_argument("--bus", metavar="NAME", help="the daemon's bus of this name")
-    p.add_argument("--baud", type=int, default=9600, help="direct use only (default 9600)")
+    p.add_argument("--baud", type=_baud, default=9600, help="direct use only (default 9600)")
     p.add_argument("--slaves", default="1-247", help="scan: addresses, e.g. 1-247 or 1,80")
     p.add_argument("--slave", type=lambda v: int(v, 0), help="read: the address (0x50 works)")
     p.add_argument("--profile", help="read: wit_inclinometer, qdy30a_level, or one from --config")
     p.add_argument("--config", metavar="FILE", help="user-defined profiles; the daemon's socket")
     p.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
-    p.add_argument("--timeout", type=float, help="seconds per reply (default: from the baud rate)")
+    p.add_argument(
+        "--timeout", type=_positive, help="seconds per reply (default: from the baud rate)"
+    )
     p.add_argument("--json", action="store_true", help="scan: one JSON object per address")
     p.add_argument("--all", action="store_true", help="scan: list silent addresses too")
     p.set_defaults(func=_diag_modbus, parser=p)

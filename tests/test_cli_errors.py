@@ -132,3 +132,17 @@ def test_every_subcommand_has_an_example_and_config_is_named_one_way(tmp_path: P
     neither = covergw("check-config")
     assert neither.returncode == 2
     assert "--config FILE" in neither.stderr
+
+
+def test_bus_tool_numbers_are_checked_before_any_port_is_touched() -> None:
+    for args, says in [
+        (["diag", "modbus", "scan", "--port", "/dev/null", "--baud", "0"], "a baud rate is"),
+        (["diag", "modbus", "scan", "--port", "/dev/null", "--timeout", "-1"], "above zero"),
+        (["diag", "modbus", "scan", "--port", "/dev/null", "--slaves", "0-300"], "1–247"),
+        (["diag", "sniff", "--port", "/dev/null", "--count", "0"], "at least 1"),
+        (["diag", "modbus", "scan"], "give --port DEV"),
+    ]:
+        result = covergw(*args)
+        no_traceback(result)
+        assert result.returncode == 2, args
+        assert says in result.stderr, (args, result.stderr)
