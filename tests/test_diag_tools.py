@@ -243,3 +243,48 @@ async def test_a_pulled_adapter_ends_the_scan_with_a_reason(
     assert len(lines) == 1, lines
     assert lines[0].startswith("scan stopped at address ")
     assert "Traceback" not in stderr.decode()
+
+
+async def test_a_pulled_adapter_ends_a_scan_through_the_daemon(
+    tmp_path: Path, make_scenario: Callable[..., Scenario]
+) -> None:
+    from gateway.config import parse_config  # noqa: PLC0415
+    from gateway.daemon import Gateway  # noqa: PLC0415
+
+    scenario = make_scenario(
+        buses=[{"name": "bus", "slaves": [{"model": "qdy30a_level", "address": 1}]}]
+    )
+    async with ScenarioRunner(scenario) as sim:
+        path = sim.endpoints().buses["bus"]["path"]
+        data = {
+            "gateway": {"id": "gw-d", "state_dir": str(tmp_path / "s")},
+            "uplink": {"port": 1},
+            "modbus": [
+                {"name": "bus", "port": path, "timeout_s": 0.3, "reopen_min_s": 5,
+                 "slaves": [{"address": 1, "profile": "qdy30a_level", "poll_interval_s": 0.5}]}
+            ],
+        }  # fmt: skip
+        gateway = Gateway(parse_config(data, base_dir=tmp_path))
+        stop = asyncio.Event()
+        task = asyncio.create_task(gateway.run(stop))
+        socket = gateway.config.control_path
+        async with asyncio.timeout(10):
+            while not socket.exists():
+                await asyncio.sleep(0.05)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "diag", "modbus", "scan", "--bus", "bus",
+            "--socket", str(socket),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            while b"0x01" not in await proc.stdout.readline():  # the daemon is scanning
+                pass
+        await sim.buses["bus"].stop()  # the adapter is pulled
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        stop.set()
+        await task
+    assert proc.returncode == 1
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("daemon: "), lines
