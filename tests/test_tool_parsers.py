@@ -70,3 +70,34 @@ def test_a_full_scan_at_9600_fits_in_15_seconds_of_waiting() -> None:
     # with the pty and pymodbus overheads, is in scripts/bench_modbus_scan.py).
     assert 247 * reply_timeout_s(9600) < 15.0
     assert reply_timeout_s(115200) < reply_timeout_s(9600)
+
+
+async def test_hostile_modbus_requests_get_an_error_line_not_an_exception() -> None:
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from gateway.config import parse_config  # noqa: PLC0415
+    from gateway.drivers.modbus import ModbusBus  # noqa: PLC0415
+    from gateway.tools.busscan import serve  # noqa: PLC0415
+
+    config = parse_config(
+        {"gateway": {"id": "g", "state_dir": "/tmp/unused"},
+         "modbus": [{"name": "rs485", "port": "/dev/ttyUSB-none",
+                     "slaves": [{"address": 1, "profile": "qdy30a_level"}]}]},
+        base_dir=Path("/tmp"),
+    )  # fmt: skip
+    bus = ModbusBus(config.modbus[0], lambda event, critical: None)  # never started: closed
+    for request in [
+        {"cmd": "modbus", "action": "scan", "port": "/dev/\x00tty"},
+        {"cmd": "modbus", "action": "scan", "bus": ["x"], "port": 7},
+        {"cmd": "modbus", "action": "dance"},
+        {"cmd": "modbus", "action": "scan", "slaves": [0, 1e9, True]},
+        {"cmd": "modbus", "action": "scan", "slaves": "1-247"},
+        {"cmd": "modbus", "action": "scan", "timeout_s": float("nan")},  # then: bus closed
+        {"cmd": "modbus", "action": "read", "slave": True},
+        {"cmd": "modbus", "action": "read", "slave": 1, "profile": {"x": 1}},
+        {"cmd": "modbus", "action": "read", "slave": 1},  # bus closed
+    ]:
+        lines = [line async for line in serve([bus], request)]
+        assert len(lines) == 1
+        assert "error" in json.loads(lines[0])

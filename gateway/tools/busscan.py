@@ -132,11 +132,19 @@ def _find_bus(buses: Sequence[ModbusBus], request: dict[str, Any]) -> ModbusBus 
     for bus in buses:
         if isinstance(name, str) and bus.name == name:
             return bus
-        if isinstance(port, str) and os.path.realpath(port) == os.path.realpath(bus.config.port):
+        if isinstance(port, str) and _same_file(port, bus.config.port):
             return bus
     if name is None and port is None and len(buses) == 1:
         return buses[0]
     return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same device (a by-id link and its target); never raises."""
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):  # a NUL byte, a loop of links
+        return False
 
 
 def _line(data: dict[str, Any]) -> str:
