@@ -31,18 +31,17 @@ from gateway.drivers.serial_radio import SerialRadio
 from gateway.drivers.udp import UdpListener
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError
-from gateway.events import Input, SlaveFailed, SlaveRead
+from gateway.events import Input
 from gateway.metrics import StatsCollector
 from gateway.metrics import serve as serve_metrics
-from gateway.observation import Observation
-from gateway.protocol.framing import Item, Received
+from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
-from gateway.tap import Heard, Noted, Tap
+from gateway.tap import Heard, Tap
 from gateway.tools import busscan
 from gateway.tools.board import NodeBoard, attention, cover_rows
 from gateway.tools.status import status_line
-from gateway.tools.tailing import TailFilter, tail_record
+from gateway.tools.tailing import TailFilter, Watch, tail_record
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -98,6 +97,7 @@ class Gateway:
         )
         self.tap = Tap()
         self.board = NodeBoard()
+        self.watch = Watch(self.tap, self.board, clock)
         self.drivers: list[Driver] = [
             *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
             *(UdpListener(u, self.submit, clock=clock, tap=self._heard) for u in config.udp),
@@ -121,57 +121,11 @@ class Gateway:
 
     def _heard(self, source: str, at: float, item: Item) -> None:
         self.tap.publish(Heard(source, at, item))
-        if isinstance(item, Received):
-            self.board.frame(source, at, item)
-
-    def _note_input(self, event: Input) -> None:
-        """Feed ``covergw status`` (last word per device) and ``diag tail`` (readings)."""
-        if isinstance(event, SlaveRead):
-            self.board.slave(event.bus, event.address, event.at, None)
-            if self.tap.watched:
-                values = ", ".join(f"{k}={v:g}" for k, v in event.values.items())
-                self.tap.publish(
-                    Noted("modbus", event.at, event.bus, f"slave {event.address}: {values}",
-                          node=f"{event.bus}:{event.address}")
-                )  # fmt: skip
-        elif isinstance(event, SlaveFailed):
-            self.board.slave(event.bus, event.address, event.at, event.reason)
-            if self.tap.watched:
-                self.tap.publish(
-                    Noted("modbus", event.at, event.bus,
-                          f"slave {event.address}: FAILED x{event.consecutive}: {event.reason}",
-                          node=f"{event.bus}:{event.address}")
-                )  # fmt: skip
-        elif isinstance(event, Observation):
-            self.board.observation(event)
-
-    def _note_alarms(self, messages: list[Outgoing]) -> None:
-        """Alarm decisions, as committed to the queue, for ``diag tail``."""
-        if not self.tap.watched:
-            return
-        for message in messages:
-            if message.lane is not Lane.ALARM:
-                continue
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                a = json.loads(message.payload)
-                cover = (a.get("cover") or {}).get("cover_id")
-                source = a.get("source") or {}
-                node = source.get("node") or (
-                    f"{source['bus']}:{source['slave']}" if "bus" in source else None
-                )
-                sub = f" {a['sub']}" if a.get("sub") else ""
-                value = (
-                    "" if a.get("value") is None else f" value={a['value']:g}{a.get('unit') or ''}"
-                )
-                self.tap.publish(
-                    Noted("alarm", self.clock(), source.get("port") or source.get("bus") or "-",
-                          f"{a['kind']}{sub} {a['state'].upper()} {cover or node or '?'}{value}",
-                          node=node, cover=cover)
-                )  # fmt: skip
+        self.watch.frame(source, at, item)
 
     def submit(self, event: Input, critical: bool) -> None:
         """Never blocks a reader; sheds telemetry under overload, never an alarm."""
-        self._note_input(event)
+        self.watch.input(event)
         if critical:
             self._critical.append(event)
         else:
@@ -296,7 +250,7 @@ class Gateway:
             return True
         try:
             self.queue.put_many(self._pending, state=state)
-            self._note_alarms(self._pending)
+            self.watch.committed(self._pending)
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
             self.stats.queue_write_errors += 1
