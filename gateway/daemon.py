@@ -43,7 +43,10 @@ from gateway.protocol.framing import Item
 from gateway.registry import Registry, load_registry
 from gateway.sdnotify import Notifier
 from gateway.tap import Heard, Tap
+from gateway.tools import busscan
+from gateway.tools.board import NodeBoard, attention, cover_rows
 from gateway.tools.status import status_line
+from gateway.tools.tailing import TailFilter, Watch, tail_record
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,8 @@ class Gateway:
             for lw in config.lorawan
         ]
         self.downlinks.inputs = lorawan
+        self.board = NodeBoard()
+        self.watch = Watch(self.tap, self.board, clock)
         self.drivers: list[Driver] = [
             *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
             *(
@@ -148,9 +153,11 @@ class Gateway:
 
     def _heard(self, source: str, at: float, item: Item) -> None:
         self.tap.publish(Heard(source, at, item))
+        self.watch.frame(source, at, item)
 
     def submit(self, event: Input, critical: bool) -> None:
         """Never blocks a reader; sheds telemetry under overload, never an alarm."""
+        self.watch.input(event)
         if critical:
             self._critical.append(event)
         else:
@@ -196,7 +203,7 @@ class Gateway:
             control = ControlServer(
                 self.config.control_path,
                 {"status": self.local_status},
-                {"tail": self.tail_lines},
+                {"tail": self.tail_lines, "modbus": self.modbus_lines},
             )
             if self.metrics is not None:
                 self.metrics.snapshot = self.stats_payload()
@@ -298,6 +305,7 @@ class Gateway:
             return True
         try:
             self.queue.put_many(self._pending, state=state)
+            self.watch.committed(self._pending)
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
             self.stats.queue_write_errors += 1
@@ -387,7 +395,7 @@ class Gateway:
     def local_status(self) -> dict[str, Any]:
         """For ``covergw status`` on the box: the stats, plus alarms and nodes by name."""
         seen = sorted(self.engine.frames_seen(), key=lambda item: item[1], reverse=True)
-        return {
+        status: dict[str, Any] = {
             "stats": self.stats_payload(),
             "config_digest": self.config.digest,
             "active_alarms": self.engine.active_alarms(),
@@ -395,6 +403,16 @@ class Gateway:
             "nodes_seen": len(seen),
             "last_reload": self.last_reload,
         }
+        status["registry_errors"] = self.registry_errors[:20]
+        status["covers"] = cover_rows(
+            self.engine.registry.covers.values(),
+            self.board,
+            status["active_alarms"],
+            self.engine.maintenance_until,
+            self.clock(),
+        )
+        status["attention"] = attention(status)
+        return status
 
     def covers(self) -> list[dict[str, Any]]:
         out = []
@@ -416,15 +434,24 @@ class Gateway:
                 return await driver.read_now(slave)
         raise SlaveError(f"no bus named {bus!r}")
 
+    def modbus_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        """``covergw diag modbus`` through the daemon: probes run between the bus's own polls."""
+        buses = [d for d in self.drivers if isinstance(d, ModbusBus)]
+        return busscan.serve(buses, request)
+
     async def tail_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
-        """Everything the ports hear, as it is heard (``{"node": "00C0FFEE", "raw": true}``)."""
-        node = str(request.get("node") or "").upper() or None
-        raw = bool(request.get("raw"))
+        """Radio frames, Modbus readings and alarm decisions, as they happen.
+
+        ``{"node": "00C0FFEE" | "BUS:ADDR", "cover": "HZ-1", "bus": "rs485-0",
+        "raw": true, "json": true}``; the filters combine (all must match).
+        """
+        wanted = TailFilter.from_request(request, self.engine.registry)
+        raw, as_json = bool(request.get("raw")), bool(request.get("json"))
         async with self.tap.listen() as heard:
             while True:
                 item = await heard.get()
-                if node is None or item.node_hex == node:
-                    yield item.line(raw=raw)
+                if wanted.matches(item):
+                    yield json.dumps(tail_record(item)) if as_json else item.line(raw=raw)
 
     def birth(self) -> dict[str, Any]:
         return {
