@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from gateway import __version__
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.buffer.queue import DurableQueue, Lane, Queued, QueueError
+from gateway.commands import Delivery
 from gateway.config import MqttProtocol, UplinkConfig
 from gateway.edge.engine import iso
 
@@ -67,6 +68,15 @@ def _report_command_task(task: asyncio.Task[None]) -> None:
     if task.cancelled() or isinstance(task.exception(), aiomqtt.MqttError):
         return
     log.error("command handling stopped", exc_info=task.exception())
+
+
+class CommandSink(Protocol):
+    """The command handler as the uplink sees it (``gateway.commands.CommandHandler``)."""
+
+    changed: asyncio.Event  # set when the retained overrides need publishing again
+
+    def handle(self, payload: bytes, delivery: Delivery | None = None) -> bytes | None: ...
+    def overrides_message(self) -> bytes: ...
 
 
 def batch_units(rows: list[Queued], *, max_count: int, max_bytes: int) -> list[Unit]:
@@ -114,7 +124,7 @@ class Uplink:
         birth: Callable[[], dict[str, Any]],
         stats_payload: Callable[[], dict[str, Any]],
         stats_interval_s: float,
-        on_command: Callable[[bytes], bytes] | None = None,
+        on_command: CommandSink | None = None,
     ) -> None:
         self.config = config
         self.topic_root = topic_root
@@ -252,21 +262,66 @@ class Uplink:
                 await commands
 
     async def _commands(self, client: aiomqtt.Client) -> None:
-        """Answer each command on its response topic (MQTT 5) or the documented fallback."""
-        assert self._on_command is not None
-        async for message in client.messages:
-            if not isinstance(message.payload, bytes | bytearray):
-                continue
-            answer = self._on_command(bytes(message.payload))
-            request = message.properties
-            topic = getattr(request, "ResponseTopic", None) or f"{self.command_topic}/response"
-            properties = None
-            correlation = getattr(request, "CorrelationData", None)
-            if self.config.protocol is MqttProtocol.V5:
-                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                if correlation is not None:
-                    properties.CorrelationData = correlation
-            await client.publish(topic, answer, qos=1, properties=properties)
+        """Answer each command, only ever under our own root; no request can end this loop.
+
+        The answer goes to the request's MQTT 5 Response Topic (with its
+        Correlation Data) when that lies under our root, else to
+        ``<root>/cmd/response``. The retained overrides are published on
+        every connect and after every change.
+        """
+        handler = self._on_command
+        assert handler is not None
+        fallback = f"{self.command_topic}/response"
+        retained = asyncio.create_task(self._publish_overrides(client, handler), name="overrides")
+        try:
+            async for message in client.messages:
+                if not message.topic.matches(self.command_topic):
+                    continue
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                request = message.properties
+                reply_to = getattr(request, "ResponseTopic", None)
+                foreign = reply_to if reply_to and not self._own_reply_topic(reply_to) else None
+                expiry = getattr(request, "MessageExpiryInterval", None)
+                delivery = Delivery(
+                    expires_at=time.time() + expiry if isinstance(expiry, int) else None,
+                    foreign_reply_topic=foreign,
+                )
+                answer = handler.handle(bytes(payload), delivery)
+                if answer is None:
+                    continue  # a flood past the busy answers: counted, not answered
+                if foreign is not None:
+                    log.warning(
+                        "command answered on %s: response topic %r refused", fallback, foreign
+                    )
+                topic = reply_to if reply_to and foreign is None else fallback
+                properties = None
+                correlation = getattr(request, "CorrelationData", None)
+                if self.config.protocol is MqttProtocol.V5:
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    if correlation is not None:
+                        properties.CorrelationData = correlation
+                await client.publish(topic, answer, qos=1, properties=properties)
+                self.wakeup.set()  # audit events the command queued
+        finally:
+            retained.cancel()
+            await asyncio.gather(retained, return_exceptions=True)
+
+    def _own_reply_topic(self, topic: str) -> bool:
+        """Under our root, not a filter, not the command topic itself."""
+        return (
+            topic.startswith(f"{self.topic_root}/")
+            and not any(c in topic for c in "+#\0")
+            and topic != self.command_topic
+            and len(topic) <= 512
+        )
+
+    async def _publish_overrides(self, client: aiomqtt.Client, handler: CommandSink) -> None:
+        while True:
+            handler.changed.clear()
+            await client.publish(
+                f"{self.topic_root}/overrides", handler.overrides_message(), qos=1, retain=True
+            )
+            await handler.changed.wait()
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         next_stats = time.monotonic()

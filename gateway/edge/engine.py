@@ -142,6 +142,23 @@ class EdgeEngine:
         self._thresholds.clear()
         self.dirty = True
 
+    def clear_thresholds(
+        self, *, cover_id: str | None, cover_kind: str | None, keys: list[str] | None
+    ) -> list[str]:
+        """Remove overrides ``set_thresholds`` made (``keys`` None: all); returns those removed."""
+        target = self.cover_overrides if cover_id else self.kind_overrides
+        key = cover_id or cover_kind or ""
+        current = target.get(key, {})
+        removed = [k for k in current if keys is None or k in keys]
+        rest = {k: v for k, v in current.items() if k not in removed}
+        if rest:
+            target[key] = rest
+        else:
+            target.pop(key, None)
+        self._thresholds.clear()
+        self.dirty = True
+        return removed
+
     def set_maintenance(self, cover_id: str, until: float | None) -> None:
         """``until`` None ends it; a time in the past ends it too."""
         if until is None:
