@@ -84,6 +84,14 @@ class Delivery:
     foreign_reply_topic: str | None = None  # a Response Topic outside the gateway's root
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An answer, and whether the request was unreadable (then it goes to the default topic)."""
+
+    payload: bytes
+    unreadable: bool = False
+
+
 @dataclass
 class CommandStats:
     received: int = 0
@@ -313,54 +321,59 @@ class CommandHandler:
 
     def handle(self, payload: bytes, delivery: Delivery | None = None) -> bytes | None:
         """One request in, one JSON answer out (None: dropped under a flood); never raises."""
+        answer = self.answer(payload, delivery)
+        return None if answer is None else answer.payload
+
+    def answer(self, payload: bytes, delivery: Delivery | None = None) -> Answer | None:
+        """As ``handle``, saying also whether the request could be read at all."""
         self.stats.received += 1
         if not self._bucket.take():
             if not self._busy_bucket.take():
                 self.stats.dropped += 1
                 return None
             error = CommandError(ErrorCode.BUSY, "over the command rate limit; send it again later")
-            return self._refuse(recover_request_id(payload), None, error)
+            return Answer(self._refuse(recover_request_id(payload), None, error))
         try:
             return self._handle(payload, delivery or Delivery())
         except Exception:  # every request is answered, whatever went wrong
             log.exception("command handling failed (request %r)", recover_request_id(payload))
             error = CommandError(ErrorCode.INTERNAL, "the gateway failed handling this request")
-            return self._refuse(recover_request_id(payload), None, error)
+            return Answer(self._refuse(recover_request_id(payload), None, error))
 
-    def _handle(self, payload: bytes, delivery: Delivery) -> bytes:
+    def _handle(self, payload: bytes, delivery: Delivery) -> Answer:
         limits = self.limits
         if len(payload) > limits.max_payload_bytes:
             error = CommandError(
                 ErrorCode.INVALID,
                 f"request is {len(payload)} bytes; the limit is {limits.max_payload_bytes}",
             )
-            return self._refuse(recover_request_id(payload), None, error)
+            return Answer(self._refuse(recover_request_id(payload), None, error), unreadable=True)
         if too_deep(payload, limits.max_depth):
             error = CommandError(
                 ErrorCode.INVALID, f"request nests deeper than {limits.max_depth} levels"
             )
-            return self._refuse(recover_request_id(payload), None, error)
+            return Answer(self._refuse(recover_request_id(payload), None, error), unreadable=True)
         try:
             request = json.loads(payload, parse_constant=_no_constants)
         except (ValueError, UnicodeDecodeError) as err:
             error = CommandError(ErrorCode.INVALID, f"not JSON: {err}")
-            return self._refuse(recover_request_id(payload), None, error)
+            return Answer(self._refuse(recover_request_id(payload), None, error), unreadable=True)
         if not isinstance(request, dict):
             error = CommandError(ErrorCode.INVALID, "a request is a JSON object")
-            return self._refuse(None, None, error)
+            return Answer(self._refuse(None, None, error), unreadable=True)
         request_id, cmd = request.get("request_id"), request.get("cmd")
         if delivery.foreign_reply_topic is not None:
             error = CommandError(
                 ErrorCode.REFUSED,
                 f"response topic outside {self.topic_root}/; answers go only there",
             )
-            return self._refuse(request_id, cmd, error)
+            return Answer(self._refuse(request_id, cmd, error))
         errors = list(itertools.islice(self._validator.iter_errors(request), 20))
         if errors:
             first = min(errors, key=lambda e: len(list(e.absolute_path)))
             where = "/".join(str(p) for p in first.absolute_path) or "(request)"
             error = CommandError(ErrorCode.INVALID, f"{where}: {first.message}")
-            return self._refuse(request_id, cmd, error)
+            return Answer(self._refuse(request_id, cmd, error))
         request_id, cmd = str(request_id), str(cmd)  # the schema requires both as strings
         digest = _digest(request)
         seen = self._answers.get(request_id)
@@ -369,15 +382,15 @@ class CommandHandler:
                 error = CommandError(
                     ErrorCode.CONFLICT, f"request_id {request_id!r} was used for another command"
                 )
-                return self._refuse(request_id, cmd, error)
+                return Answer(self._refuse(request_id, cmd, error))
             self.stats.repeated += 1
-            return seen[1]
+            return Answer(seen[1])
         try:
             self._check_expiry(request, delivery)
             outcome = _Outcome()
             result = self._carry_out(cmd, request.get("args", {}), request_id, outcome)
         except CommandError as err:
-            return self._refuse(request_id, cmd, err)
+            return Answer(self._refuse(request_id, cmd, err))
         answer = self._answer(request_id, cmd, result=result)
         self.stats.carried_out += 1
         log.info("command %s (%s) done", cmd, request_id)
@@ -385,7 +398,7 @@ class CommandHandler:
         self._commit(outcome.events, outcome.state)
         if outcome.overrides_changed:
             self.changed.set()
-        return answer
+        return Answer(answer)
 
     def _check_expiry(self, request: dict[str, Any], delivery: Delivery) -> None:
         deadlines: list[float] = []

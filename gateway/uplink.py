@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from gateway import __version__
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.buffer.queue import DurableQueue, Lane, Queued, QueueError
-from gateway.commands import Delivery
+from gateway.commands import Answer, Delivery
 from gateway.config import MqttProtocol, UplinkConfig
 from gateway.edge.engine import iso
 
@@ -75,7 +75,7 @@ class CommandSink(Protocol):
 
     changed: asyncio.Event  # set when the retained overrides need publishing again
 
-    def handle(self, payload: bytes, delivery: Delivery | None = None) -> bytes | None: ...
+    def answer(self, payload: bytes, delivery: Delivery | None = None) -> Answer | None: ...
     def overrides_message(self) -> bytes: ...
 
 
@@ -286,21 +286,24 @@ class Uplink:
                     expires_at=time.time() + expiry if isinstance(expiry, int) else None,
                     foreign_reply_topic=foreign,
                 )
-                answer = handler.handle(bytes(payload), delivery)
+                answer = handler.answer(bytes(payload), delivery)
                 if answer is None:
                     continue  # a flood past the busy answers: counted, not answered
                 if foreign is not None:
                     log.warning(
                         "command answered on %s: response topic %r refused", fallback, foreign
                     )
-                topic = reply_to if reply_to and foreign is None else fallback
+                # An unreadable request goes to the default topic, where anyone can see why.
+                topic = fallback
+                if isinstance(reply_to, str) and foreign is None and not answer.unreadable:
+                    topic = reply_to
                 properties = None
                 correlation = getattr(request, "CorrelationData", None)
                 if self.config.protocol is MqttProtocol.V5:
                     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                     if correlation is not None:
                         properties.CorrelationData = correlation
-                await client.publish(topic, answer, qos=1, properties=properties)
+                await client.publish(topic, answer.payload, qos=1, properties=properties)
                 self.wakeup.set()  # audit events the command queued
         finally:
             retained.cancel()

@@ -57,6 +57,7 @@ class Platform:
         self.client = client
         self.reply_to = reply_to
         self.answers: dict[bytes, dict[str, Any]] = {}
+        self.last_topic = ""
 
     async def ask(self, request: dict[str, Any] | bytes) -> dict[str, Any]:
         correlation = uuid.uuid4().bytes
@@ -69,6 +70,7 @@ class Platform:
             async for message in self.client.messages:
                 assert message.properties is not None
                 if message.properties.CorrelationData == correlation:
+                    self.last_topic = str(message.topic)
                     assert isinstance(message.payload, bytes)
                     answer: dict[str, Any] = json.loads(message.payload)
                     assert list(VALIDATORS["response"].iter_errors(answer)) == []
@@ -100,6 +102,7 @@ async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
         Collector(broker.port) as collector,
     ):
         await client.subscribe(REPLIES, qos=1)
+        await client.subscribe("covers/gw-c/cmd/response", qos=1)  # unreadable requests
         platform = Platform(client)
 
         pong = await platform.ask({"request_id": "r1", "cmd": "ping"})
@@ -133,8 +136,10 @@ async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
         assert missing["error"]["code"] == "not_found"
         unknown = await platform.ask({"request_id": "r5", "cmd": "self_destruct"})
         assert unknown["error"]["code"] == "invalid"
+        assert platform.last_topic == REPLIES
         garbage = await platform.ask(b"\xff not json")
         assert garbage["error"]["code"] == "invalid"
+        assert platform.last_topic == "covers/gw-c/cmd/response"  # unreadable: the default topic
 
         on = {
             "request_id": "r6",
