@@ -48,6 +48,7 @@ audit = logging.getLogger("gateway.audit")
 
 REQUEST_KEY = "cmd.req."  # state rows: request_id → digest and first answer
 ACK_KEY = "cmd.ack."  # state rows: alarm_id → who acknowledged it
+READ_ONLY = frozenset({"ping", "status", "active_alarms", "frames"})  # safe to carry out again
 MESSAGE_MAX = 300  # characters of an error message: a reason, never an echo of the request
 _RECOVER_SCAN = 4096  # bytes searched for a request_id in a request that is not JSON
 _SECRET_KEY = re.compile(
@@ -384,7 +385,8 @@ class CommandHandler:
                 )
                 return Answer(self._refuse(request_id, cmd, error))
             self.stats.repeated += 1
-            return Answer(seen[1])
+            if seen[1]:  # a read-only command is answered afresh
+                return Answer(seen[1])
         try:
             self._check_expiry(request, delivery)
             outcome = _Outcome()
@@ -394,7 +396,8 @@ class CommandHandler:
         answer = self._answer(request_id, cmd, result=result)
         self.stats.carried_out += 1
         log.info("command %s (%s) done", cmd, request_id)
-        self._remember(request_id, digest, answer, outcome.state)
+        kept = b"" if cmd in READ_ONLY else answer  # a status answer is big and soon stale
+        self._remember(request_id, digest, kept, outcome.state)
         self._commit(outcome.events, outcome.state)
         if outcome.overrides_changed:
             self.changed.set()
