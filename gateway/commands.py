@@ -49,6 +49,7 @@ audit = logging.getLogger("gateway.audit")
 REQUEST_KEY = "cmd.req."  # state rows: request_id → digest and first answer
 ACK_KEY = "cmd.ack."  # state rows: alarm_id → who acknowledged it
 READ_ONLY = frozenset({"ping", "status", "active_alarms", "frames"})  # safe to carry out again
+CLOCK_SKEW_S = 300.0  # a sent_at further ahead than this is refused: it would never expire
 MESSAGE_MAX = 300  # characters of an error message: a reason, never an echo of the request
 _RECOVER_SCAN = 4096  # bytes searched for a request_id in a request that is not JSON
 _SECRET_KEY = re.compile(
@@ -405,6 +406,12 @@ class CommandHandler:
 
     def _check_expiry(self, request: dict[str, Any], delivery: Delivery) -> None:
         deadlines: list[float] = []
+        if "sent_at" in request:
+            sent = _parse_time(request["sent_at"], "sent_at")
+            if sent > self.clock() + CLOCK_SKEW_S:
+                raise CommandError(
+                    ErrorCode.REFUSED, "sent_at is in the future: check the platform's clock"
+                )
         if "expires_at" in request:
             deadlines.append(_parse_time(request["expires_at"], "expires_at"))
         elif "sent_at" in request:

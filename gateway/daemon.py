@@ -299,8 +299,9 @@ class Gateway:
             new = load_config(self.config_path)
             registry, errors = load_registry(new.registry) if new.registry else (Registry(), [])
         except (ConfigError, OSError) as err:
-            log.error("reload refused, the configuration in force stays: %s", err)  # noqa: TRY400
-            self.last_reload = {"ok": False, "at": at, "reason": str(err)}
+            reason = self.commands.redact(str(err))  # the retained status must not show a secret
+            log.error("reload refused, the configuration in force stays: %s", reason)  # noqa: TRY400
+            self.last_reload = {"ok": False, "at": at, "reason": reason}
         else:
             restart = [
                 name

@@ -336,6 +336,8 @@ def test_expired_commands_are_answered_and_not_carried_out(tmp_path: Path) -> No
         )
         assert fresh["ok"]
         assert gw.commands.stats.expired == 3
+        future = ask(gw, {"request_id": "e5", "cmd": "ping", "sent_at": iso(NOW + 3600)})
+        assert future["error"]["code"] == "refused"
 
 
 def test_over_the_rate_limit_is_busy_then_dropped(tmp_path: Path) -> None:

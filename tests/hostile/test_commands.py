@@ -249,10 +249,19 @@ async def test_every_command_finding_is_answered_and_the_next_ping_too(tmp_path:
             growth_mb = (gw.rss_kb() - rss_before) / 1024
             assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB under a command flood"
 
-            gw.config.write_text(gw.config.read_text() + "\n[uplink]\npassword = 424242\n")
+            gw.config.write_text(
+                gw.config.read_text().replace("[uplink]\n", "[uplink]\npassword = 424242\n")
+            )
             secret = await p.ask({"request_id": "h7", "cmd": "reload"}, "h7")
             assert secret["error"]["code"] == "refused"
             assert "424242" not in json.dumps(secret)
+            await collector.wait_for(
+                lambda: any(
+                    s.get("reload", {}).get("ok") is False and "password" in s["reload"]["reason"]
+                    for s in collector.of("status")
+                )
+            )
+            assert all("424242" not in json.dumps(s) for s in collector.of("status"))
 
             sent = time.monotonic()
             gw.send_cover_open(seq=1)
