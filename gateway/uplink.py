@@ -70,6 +70,9 @@ def _report_command_task(task: asyncio.Task[None]) -> None:
     log.error("command handling stopped", exc_info=task.exception())
 
 
+ANSWER_BACKLOG = 1000  # answers waiting to be published; past it an answer is dropped, logged
+
+
 class CommandSink(Protocol):
     """The command handler as the uplink sees it (``gateway.commands.CommandHandler``)."""
 
@@ -273,6 +276,8 @@ class Uplink:
         assert handler is not None
         fallback = f"{self.command_topic}/response"
         retained = asyncio.create_task(self._publish_overrides(client, handler), name="overrides")
+        answers: asyncio.Queue[tuple[str, bytes, Properties | None]] = asyncio.Queue(ANSWER_BACKLOG)
+        sender = asyncio.create_task(self._send_answers(client, answers), name="answers")
         try:
             async for message in client.messages:
                 if not message.topic.matches(self.command_topic):
@@ -303,11 +308,21 @@ class Uplink:
                     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                     if correlation is not None:
                         properties.CorrelationData = correlation
-                await client.publish(topic, answer.payload, qos=1, properties=properties)
+                # Published by another task: the next request is read while this answer waits
+                # for its PUBACK, so a flood is counted and dropped as it arrives.
+                try:
+                    answers.put_nowait((topic, answer.payload, properties))
+                except asyncio.QueueFull:
+                    log.warning(
+                        "command answer to %s dropped: %d answers unsent", topic, ANSWER_BACKLOG
+                    )
                 self.wakeup.set()  # audit events the command queued
+                if sender.done():
+                    sender.result()  # a lost connection ends the loop
         finally:
-            retained.cancel()
-            await asyncio.gather(retained, return_exceptions=True)
+            for task in (retained, sender):
+                task.cancel()
+            await asyncio.gather(retained, sender, return_exceptions=True)
 
     def _own_reply_topic(self, topic: str) -> bool:
         """Under our root, not a filter, not the command topic itself."""
@@ -317,6 +332,14 @@ class Uplink:
             and topic != self.command_topic
             and len(topic) <= 512
         )
+
+    @staticmethod
+    async def _send_answers(
+        client: aiomqtt.Client, answers: asyncio.Queue[tuple[str, bytes, Properties | None]]
+    ) -> None:
+        while True:
+            topic, payload, properties = await answers.get()
+            await client.publish(topic, payload, qos=1, properties=properties)
 
     async def _publish_overrides(self, client: aiomqtt.Client, handler: CommandSink) -> None:
         while True:
