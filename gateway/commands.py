@@ -55,7 +55,8 @@ _RECOVER_SCAN = 4096  # bytes searched for a request_id in a request that is not
 _SECRET_KEY = re.compile(
     r"([\w.\[\]-]*(?:password|passwd|secret|token|psk|key_file)[\w.\[\]-]*)\s*:.*"
 )
-_REQUEST_ID = re.compile(rb'"request_id"\s*:\s*("(?:[^"\\]|\\.){1,128}")')
+# Up to 12 bytes per character in JSON (a surrogate pair of \uXXXX escapes) for 128 characters.
+_REQUEST_ID = re.compile(rb'"request_id"\s*:\s*("(?:[^"\\]|\\.){1,1536}")')
 _JSON_TOKENS = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)
 
 
@@ -199,7 +200,7 @@ def recover_request_id(payload: bytes) -> str | None:
         value = json.loads(match.group(1))
     except (ValueError, UnicodeDecodeError):
         return None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
 
 
 def _no_constants(name: str) -> float:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.commands import Delivery, too_deep
+from gateway.commands import Delivery, recover_request_id, too_deep
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.edge.engine import iso
@@ -489,3 +489,24 @@ def test_fuzz_any_request_is_answered_and_ping_still_works(tmp_path: Path) -> No
 
         one()
         assert gw.commands.stats.internal == 0
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, limit=st.integers(1, 6))
+def test_depth_without_parsing_agrees_with_the_parsed_depth(value: Any, limit: int) -> None:
+    assert too_deep(json.dumps(value).encode(), limit) == (_depth(value) > limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_id=st.text(min_size=1, max_size=128), tail=st.binary(max_size=50))
+def test_a_request_id_is_recovered_from_a_broken_request(request_id: str, tail: bytes) -> None:
+    raw = json.dumps({"request_id": request_id}).encode()[:-1] + b', "cmd": ' + tail
+    assert recover_request_id(raw) == request_id
