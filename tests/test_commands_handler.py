@@ -510,3 +510,19 @@ def test_depth_without_parsing_agrees_with_the_parsed_depth(value: Any, limit: i
 def test_a_request_id_is_recovered_from_a_broken_request(request_id: str, tail: bytes) -> None:
     raw = json.dumps({"request_id": request_id}).encode()[:-1] + b', "cmd": ' + tail
     assert recover_request_id(raw) == request_id
+
+
+def test_overrides_saved_by_an_older_gateway_are_cut_back_to_the_ranges(tmp_path: Path) -> None:
+    """An old queue may hold what the old gateway accepted: NaN, 1e9, maintenance forever."""
+    with gateway(tmp_path) as gw:
+        gw.engine.cover_overrides["C-1"] = {"tilt_deg": float("nan"), "hold_s": 5}
+        gw.engine.kind_overrides["rain"] = {"offline_after_s": 1e9}
+        gw.engine.maintenance_until["C-1"] = float("inf")
+    with gateway(tmp_path) as gw:
+        assert gw.commands.overrides() == {
+            "cover": {"C-1": {"hold_s": 5}},
+            "cover_kind": {},
+            "maintenance": {"C-1": iso(NOW + 72 * 3600)},
+        }
+        cover = gw.engine.registry.covers["C-1"]
+        assert gw.engine.thresholds(cover).offline_after_s == 2700.0
