@@ -84,6 +84,19 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    """``[commands]``: what a command from the platform may cost the gateway."""
+
+    max_payload_bytes: int = 64 * 1024  # larger: answered invalid without parsing
+    max_depth: int = 16  # JSON nesting deeper than this: answered invalid without parsing
+    rate_per_s: float = 5.0  # token bucket refill; over it: answered busy
+    burst: int = 20  # token bucket size
+    lifetime_s: float = 600.0  # a command with sent_at older than this: answered expired
+    maintenance_max_s: float = 72 * 3600.0  # the longest maintenance window
+    remember_requests: int = 1000  # request ids kept (on disk) for de-duplication
+
+
+@dataclass(frozen=True)
 class ConsoleConfig:
     """The technician's console on the box's debug UART."""
 
@@ -248,6 +261,7 @@ class GatewayConfig:
     lorawan: tuple[LorawanConfig, ...] = ()
     tcp: tuple[TcpConfig, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
     @property
     def topic_root(self) -> str:
@@ -566,6 +580,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
     kinds.done()
     thresholds = Thresholds().merged(_threshold_overrides(at))
     at.done()
+    commands = _commands(root.table("commands"))
     root.done()
     return GatewayConfig(
         gateway_id=gateway_id,
@@ -585,6 +600,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         lorawan=tuple(lorawan),
         tcp=tuple(tcp),
         limits=limits,
+        commands=commands,
     )
 
 
@@ -603,6 +619,21 @@ def _limits(t: Table) -> LimitsConfig:
     )
     t.done()
     return limits
+
+
+def _commands(t: Table) -> CommandsConfig:
+    d = CommandsConfig()
+    out = CommandsConfig(
+        max_payload_bytes=t.integer("max_payload_bytes", d.max_payload_bytes, lo=1024, hi=1 << 20),
+        max_depth=t.integer("max_depth", d.max_depth, lo=4, hi=64),
+        rate_per_s=t.number("rate_per_s", d.rate_per_s, lo=0.1, hi=1000),
+        burst=t.integer("burst", d.burst, lo=1, hi=10_000),
+        lifetime_s=t.number("lifetime_s", d.lifetime_s, lo=10, hi=86_400),
+        maintenance_max_s=t.number("maintenance_max_s", d.maintenance_max_s, lo=60, hi=30 * 86_400),
+        remember_requests=t.integer("remember_requests", d.remember_requests, lo=0, hi=100_000),
+    )
+    t.done()
+    return out
 
 
 def _strings(value: object) -> tuple[str, ...]:

@@ -135,10 +135,17 @@ class Gateway:
                 for t in config.tcp
             ),
         ]
-        self.commands = CommandHandler(self, gateway_id=config.gateway_id, clock=clock)
         if config.console is not None:
             self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))
         self.queue = DurableQueue(config.queue_path, max_bytes=config.queue.max_bytes, clock=clock)
+        self.commands = CommandHandler(
+            self,
+            gateway_id=config.gateway_id,
+            clock=clock,
+            limits=config.commands,
+            store=self.queue,
+            secrets=lambda: [self.config.uplink.password or ""],
+        )
         self.uplink: Uplink | None = None
         self.metrics = StatsCollector() if config.metrics.enabled else None
 
@@ -187,6 +194,7 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         with self.queue:
             self._restore_engine()
+            self.commands.restore()
             self.uplink = Uplink(
                 self.config.uplink,
                 topic_root=self.config.topic_root,
@@ -195,7 +203,7 @@ class Gateway:
                 birth=self.birth,
                 stats_payload=self.stats_payload,
                 stats_interval_s=self.config.uplink.stats_interval_s,
-                on_command=self.commands.handle,
+                on_command=self.commands,
             )
             drivers_stop = asyncio.Event()
             pipeline_stop = asyncio.Event()
@@ -354,8 +362,9 @@ class Gateway:
             new = load_config(self.config_path)
             registry, errors = load_registry(new.registry) if new.registry else (Registry(), [])
         except (ConfigError, OSError) as err:
-            log.error("reload refused, the configuration in force stays: %s", err)  # noqa: TRY400
-            self.last_reload = {"ok": False, "at": at, "reason": str(err)}
+            reason = self.commands.redact(str(err))  # the retained status must not show a secret
+            log.error("reload refused, the configuration in force stays: %s", reason)  # noqa: TRY400
+            self.last_reload = {"ok": False, "at": at, "reason": reason}
         else:
             restart = [
                 name
@@ -395,10 +404,13 @@ class Gateway:
     def local_status(self) -> dict[str, Any]:
         """For ``covergw status`` on the box: the stats, plus alarms and nodes by name."""
         seen = sorted(self.engine.frames_seen(), key=lambda item: item[1], reverse=True)
+        active, acknowledged = self.commands.alarm_views()
         status: dict[str, Any] = {
             "stats": self.stats_payload(),
             "config_digest": self.config.digest,
-            "active_alarms": self.engine.active_alarms(),
+            "active_alarms": active,  # acknowledged ones are not repeated here
+            "acknowledged_alarms": acknowledged,  # kept until they clear
+            "overrides": self.commands.overrides(),
             "nodes_last_seen": [{"node": node, "at": iso(at)} for node, at in seen[:50]],
             "nodes_seen": len(seen),
             "last_reload": self.last_reload,
@@ -425,7 +437,10 @@ class Gateway:
 
     def run_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """The same path as the platform's commands: validated, idempotent, logged."""
-        answer: dict[str, Any] = json.loads(self.commands.handle(json.dumps(request).encode()))
+        raw = self.commands.handle(json.dumps(request).encode())
+        if raw is None:  # dropped under a command flood
+            return {"ok": False, "error": {"code": "busy", "message": "too many commands"}}
+        answer: dict[str, Any] = json.loads(raw)
         return answer
 
     async def modbus_read(self, bus: str, slave: int) -> dict[str, float]:
@@ -499,6 +514,7 @@ class Gateway:
                 "dropped_unwritten": self.stats.dropped_unwritten,
                 "pending_in_memory": len(self._pending),
             },
+            "commands": self.commands.stats_payload(),
             "uplink": {
                 "state": uplink.state.value if uplink else "stopped",
                 "connects": uplink.connects if uplink else 0,

@@ -123,7 +123,7 @@ class Downlinks:
 
     def _input_for(self, device: DeviceRef) -> LorawanInput:
         if not self.inputs:
-            raise DownlinkError("failed", "no [[lorawan]] input is configured")
+            raise DownlinkError("refused", "no [[lorawan]] input is configured")
         for lorawan in self.inputs:
             if lorawan.knows(device.device_id):
                 return lorawan

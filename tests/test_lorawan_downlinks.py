@@ -153,7 +153,7 @@ async def test_refused_downlinks_say_why(tmp_path: Path, broker: Broker) -> None
                 "no device",
             ),
             # Never heard, no application_id configured: ChirpStack's topic is unknown.
-            "r-7": ({"device_id": TILT, "action": "reboot"}, "failed", "application id"),
+            "r-7": ({"device_id": TILT, "action": "reboot"}, "refused", "application id"),
         }
         for request_id, (args, code, why) in cases.items():
             answer = await ask(

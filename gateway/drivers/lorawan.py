@@ -75,7 +75,7 @@ MAX_LOG_KEYS = 64  # distinct (level, code) pairs of ChirpStack log events count
 
 
 class DownlinkError(GatewayError):
-    """A downlink refused; ``code`` is the command answer's (invalid, not_found, failed)."""
+    """A downlink refused; ``code`` is the command answer's (invalid, not_found, refused, busy)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -383,12 +383,12 @@ class LorawanInput:
         )
         if not application and "{application_id}" in self.config.downlink_topic:
             raise DownlinkError(
-                "failed",
+                "refused",
                 f"no ChirpStack application id known for {request.device.device_id} yet: "
                 f"wait for its first uplink or set lorawan.application_id",
             )
         if len(self._outbox) >= self.config.downlink_queue:
-            raise DownlinkError("failed", f"{len(self._outbox)} downlinks already waiting")
+            raise DownlinkError("busy", f"{len(self._outbox)} downlinks already waiting")
         self._outbox.append(request)
         self._outbox_ready.set()
         return application or ""

@@ -193,6 +193,16 @@ class EdgeEngine:
         self.overrides.set_thresholds(cover_id=cover_id, cover_kind=cover_kind, values=values)
         self._watch_registered()  # offline_after_s may have changed
 
+    def clear_thresholds(
+        self, *, cover_id: str | None, cover_kind: str | None, keys: list[str] | None
+    ) -> list[str]:
+        """Remove overrides ``set_thresholds`` made (``keys`` None: all); returns those removed."""
+        removed = self.overrides.clear_thresholds(
+            cover_id=cover_id, cover_kind=cover_kind, keys=keys
+        )
+        self._watch_registered()  # offline_after_s may have changed
+        return removed
+
     def set_maintenance(self, cover_id: str, until: float | None) -> None:
         """``until`` None ends it; a time in the past ends it too."""
         self.overrides.set_maintenance(cover_id, until)

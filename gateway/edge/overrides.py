@@ -57,6 +57,26 @@ class Overrides:
             self._log.put(state.KIND_OVERRIDE + key, merged)
         self._cache.clear()
 
+    def clear_thresholds(
+        self, *, cover_id: str | None, cover_kind: str | None, keys: list[str] | None
+    ) -> list[str]:
+        """Remove what ``set_thresholds`` set (``keys`` None: all); returns the keys removed."""
+        target, prefix = (
+            (self.cover, state.COVER_OVERRIDE) if cover_id else (self.kind, state.KIND_OVERRIDE)
+        )
+        key = cover_id or cover_kind or ""
+        current = target.get(key, {})
+        removed = [k for k in current if keys is None or k in keys]
+        rest = {k: v for k, v in current.items() if k not in removed}
+        if rest:
+            target[key] = rest
+            self._log.put(prefix + key, rest)
+        else:
+            target.pop(key, None)
+            self._log.delete(prefix + key)
+        self._cache.clear()
+        return removed
+
     def set_maintenance(self, cover_id: str, until: float | None) -> None:
         if until is None:
             self.maintenance_until.pop(cover_id, None)

@@ -116,6 +116,8 @@ async def _watch(host: str, port: int, board: Board, ready: asyncio.Event) -> No
                 await client.subscribe("covers/#", qos=1)
                 ready.set()
                 async for message in client.messages:
+                    if message.topic.matches("covers/+/cmd"):
+                        continue  # requests are anyone's bytes, not the gateway's JSON
                     if isinstance(message.payload, bytes):
                         board.take(str(message.topic), json.loads(message.payload))
         except aiomqtt.MqttError:
