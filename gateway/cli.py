@@ -22,27 +22,9 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gateway.config import load_config  # noqa: PLC0415
-    from gateway.errors import ConfigError  # noqa: PLC0415
-    from gateway.registry import load_registry  # noqa: PLC0415
+    from gateway.validation import check_config  # noqa: PLC0415
 
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as err:
-        print(f"config refused: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"{args.config}: ok (gateway {config.gateway_id}, digest {config.digest}; "
-        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus)"
-    )
-    if config.registry is not None:
-        registry, errors = load_registry(config.registry)
-        print(f"{config.registry}: {len(registry.covers)} covers")
-        for error in errors:
-            print(f"{config.registry}: {error}: row left out", file=sys.stderr)
-        if errors:
-            return 1
-    return 0
+    return check_config(Path(args.config))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -109,6 +109,9 @@ def gateway(tmp: Path, port: int, pki: Path, *, ca: str, cert: bool = True) -> G
             "reconnect_min_s": 0.1,
             "reconnect_max_s": 0.3,
             "stats_interval_s": 0.5,
+            # A refused client certificate shows only as a CONNACK that never comes:
+            # the attempt must time out inside the daemon's stop budget (8 s).
+            "publish_timeout_s": 3,
         },
     }
     return Gateway(parse_config(data, base_dir=tmp))

@@ -11,7 +11,7 @@ from typing import Any
 from gateway.config import UdpConfig
 from gateway.drivers.base import PortState, Sink, Tap
 from gateway.drivers.serial_radio import is_critical
-from gateway.errors import ProtocolError
+from gateway.errors import ProtocolError, TransportError
 from gateway.events import FrameHeard
 from gateway.protocol.codec import decode_frame
 from gateway.protocol.framing import FramerStats, Received, Rejected
@@ -47,6 +47,7 @@ class UdpListener:
         self.stats = FramerStats()
         self.state = PortState.CLOSED
         self.bound: tuple[str, int] | None = None
+        self._transport: asyncio.DatagramTransport | None = None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -71,16 +72,31 @@ class UdpListener:
             self._tap(self.name, at, received)
         self._sink(FrameHeard(self.name, at, received), is_critical(received))
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def bind(self) -> None:
+        """Take the port (before READY, so a port in use stops the start, not a task)."""
+        if self._transport is not None:
+            return
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(self.config.host, self.config.port)
-        )
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self), local_addr=(self.config.host, self.config.port)
+            )
+        except OSError as err:
+            self.state = PortState.DOWN
+            where = f"{self.config.host}:{self.config.port}"
+            reason = err.strerror or str(err)
+            raise TransportError(f"udp {self.name}: cannot bind {where}: {reason}") from err
+        self._transport = transport
         self.bound = transport.get_extra_info("sockname")[:2]
         self.state = PortState.OPEN
         log.info("udp %s listening on %s", self.name, self.bound)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.bind()
         try:
             await stop.wait()
         finally:
-            transport.close()
+            if self._transport is not None:
+                self._transport.close()
+            self._transport = None
             self.state = PortState.CLOSED

@@ -126,6 +126,21 @@ class Daemon:
     def send_radio(self, frame: Frame) -> None:
         self.radio.write(encode_frame(frame))
 
+    def send_radio_report(self) -> None:
+        """An ordinary report from the probe node: something for ``tail`` to show."""
+        frame = Frame(
+            NODE_ID, next(_seq) & 0xFFFF, MessageType.REPORT, FrameFlags.NONE, (Tilt(0.0, 0.0),)
+        )
+        self.send_radio(frame)
+
+    async def wait_log(self, text: str, *, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until ``text`` appears in the daemon's log (for states nothing else shows)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"never logged {text!r}:\n{self.log_text()}")
+            await asyncio.sleep(0.05)  # a log file has no readiness to wait on
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
@@ -297,8 +312,11 @@ async def launch(
         )
         started.append(gw)
         if wait:
-            await wait_online(collector, proc, log)
-            await gw.ping(timeout_s=START_TIMEOUT_S)
+            try:
+                await wait_online(collector, proc, log)
+                await gw.ping(timeout_s=START_TIMEOUT_S)
+            except TimeoutError:
+                pytest.fail(f"daemon not serving after {START_TIMEOUT_S} s:\n{gw.log_text()}")
         return gw
 
     yield start
