@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.confcheck import Errors, Table, hostport
+from gateway.drivers.ingress import (
+    MAX_SOURCES,
+    SOURCE_BURST,
+    SOURCE_RATE,
+    Network,
+    parse_networks,
+)
 from gateway.errors import ConfigError
 from gateway.protocol.messages import GasKind
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, DeviceProfile, profile_from_config
@@ -112,6 +119,10 @@ class UdpConfig:
     name: str
     host: str
     port: int
+    allow: tuple[Network, ...] = ()  # empty: any source (only on a loopback bind)
+    source_rate: float = SOURCE_RATE
+    source_burst: int = SOURCE_BURST
+    max_sources: int = MAX_SOURCES
 
 
 @dataclass(frozen=True)
@@ -409,7 +420,24 @@ def _ports(
     udp = []
     for t in root.tables("udp"):
         host, port = t.convert("bind", ip_hostport)
-        udp.append(UdpConfig(t.text("name"), host, port))
+        allow = t.convert("allow", _networks, ())
+        if not allow and not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError(
+                t.key("allow"),
+                f"is required when binding {host} (not loopback): list the networks "
+                'your nodes send from, e.g. allow = ["10.20.0.0/16"]',
+            )
+        udp.append(
+            UdpConfig(
+                t.text("name"),
+                host,
+                port,
+                allow=allow,
+                source_rate=t.number("source_rate", SOURCE_RATE, lo=0.01, hi=100_000),
+                source_burst=t.integer("source_burst", SOURCE_BURST, lo=1, hi=1_000_000),
+                max_sources=t.integer("max_sources", MAX_SOURCES, lo=1, hi=1_000_000),
+            )
+        )
         t.done()
     buses = []
     for t in root.tables("modbus"):
@@ -583,6 +611,12 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         console=console,
         control_max_clients=control_max_clients,
     )
+
+
+def _networks(value: object) -> tuple[Network, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+        raise ValueError(f"must be a non-empty list of addresses or CIDR networks, got {value!r}")
+    return parse_networks(value)
 
 
 def _strings(value: object) -> tuple[str, ...]:

@@ -63,6 +63,7 @@ class StatsCollector(Collector):
             for address, slave in port.get("slaves", {}).items():
                 slave_failures.add_metric([name, address], slave["failures"])
         yield from (frames, rejected, skipped, up, slave_failures)
+        yield from _ingress_and_supervision(stats)
 
         edge = stats["edge"]
         for key, help_text in (
@@ -112,6 +113,29 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily(
             "covergw_uptime_seconds", "Seconds since start", value=stats["uptime_s"]
         )
+
+
+def _ingress_and_supervision(stats: dict[str, Any]) -> Iterator[Metric]:
+    dropped = CounterMetricFamily(
+        "covergw_udp_dropped", "Datagrams dropped before decoding", labels=["port", "reason"]
+    )
+    for name, port in stats["ports"].items():
+        for reason in ("not_allowed", "rate_limited"):
+            if f"dropped_{reason}" in port:
+                dropped.add_metric([name, reason], port[f"dropped_{reason}"])
+    restarts = CounterMetricFamily(
+        "covergw_part_restarts", "Restarts of a supervised part after a failure", labels=["part"]
+    )
+    refused = CounterMetricFamily(
+        "covergw_refused_connections", "Local connections over the cap", labels=["server"]
+    )
+    supervision = stats.get("supervision", {})
+    for part, health in supervision.get("parts", {}).items():
+        restarts.add_metric([part], health["restarts"])
+    for server in ("control", "metrics"):
+        if server in supervision:
+            refused.add_metric([server], supervision[server]["refused_connections"])
+    yield from (dropped, restarts, refused)
 
 
 class MetricsServer:

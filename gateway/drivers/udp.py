@@ -1,4 +1,9 @@
-"""NB-IoT nodes over UDP: the operator's APN delivers one frame per datagram."""
+"""NB-IoT nodes over UDP: the operator's APN delivers one frame per datagram.
+
+Before a datagram is decoded its source must pass the input's ``SourceGate``
+(``allow`` networks, a token bucket per source); what does not is dropped and
+counted in the port's status.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 from gateway.config import UdpConfig
 from gateway.drivers.base import PortState, Sink, Tap
+from gateway.drivers.ingress import SourceGate, Verdict
 from gateway.drivers.serial_radio import is_critical
 from gateway.errors import ProtocolError, TransportError
 from gateway.events import FrameHeard
@@ -45,6 +51,12 @@ class UdpListener:
         self._tap = tap
         self._clock = clock
         self.stats = FramerStats()
+        self.gate = SourceGate(
+            config.allow,
+            rate=config.source_rate,
+            burst=config.source_burst,
+            max_sources=config.max_sources,
+        )
         self.state = PortState.CLOSED
         self.bound: tuple[str, int] | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -55,9 +67,13 @@ class UdpListener:
             "bind": f"{self.config.host}:{self.config.port}",
             "state": self.state.value,
             **self.stats.as_dict(),
+            **self.gate.stats.as_dict(),
+            "sources": self.gate.sources,
         }
 
     def datagram(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self.gate.admit(str(addr[0])) is not Verdict.ADMIT:
+            return
         at = self._clock()
         try:
             received = Received(decode_frame(data), data)

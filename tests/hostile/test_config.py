@@ -59,6 +59,16 @@ CASES: list[tuple[str, Any, str]] = [
         "uplink.hots: unknown key (did you mean 'host'?)",
     ),
     ("gbk registry", lambda tmp: {"gateway": {"registry": gbk_registry(tmp)}}, "gateway.registry:"),
+    (
+        "udp on every address without allow",
+        {"udp": {"bind": "0.0.0.0:5684"}},
+        "udp[0].allow: is required when binding 0.0.0.0 (not loopback)",
+    ),
+    (
+        "udp allow not a network",
+        {"udp": {"allow": ["10.0.0.300/8"]}},
+        "udp[0].allow: '10.0.0.300/8' is not",
+    ),
     ("udp bound to a name", {"udp": {"bind": "localhost:5684"}}, "udp[0].bind: must be IP:PORT"),
     (
         "metrics on a name",
