@@ -19,6 +19,7 @@ the probe, which uses the radio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -48,6 +49,7 @@ REGISTRY = f"cover_id,owner_unit,node_id\n{COVER_ID},drainage,{NODE_ID:08X}\n"
 ALARM_WITHIN_S = 2.0
 START_TIMEOUT_S = 30.0  # a loaded 2-core box; readiness is waited on, not slept for
 STOP_WITHIN_S = 10.0
+RESEND_S = 3.0  # a command not answered by then is sent again
 
 _seq = itertools.count(1)  # one sequence for the probe node across daemons of a test
 
@@ -162,12 +164,17 @@ class Daemon:
     async def command(self, request: dict[str, Any], *, timeout_s: float = 10.0) -> dict[str, Any]:
         request_id = str(uuid.uuid4())
         payload = json.dumps({"request_id": request_id, **request})
-        await publish(self.broker.port, f"{self.topic_root}/cmd", payload.encode())
 
         def answered() -> bool:
             return any(r.get("request_id") == request_id for r in self.collector.of("response"))
 
-        await self.collector.wait_for(answered, timeout=timeout_s)
+        # Sent again (same request_id: answered once, carried out once) until answered:
+        # right after a first connect the daemon may not have subscribed yet.
+        async with asyncio.timeout(timeout_s):
+            while not answered():
+                await publish(self.broker.port, f"{self.topic_root}/cmd", payload.encode())
+                with contextlib.suppress(TimeoutError):
+                    await self.collector.wait_for(answered, timeout=RESEND_S)
         return next(r for r in self.collector.of("response") if r.get("request_id") == request_id)
 
     async def cover_alarm(self, *, within_s: float = ALARM_WITHIN_S) -> float:

@@ -7,6 +7,7 @@ the same key path and reason, exit 2, and print no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile.conftest import COVER_ID, NODE_ID, Launch, wait_exit
+from tests.hostile.conftest import COVER_ID, NODE_ID, Daemon, Launch, wait_exit
 
 
 def check_config(config: Path) -> subprocess.CompletedProcess[str]:
@@ -25,6 +26,11 @@ def check_config(config: Path) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=60,
     )
+
+
+async def run_and_check(gw: Daemon) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """The daemon's exit status and check-config's verdict on the same file, side by side."""
+    return await asyncio.gather(wait_exit(gw.proc, 30), asyncio.to_thread(check_config, gw.config))
 
 
 def gbk_registry(tmp: Path) -> str:
@@ -100,8 +106,7 @@ async def test_check_config_and_run_refuse_alike(
 ) -> None:
     tables = patch(tmp_path) if callable(patch) else patch
     gw = await launch(wait=False, **tables)
-    code = await wait_exit(gw.proc, 30)
-    checked = check_config(gw.config)
+    code, checked = await run_and_check(gw)
     log = gw.log_text()
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert code == 2, log
@@ -117,8 +122,7 @@ async def test_every_error_is_reported_in_one_go(launch: Launch) -> None:
         queue={"flush_max": 0},
         uplnk={"host": "x"},
     )
-    code = await wait_exit(gw.proc, 30)
-    checked = check_config(gw.config)
+    code, checked = await run_and_check(gw)
     assert code == checked.returncode == 2
     for expected in (
         "uplink.port: must be 1–65535, got 70000",
