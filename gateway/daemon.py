@@ -50,6 +50,7 @@ MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 TICK_S = 1.0
 STATE_KEY = "engine"
 STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
+UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
 
 
 @dataclass
@@ -249,6 +250,10 @@ class Gateway:
                 await asyncio.wait_for(asyncio.shield(pipeline), deadline - time.monotonic())
             uplink_stop.set()
             budget = min(self.config.uplink.publish_timeout_s, deadline - time.monotonic())
+            if self.uplink.stats.state is not UplinkState.CONNECTED:
+                budget = min(
+                    budget, UNCONNECTED_STOP_S
+                )  # nothing to deliver: do not wait on a connect
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(uplink), max(0.0, budget))
             for task in (pipeline, uplink):
