@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.daemon_main import EXIT_START
+from gateway.protocol.codec import encode_frame
+from gateway.protocol.messages import Frame, FrameFlags, MessageType, Tilt
 from gateway.supervisor import Supervisor
 from tests.hostile.conftest import COVER_ID, NODE_ID, Daemon, Launch, wait_exit
 
@@ -94,6 +97,41 @@ async def test_sigterm_while_serving_with_a_control_client_streaming(gw: Daemon)
     assert await gw.stop() == 0
     assert time.monotonic() - started < 10
     writer.close()
+
+
+async def test_sigterm_under_a_udp_flood(launch: Launch) -> None:
+    gw = await launch(udp={"source_rate": 100_000.0, "source_burst": 1_000_000})
+    flooding = threading.Event()
+    done = threading.Event()
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.5", 0))
+            seq = 0
+            while not done.is_set():
+                frame = Frame(
+                    0x0F100D00 + seq % 5000,
+                    seq % 65536,
+                    MessageType.REPORT,
+                    FrameFlags.NONE,
+                    (Tilt(1.0, 2.0),),
+                )
+                s.sendto(encode_frame(frame), ("127.0.0.1", gw.udp_port))
+                seq += 1
+                if seq == 2000:
+                    flooding.set()
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    try:
+        await asyncio.to_thread(flooding.wait, 30)
+        started = time.monotonic()
+        code = await gw.stop()
+        assert time.monotonic() - started < 10
+        assert code == 0, gw.log_text()
+    finally:
+        done.set()
+        sender.join(10)
 
 
 async def test_sigterm_right_after_start(launch: Launch) -> None:
