@@ -182,6 +182,17 @@ async def test_sighup_with_a_gbk_registry_keeps_the_old_one_and_says_why(gw: Dae
     assert gw.collector.errors == []
 
 
+async def test_reload_command_with_a_gbk_registry_is_answered_and_refused(gw: Daemon) -> None:
+    registry = gw.config.parent / "covers.csv"
+    registry.write_bytes(
+        f"cover_id,owner_unit,node_id\n{COVER_ID},排水,{NODE_ID:08X}\n".encode("gbk")
+    )
+    answer = await gw.command({"cmd": "reload"})
+    assert answer["ok"] is False
+    assert "gateway.registry" in answer["error"]["message"]
+    await gw.assert_serving()  # and the next command is served: assert_serving pings
+
+
 async def test_a_failing_part_is_restarted_and_counted_while_the_others_run_on() -> None:
     supervisor = Supervisor(restart_min_s=0.01, restart_max_s=0.05)
     stop = asyncio.Event()
