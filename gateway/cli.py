@@ -15,7 +15,7 @@ from gateway import __version__
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    pass
 
 # covergw decode --device: SCN-1 and the models of gateway.protocol.devices
 # (a test checks this list against that registry, which is not imported here
@@ -55,42 +55,14 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gateway.config import load_config  # noqa: PLC0415
-    from gateway.errors import ConfigError  # noqa: PLC0415
-    from gateway.registry import load_registry  # noqa: PLC0415
+    from gateway.validation import check_config  # noqa: PLC0415
 
     if args.config and args.config_file and args.config != args.config_file:
         args.parser.error("give the configuration once: --config FILE")
     path = args.config or args.config_file
     if path is None:
         args.parser.error("give the configuration: --config FILE")
-    try:
-        config = load_config(Path(path))
-    except ConfigError as err:
-        print(f"config refused: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"{path}: ok (gateway {config.gateway_id}, digest {config.digest}; "
-        f"{len(config.radios)} radio, {len(config.udp)} udp, {len(config.modbus)} modbus"
-        f"{_device_inputs(config)})"
-    )
-    if config.registry is not None:
-        registry, errors = load_registry(config.registry)
-        print(f"{config.registry}: {len(registry.covers)} covers")
-        for error in errors:
-            print(f"{config.registry}: {error}: row left out", file=sys.stderr)
-        if errors:
-            return 1
-    return 0
-
-
-def _device_inputs(config: GatewayConfig) -> str:
-    """The commercial-sensor inputs, when there are any (``, 1 lorawan, 1 tcp``)."""
-    return "".join(
-        f", {len(items)} {kind}"
-        for kind, items in (("lorawan", config.lorawan), ("tcp", config.tcp))
-        if items
-    )
+    return check_config(Path(path))
 
 
 def _run(args: argparse.Namespace) -> int:

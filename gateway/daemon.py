@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,7 @@ from typing import Any
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 from gateway.commands import CommandHandler
-from gateway.config import GatewayConfig, SlaveConfig, load_config
+from gateway.config import GatewayConfig, SlaveConfig
 from gateway.console import Console
 from gateway.control import ControlServer
 from gateway.downlinks import Downlinks
@@ -34,26 +35,29 @@ from gateway.drivers.tcp import TcpListener
 from gateway.drivers.udp import UdpListener
 from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StartupError, TransportError
 from gateway.events import Input
-from gateway.metrics import StatsCollector
-from gateway.metrics import serve as serve_metrics
+from gateway.metrics import MetricsServer, StatsCollector
 from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
-from gateway.registry import Registry, load_registry
+from gateway.registry import Registry
 from gateway.sdnotify import Notifier
+from gateway.supervisor import Supervisor
 from gateway.tap import Heard, Tap
 from gateway.tools import busscan
 from gateway.tools.board import NodeBoard, attention, cover_rows
 from gateway.tools.status import status_line
 from gateway.tools.tailing import TailFilter, Watch, tail_record
-from gateway.uplink import Uplink
+from gateway.uplink import Uplink, UplinkState
+from gateway.validation import read_registry, validate
 
 log = logging.getLogger(__name__)
 
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 TICK_S = 1.0
+STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
+UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
 
 
 @dataclass
@@ -148,11 +152,23 @@ class Gateway:
         )
         self.uplink: Uplink | None = None
         self.metrics = StatsCollector() if config.metrics.enabled else None
+        self.metrics_server = (
+            MetricsServer(
+                self.metrics,
+                config.metrics.host,
+                config.metrics.port,
+                max_clients=config.metrics.max_clients,
+            )
+            if self.metrics is not None
+            else None
+        )
+        self.supervisor = Supervisor(clock=clock)
+        self.control: ControlServer | None = None
 
     def _load_registry(self) -> tuple[Registry, list[str]]:
         if self.config.registry is None:
             return Registry(), []
-        registry, errors = load_registry(self.config.registry)
+        registry, errors = read_registry(self.config.registry)
         log.info("registry: %d covers (%d rows refused)", len(registry.covers), len(errors))
         return registry, [str(e) for e in errors]
 
@@ -192,53 +208,119 @@ class Gateway:
     # --- running ---
 
     async def run(self, stop: asyncio.Event) -> None:
-        with self.queue:
-            self._restore_engine()
-            self.commands.restore()
-            self.uplink = Uplink(
-                self.config.uplink,
-                topic_root=self.config.topic_root,
-                queue=self.queue,
-                wakeup=self._wakeup,
-                birth=self.birth,
-                stats_payload=self.stats_payload,
-                stats_interval_s=self.config.uplink.stats_interval_s,
-                on_command=self.commands,
-            )
-            drivers_stop = asyncio.Event()
-            pipeline_stop = asyncio.Event()
-            uplink_stop = asyncio.Event()
-            control = ControlServer(
-                self.config.control_path,
-                {"status": self.local_status},
-                {"tail": self.tail_lines, "modbus": self.modbus_lines},
-            )
-            if self.metrics is not None:
-                self.metrics.snapshot = self.stats_payload()
-                serve_metrics(self.metrics, self.config.metrics.host, self.config.metrics.port)
-            async with control, asyncio.TaskGroup() as tasks:
-                for driver in self.drivers:
-                    tasks.create_task(driver.run(drivers_stop), name=f"driver-{driver.name}")
-                pipeline = tasks.create_task(self._pipeline(pipeline_stop), name="pipeline")
-                uplink = tasks.create_task(self.uplink.run(uplink_stop), name="uplink")
-                await asyncio.sleep(0)  # drivers and uplink have started
-                self.notifier.ready()
-                log.info("covergw %s running as %s", __version__, self.config.gateway_id)
-                await stop.wait()
-                self.notifier.stopping()
-                log.info("stopping: draining inputs and committing the queue")
-                drivers_stop.set()
-                await asyncio.sleep(0)
-                pipeline_stop.set()
-                await pipeline
-                uplink_stop.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.shield(uplink), self.config.uplink.publish_timeout_s
-                    )
-                if not uplink.done():
-                    uplink.cancel()
+        """Start every part, serve until ``stop``, then end in order within ``STOP_BUDGET_S``.
+
+        What the daemon cannot run without (the state dir, the queue, its UDP
+        ports, the control socket, the metrics port) is taken before READY; a
+        failure there raises ``StartupError``. After that every part runs under
+        the supervisor: a failing part is restarted, never the end of the daemon.
+        """
+        self._open_queue()
+        try:
+            await self._serve(stop)
+        finally:
+            self.queue.close()
         log.info("stopped")
+
+    def _open_queue(self) -> None:
+        state_dir = self.config.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            probe = state_dir / ".covergw-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StartupError(
+                "gateway.state_dir", f"{state_dir} is not writable: {err.strerror or err}"
+            ) from err
+        try:
+            self.queue.open()
+        except (QueueError, OSError, sqlite3.Error) as err:
+            where = self.config.queue_path
+            raise StartupError("gateway.state_dir", f"queue {where}: {err}") from err
+
+    async def _take_ports(self, control: ControlServer) -> None:
+        """Bind what others reach us on before READY, so a port in use ends the start."""
+        try:
+            await control.start()
+            for driver in self.drivers:
+                if isinstance(driver, UdpListener):
+                    await driver.bind()
+            if self.metrics_server is not None:
+                await self.metrics_server.start()
+        except TransportError as err:
+            await control.close()
+            raise StartupError("ports", str(err)) from err
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        self._restore_engine()
+        self.commands.restore()
+        self.uplink = Uplink(
+            self.config.uplink,
+            topic_root=self.config.topic_root,
+            queue=self.queue,
+            wakeup=self._wakeup,
+            birth=self.birth,
+            stats_payload=self.stats_payload,
+            stats_interval_s=self.config.uplink.stats_interval_s,
+            on_command=self.commands,  # answers whatever a handler does (``internal`` at worst)
+        )
+        drivers_stop = asyncio.Event()
+        pipeline_stop = asyncio.Event()
+        uplink_stop = asyncio.Event()
+        self.control = ControlServer(
+            self.config.control_path,
+            {"status": self.local_status},
+            {"tail": self.tail_lines, "modbus": self.modbus_lines},
+            max_clients=self.config.control_max_clients,
+        )
+        if self.metrics is not None:
+            self.metrics.snapshot = self.stats_payload()
+        await self._take_ports(self.control)
+        supervise = self.supervisor.run
+        async with asyncio.TaskGroup() as tasks:
+            for driver in self.drivers:
+                name = f"driver-{driver.name}"
+                tasks.create_task(supervise(name, driver.run, drivers_stop), name=name)
+            tasks.create_task(
+                supervise("control", self.control.serve, drivers_stop), name="control"
+            )
+            if self.metrics_server is not None:
+                tasks.create_task(
+                    supervise("metrics", self.metrics_server.serve, drivers_stop), name="metrics"
+                )
+            pipeline = tasks.create_task(
+                supervise("pipeline", self._pipeline, pipeline_stop), name="pipeline"
+            )
+            uplink = tasks.create_task(
+                supervise("uplink", self.uplink.run, uplink_stop), name="uplink"
+            )
+            await asyncio.sleep(0)  # drivers and uplink have started
+            self.notifier.ready()
+            log.info("covergw %s running as %s", __version__, self.config.gateway_id)
+            await stop.wait()
+            deadline = time.monotonic() + STOP_BUDGET_S
+            self.notifier.stopping()
+            log.info("stopping: draining inputs and committing the queue")
+            drivers_stop.set()
+            await asyncio.sleep(0)
+            pipeline_stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pipeline), deadline - time.monotonic())
+            uplink_stop.set()
+            budget = min(self.config.uplink.publish_timeout_s, deadline - time.monotonic())
+            if self.uplink.stats.state is not UplinkState.CONNECTED:
+                budget = min(
+                    budget, UNCONNECTED_STOP_S
+                )  # nothing to deliver: do not wait on a connect
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(uplink), max(0.0, budget))
+            for task in (pipeline, uplink):
+                if not task.done():
+                    log.warning("stopping: %s did not finish in time; cancelled", task.get_name())
+                    task.cancel()
+        # An uplink cut short (mid-connect) is stopped all the same.
+        self.uplink.stats.state = UplinkState.STOPPED
 
     async def _pipeline(self, stop: asyncio.Event) -> None:
         """The only writer: engine → pending → one commit per batch."""
@@ -359,9 +441,9 @@ class Gateway:
             self.last_reload = {"ok": False, "at": at, "reason": "started without a config file"}
             return
         try:
-            new = load_config(self.config_path)
-            registry, errors = load_registry(new.registry) if new.registry else (Registry(), [])
-        except (ConfigError, OSError) as err:
+            validated = validate(self.config_path)
+            new, registry, errors = validated.config, validated.registry, validated.registry_errors
+        except ConfigError as err:
             reason = self.commands.redact(str(err))  # the retained status must not show a secret
             log.error("reload refused, the configuration in force stays: %s", reason)  # noqa: TRY400
             self.last_reload = {"ok": False, "at": at, "reason": reason}
@@ -479,6 +561,15 @@ class Gateway:
             **({"reload": self.last_reload} if self.last_reload else {}),
         }
 
+    def supervision_stats(self) -> dict[str, Any]:
+        """Restarts per supervised part, and what the local servers refused."""
+        out: dict[str, Any] = {"parts": self.supervisor.stats()}
+        if self.control is not None:
+            out["control"] = self.control.stats()
+        if self.metrics_server is not None:
+            out["metrics"] = self.metrics_server.stats()
+        return out
+
     def stats_payload(self) -> dict[str, Any]:
         q = self.queue.stats()
         uplink = self.uplink.stats if self.uplink else None
@@ -515,6 +606,7 @@ class Gateway:
                 "pending_in_memory": len(self._pending),
             },
             "commands": self.commands.stats_payload(),
+            "supervision": self.supervision_stats(),
             "uplink": {
                 "state": uplink.state.value if uplink else "stopped",
                 "connects": uplink.connects if uplink else 0,

@@ -30,12 +30,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from gateway.config import THRESHOLD_KEYS
+from gateway.config import INTEGER_THRESHOLDS, THRESHOLD_KEYS, THRESHOLD_RANGES
 from gateway.observation import DeviceRef
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,21 @@ def _float(row: dict[str, str], key: str) -> float | None:
         raise ValueError(f"{key}: not a number: {text!r}") from None
 
 
+def _threshold(row: dict[str, str], key: str) -> float | int | None:
+    """A per-cover threshold column: finite, inside ``THRESHOLD_RANGES``, whole where counted."""
+    value = _float(row, key)
+    if value is None:
+        return None
+    lo, hi = THRESHOLD_RANGES[key]
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{key}: must be {lo:g}–{hi:g}, got {row[key].strip()!r}")
+    if key in INTEGER_THRESHOLDS:
+        if value != int(value):
+            raise ValueError(f"{key}: must be a whole number, got {row[key].strip()!r}")
+        return int(value)
+    return value
+
+
 def _modbus(text: str) -> tuple[tuple[str, int], ...]:
     out = []
     for item in text.replace(";", " ").replace(",", " ").split():
@@ -323,11 +339,9 @@ def parse_row(row: dict[str, str]) -> Cover:
     bx, by = _float(row, "baseline_x_deg"), _float(row, "baseline_y_deg")
     overrides: dict[str, Any] = {}
     for key in THRESHOLD_KEYS:
-        value = _float(row, key)
+        value = _threshold(row, key)
         if value is not None:
-            overrides[key] = (
-                int(value) if key in ("report_count", "fault_after_failures") else value
-            )
+            overrides[key] = value
     return Cover(
         cover_id=cover_id,
         owner_unit=owner,

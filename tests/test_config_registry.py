@@ -64,7 +64,7 @@ def refused(patch: dict[str, Any], tmp_path: Path) -> ConfigError:
             "modbus[0].slaves[0].address",
             "must be 1–247",
         ),
-        ({"alarms": {"tilt_deg": -1}}, "alarms.tilt_deg", "at least 0"),
+        ({"alarms": {"tilt_deg": -1}}, "alarms.tilt_deg", "must be 0.5–90.0"),
         ({"alarms": {"kind": {"rain": {"tilt_dg": 3}}}}, "alarms.kind.rain.tilt_dg", "unknown key"),
         (
             {"uplink": {"tls": {"enabled": True, "ca_file": "missing.pem"}}},
