@@ -486,7 +486,14 @@ class CommandHandler:
 
     def redact(self, text: str) -> str:
         """No secret in an answer: a secret key's value is withheld, known secrets masked."""
-        text = _SECRET_KEY.sub(r"\1: refused (value withheld)", text)
+        return self.mask(_SECRET_KEY.sub(r"\1: refused (value withheld)", text))
+
+    def mask(self, text: str) -> str:
+        """Known secret values masked, the length capped (for text that names no value).
+
+        A reload's refusal comes from the config layer, which never puts a secret
+        key's value in an error; its reason stays readable ("must be a string").
+        """
         for secret in self._secrets():
             if secret:
                 text = text.replace(secret, "***")

@@ -444,7 +444,7 @@ class Gateway:
             validated = validate(self.config_path)
             new, registry, errors = validated.config, validated.registry, validated.registry_errors
         except ConfigError as err:
-            reason = self.commands.redact(str(err))  # the retained status must not show a secret
+            reason = self.commands.mask(str(err))  # the retained status must not show a secret
             log.error("reload refused, the configuration in force stays: %s", reason)  # noqa: TRY400
             self.last_reload = {"ok": False, "at": at, "reason": reason}
         else:

@@ -17,6 +17,7 @@ def config(**tables: Any) -> dict[str, Any]:
 
 def test_defaults_and_credentials(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s3cret\n")
+    (tmp_path / "secret").chmod(0o600)  # a secret others can read is refused
     parsed = parse_config(
         config(lorawan=[{"name": "cs", "username": "gw", "password_file": "secret"}]),
         base_dir=tmp_path,
@@ -62,12 +63,12 @@ def test_defaults_and_credentials(tmp_path: Path) -> None:
             "86",
         ),
         (
-            {"udp": [{"name": "u", "bind": "0.0.0.0:1", "format": "lora"}]},
+            {"udp": [{"name": "u", "bind": "127.0.0.1:1", "format": "lora"}]},
             "udp[0].format",
             "one of",
         ),
         (
-            {"udp": [{"name": "x", "bind": "0.0.0.0:1"}], "lorawan": [{"name": "x"}]},
+            {"udp": [{"name": "x", "bind": "127.0.0.1:1"}], "lorawan": [{"name": "x"}]},
             "radio/udp/modbus/lorawan/tcp",
             "own name",
         ),

@@ -158,8 +158,17 @@ class Daemon:
     # --- proving it still serves ---
 
     async def ping(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
-        """A ``ping`` over MQTT; its answer as the platform receives it."""
-        return await self.command({"cmd": "ping"}, timeout_s=timeout_s)
+        """A ``ping`` over MQTT answered with a pong; ``busy`` (the command rate limit) is retried.
+
+        Being told "busy" is an answer too, but a test that pings after every case
+        means "is it still serving": ask again once the bucket has refilled.
+        """
+        async with asyncio.timeout(timeout_s):
+            while True:
+                answer = await self.command({"cmd": "ping"}, timeout_s=timeout_s)
+                if (answer.get("error") or {}).get("code") != "busy":
+                    return answer
+                await asyncio.sleep(0.25)  # the bucket refills at commands.rate_per_s
 
     async def command(self, request: dict[str, Any], *, timeout_s: float = 10.0) -> dict[str, Any]:
         request_id = str(uuid.uuid4())

@@ -23,10 +23,10 @@ from tests.strategies import frames
 FORGED_SEQ = 40_000  # far from the probe's own sequence numbers
 
 
-def forged_open(seq: int = FORGED_SEQ) -> bytes:
+def forged_open(seq: int = FORGED_SEQ, node: int = NODE_ID) -> bytes:
     """A well-formed "cover opened" for the registered cover: SCN-1 has only a CRC."""
     frame = Frame(
-        NODE_ID,
+        node,
         seq,
         MessageType.EVENT,
         FrameFlags.NODE_ALARM,
@@ -58,7 +58,9 @@ async def test_a_source_outside_allow_changes_nothing_at_the_broker(launch: Laun
     assert status["dropped_not_allowed"] == 20
     assert status["frames"] == 0
 
-    gw.send_udp(forged_open(FORGED_SEQ + 100), source="127.0.0.1")  # inside allow: heard
+    # Inside allow: heard. (Another node: the registered one is bound to the radio it
+    # was first heard on, so its frames from any other input are refused anyway.)
+    gw.send_udp(forged_open(FORGED_SEQ + 100, node=0x0BAD0002), source="127.0.0.1")
     await gw.collector.wait_for(lambda: bool(from_udp(gw)), timeout=10)
 
 
