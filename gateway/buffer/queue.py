@@ -20,7 +20,9 @@ error) the queue deletes the reserve file, which gives SQLite the room to
 checkpoint and to evict, shrinks its working bound below what the disk
 could hold, evicts the oldest telemetry to it and retries. Until the reserve
 can be written again the queue reports itself ``degraded``; it checks the
-free space at most every ``RECOVER_EVERY_S`` and recovers by itself. An ack
+free space before every write (and when asked, once a second by the daemon)
+and recovers by itself. The lowered bound evicts telemetry only: alarms
+give way to the configured bound alone, never to a short disk. An ack
 that cannot be written is held in memory (bounded, ``MAX_HELD_ACKS``), its
 rows are not published again, and the delete is retried with every later
 write. Nothing but ``QueueError`` leaves this module.
@@ -57,7 +59,6 @@ _T = TypeVar("_T")
 SCHEMA_VERSION = 3
 CHUNK = 500  # ids per IN (...) when acknowledging
 MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then peek pauses
-RECOVER_EVERY_S = 2.0  # how often a degraded queue looks at the free space again
 MIN_RESERVE = 16 * 1024
 WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
 MAX_RESERVE = 4 * 1024 * 1024
@@ -208,7 +209,6 @@ class DurableQueue:
         self._held: dict[Lane, int] = dict.fromkeys(Lane, 0)
         self._bound = max_bytes  # the working bound; below max_bytes while the disk is short
         self._degraded: str | None = None
-        self._next_recovery = 0.0
 
     def __enter__(self) -> Self:
         self.open()
@@ -396,6 +396,9 @@ class DurableQueue:
     async def peek_async(self, limit: int) -> list[Queued]:
         return await self._on_writer(functools.partial(self.peek, limit))
 
+    async def recover_async(self) -> None:
+        await self._on_writer(self.recover)
+
     # --- writing ---
 
     def put_many(
@@ -441,7 +444,7 @@ class DurableQueue:
         # Room first, so the file does not grow past the bound for the batch.
         incoming = sum(len(m.payload) + 64 for m in batch) * 5 // (4 * self._page_size)
         with _Transaction(self.db):
-            made_room = self._evict_to(max(0, self._pages_budget() - incoming), {})
+            made_room = self._evict_within_bounds(incoming, {})
             rows = []
             for m in batch:
                 topic = self._topics.get(m.topic) or new_topics.get(m.topic)
@@ -471,7 +474,7 @@ class DurableQueue:
             _bump(self.db, delta)
             for name, n in made_room.items():
                 delta[name] = delta.get(name, 0) + n
-            evicted = self._evict_to(self._pages_budget(), dict(delta))
+            evicted = self._evict_within_bounds(0, dict(delta))
         self._applied(delta)
         self._applied(evicted)
         for name, topic_id in new_topics.items():
@@ -599,29 +602,44 @@ class DurableQueue:
 
     # --- the bound ---
 
-    def _pages_budget(self) -> int:
-        """Pages the database may use: the working bound less the WAL and the reserve file.
+    def _pages_budget(self, bound: int | None = None) -> int:
+        """Pages the database may use: a bound less the WAL and the reserve file.
 
         The WAL is checkpointed at half a reserve and truncated to one; with
         the batch in flight it stays under two (``WAL_ALLOWANCE``); a few
         pages of slack cover b-tree splits.
         """
         spare = (1 + WAL_ALLOWANCE) * self.reserve_bytes
-        return max(0, (self._bound - spare) // self._page_size - 4)
+        bound = self._bound if bound is None else bound
+        return max(0, (bound - spare) // self._page_size - 4)
+
+    def _evict_within_bounds(self, incoming: int, pending: dict[str, int]) -> dict[str, int]:
+        """Telemetry goes to keep the working bound (lower while the disk is short);
+        alarms only to keep the configured one: a short disk never costs an alarm."""
+        both = (Lane.TELEMETRY, Lane.ALARM)
+        delta = self._evict_to(max(0, self._pages_budget() - incoming), pending)
+        for name, n in delta.items():
+            pending[name] = pending.get(name, 0) + n
+        more = self._evict_to(max(0, self._pages_budget(self.max_bytes) - incoming), pending, both)
+        for name, n in more.items():
+            delta[name] = delta.get(name, 0) + n
+        return delta
 
     def _used_pages(self) -> int:
         (pages,) = self.db.execute("PRAGMA page_count").fetchone()
         (free,) = self.db.execute("PRAGMA freelist_count").fetchone()
         return int(pages) - int(free)
 
-    def _evict_to(self, budget: int, pending: dict[str, int]) -> dict[str, int]:
-        """Inside a transaction: delete the oldest telemetry, then alarms, until under budget.
+    def _evict_to(
+        self, budget: int, pending: dict[str, int], lanes: tuple[Lane, ...] = (Lane.TELEMETRY,)
+    ) -> dict[str, int]:
+        """Inside a transaction: delete the oldest of ``lanes``, in that order, until under budget.
 
         ``pending`` is this transaction's depth change so far, so the estimate
         of rows per page sees the rows just added.
         """
         delta: dict[str, int] = {}
-        for lane in (Lane.TELEMETRY, Lane.ALARM):
+        for lane in lanes:
             for _ in range(64):
                 excess = self._used_pages() - budget
                 if excess <= 0:
@@ -701,13 +719,9 @@ class DurableQueue:
         return True
 
     def _maintain(self) -> None:
-        """A degraded queue tries, now and then, to get back to its configured bound."""
+        """Before each write a degraded queue tries to get back to its configured bound."""
         if self._degraded is None:
             return
-        now = time.monotonic()
-        if now < self._next_recovery:
-            return
-        self._next_recovery = now + RECOVER_EVERY_S
         self._retry_held_acks()
         if any(self._held.values()):
             return
@@ -726,14 +740,12 @@ class DurableQueue:
     def recover(self) -> None:
         """Check now whether a degraded queue has room again (the writer does this itself)."""
         with self._lock:
-            self._next_recovery = 0.0
             self._maintain()
 
     def _set_degraded(self, reason: str) -> None:
         if self._degraded is None:
             log.warning("queue: storage degraded: %s", reason)
         self._degraded = reason
-        self._next_recovery = time.monotonic() + RECOVER_EVERY_S
 
     # --- reading ---
 
