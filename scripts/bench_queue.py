@@ -1,23 +1,110 @@
-"""Durable queue throughput: accepted and acknowledged messages a second (not a test).
+"""Durable queue figures (not a test): throughput, bytes on disk per reading, open time.
 
 .venv/bin/python scripts/bench_queue.py [--messages N] [--batch B]
+.venv/bin/python scripts/bench_queue.py --disk [--messages N]     bytes on disk per queued reading
+.venv/bin/python scripts/bench_queue.py --open [--messages N]     time to open a queue of N readings
+
+``--disk`` and ``--open`` use a reading shaped like the engine's (601 bytes of
+JSON with a uuid hex id); ``--open`` builds the queue once, closes it cleanly,
+and times a fresh process-like open (``DurableQueue.open`` plus the first
+``peek``, which is what stands between start and the retained ``online``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing
+
+
+def reading() -> tuple[str, bytes]:
+    """A registered cover's node reading as the engine renders it today (601 bytes)."""
+    reading_id = uuid.uuid4().hex
+    body = {
+        "reading_id": reading_id,
+        "time": "2026-11-30T03:52:06.123Z",
+        "registered": True,
+        "cover": {
+            "cover_id": "HZ-XH-000123",
+            "owner_unit": "drainage",
+            "cover_kind": "rainwater",
+        },
+        "source": {
+            "type": "node",
+            "port": "lora0",
+            "node": "00C0FFEE",
+            "seq": 12345,
+            "msg_type": "REPORT",
+            "flags": {"node_alarm": False, "low_battery": False, "retransmission": False},
+            "rx_rssi_dbm": -97,
+            "rx_snr_db": 7,
+        },
+        "records": [
+            {"type": "tilt", "x_deg": 1.53, "y_deg": -0.42},
+            {"type": "water_depth", "distance_mm": 1850},
+            {"type": "battery", "voltage_mv": 3612},
+            {"type": "temperature", "celsius": 18.5},
+        ],
+        "derived": {"tilt_deg": 1.58, "water_depth_mm": 650},
+    }
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return reading_id, text + b" " * max(0, 601 - len(text))
+
+
+def fill(path: Path, n: int, batch: int = 500) -> int:
+    """``n`` readings in batches; returns the payload size."""
+    size = 0
+    with DurableQueue(path, max_bytes=1 << 40) as q:
+        for b in range(0, n, batch):
+            rows = []
+            for _ in range(min(batch, n - b)):
+                msg_id, payload = reading()
+                rows.append(Outgoing(msg_id, Lane.TELEMETRY, "covers/gw/telemetry", payload))
+                size = len(payload)
+            q.put_many(rows)
+    return size
+
+
+def disk(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q.db"
+        size = fill(path, n)
+        on_disk = sum(os.stat(p).st_size for p in (path, Path(f"{path}-wal")) if os.path.exists(p))
+    print(f"{n} readings of {size} B payload: {on_disk / n:.0f} B on disk per reading")
+
+
+def open_time(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q.db"
+        fill(path, n)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            with DurableQueue(path, max_bytes=1 << 40) as q:
+                q.peek(2000)
+                times.append(time.perf_counter() - start)
+    print(f"open + first peek with {n} readings queued: best {min(times) * 1e3:.0f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--disk", action="store_true", help="bytes on disk per queued reading")
+    parser.add_argument("--open", action="store_true", help="open time with N readings queued")
     args = parser.parse_args()
+    if args.disk:
+        disk(args.messages)
+        return
+    if args.open:
+        open_time(args.messages)
+        return
     payload = b'{"cover":"HZ-SC-000123","tilt_deg":1.53,"water_mm":1850,"battery_mv":3612}' * 2
     with tempfile.TemporaryDirectory() as tmp, DurableQueue(Path(tmp) / "q.db") as q:
         start = time.perf_counter()

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
+from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError, decode_id, encode_id
 from tests.smallfs import fill, small_fs
 
 
@@ -330,3 +330,10 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
         assert stats.depth == left == dict.fromkeys(Lane, 0)
         assert q.reserve_path.stat().st_size == q.reserve_bytes  # ready for the next time
         assert q.put_many(readings(10, start=10_000)) == 10
+
+
+@given(st.one_of(st.text(max_size=40), st.uuids().map(lambda u: u.hex), st.binary().map(bytes.hex)))
+def test_message_ids_round_trip_through_their_stored_form(msg_id: str) -> None:
+    stored = encode_id(msg_id)
+    assert decode_id(stored) == msg_id
+    assert isinstance(stored, bytes) == (len(msg_id) == 32 and not msg_id.strip("0123456789abcdef"))

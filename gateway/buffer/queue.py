@@ -152,11 +152,13 @@ class QueueStats:
     counters: dict[str, int] = field(default_factory=dict)  # salvaged_*, lost_unreadable …
 
 
+_HEX = "0123456789abcdef"
+
+
 def encode_id(msg_id: str) -> str | bytes:
     """A lowercase uuid hex id is stored as its 16 bytes; anything else as text."""
-    if len(msg_id) == 32 and msg_id == msg_id.lower():
-        with contextlib.suppress(ValueError):
-            return bytes.fromhex(msg_id)
+    if len(msg_id) == 32 and not msg_id.strip(_HEX):
+        return bytes.fromhex(msg_id)
     return msg_id
 
 
@@ -560,11 +562,12 @@ class DurableQueue:
         log.warning("queue: ack not written (%s); %d acks held", err, sum(self._held.values()))
 
     def _count_held(self) -> None:
-        self._held = dict.fromkeys(Lane, 0)
+        held = dict.fromkeys(Lane, 0)
         for lane, count in self.db.execute(
             "SELECT lane, COUNT(*) FROM temp.held_acks GROUP BY lane"
         ):
-            self._held[Lane(lane)] = int(count)
+            held[Lane(lane)] = int(count)
+        self._held = held  # one assignment: stats() on the loop never sees half of it
 
     def _retry_held_acks(self) -> None:
         if not any(self._held.values()):
