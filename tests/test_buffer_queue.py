@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -337,3 +339,41 @@ def test_message_ids_round_trip_through_their_stored_form(msg_id: str) -> None:
     stored = encode_id(msg_id)
     assert decode_id(stored) == msg_id
     assert isinstance(stored, bytes) == (len(msg_id) == 32 and not msg_id.strip("0123456789abcdef"))
+
+
+async def test_a_stalled_commit_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """Another process holds the write lock (as a slow disk holds a commit): the loop runs on."""
+    path = tmp_path / "q.db"
+    with DurableQueue(path) as q:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # our commit now waits (busy timeout) on the writer
+        put = asyncio.create_task(q.put_many_async(readings(5)))
+        ticks = 0
+        while ticks < 20:  # the loop keeps turning while the commit is stuck
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not put.done()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert await put == 5
+        assert q.stats().depth[Lane.TELEMETRY] == 5
+
+
+def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
+    """A copy taken while the queue is open is what a power cut leaves: the check runs."""
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    live.mkdir()
+    crashed.mkdir()
+    with DurableQueue(live / "q.db") as q:
+        for start in range(0, 2000, 500):
+            q.put_many(readings(500, start=start))
+        q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copy(live / "q.db", crashed / "q.db")
+    with (crashed / "q.db").open("r+b") as f:
+        f.seek(f.seek(0, os.SEEK_END) // 2 // 4096 * 4096)
+        f.write(b"\x00\xff" * 4096)
+    with DurableQueue(crashed / "q.db") as q:
+        stats = q.stats()  # before any read: the damage was found by the open itself
+    assert list(crashed.glob("q.corrupt-*"))
+    assert 0 < stats.counters["salvaged_telemetry"] < 2000
+    assert stats.counters["salvaged_telemetry"] + stats.counters["lost_unreadable"] == 2000
