@@ -377,3 +377,53 @@ def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
     assert list(crashed.glob("q.corrupt-*"))
     assert 0 < stats.counters["salvaged_telemetry"] < 2000
     assert stats.counters["salvaged_telemetry"] + stats.counters["lost_unreadable"] == 2000
+
+
+def test_on_a_full_disk_any_sequence_of_calls_raises_only_queue_errors(tmp_path: Path) -> None:
+    """Hypothesis drives puts, acks, peeks and a filler on a real 1 MiB tmpfs."""
+    ops = st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.integers(1, 400), st.booleans()),
+            st.tuples(st.just("ack"), st.integers(0, 300), st.just(False)),
+            st.tuples(st.just("fill"), st.integers(0, 64), st.just(False)),
+            st.tuples(st.just("free"), st.just(0), st.just(False)),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+    with small_fs(tmp_path / "fs", 1024) as fs:
+
+        @settings(max_examples=50, deadline=None)
+        @given(ops)
+        def run(steps: list[tuple[str, int, bool]]) -> None:
+            for leftover in fs.iterdir():
+                leftover.unlink()
+            serial = 0
+            with DurableQueue(fs / "q.db", max_bytes=2 << 20) as q:
+                for op, n, alarm in steps:
+                    try:
+                        if op == "put":
+                            batch = readings(n, start=serial)
+                            if alarm:
+                                batch.append(msg(serial, Lane.ALARM, 200))
+                            serial += n + 1
+                            q.put_many(batch)
+                        elif op == "ack":
+                            q.ack([m.seq for m in q.peek(n)])
+                        elif op == "fill":
+                            fill(fs / f"filler{n}", leave=n * 4096)
+                        else:
+                            for filler in fs.glob("filler*"):
+                                filler.unlink()
+                            q.recover()
+                    except QueueError:
+                        pass  # the one error the queue may raise; anything else fails here
+                counted = dict.fromkeys(Lane, 0)
+                for lane, count in q.db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane"):
+                    counted[Lane(lane)] = count
+                stats = q.stats()
+                assert {lane: stats.depth[lane] + 0 for lane in Lane} == {
+                    lane: counted[lane] - q._held[lane] for lane in Lane
+                }
+
+        run()

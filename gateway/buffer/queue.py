@@ -430,12 +430,14 @@ class DurableQueue:
                 if not _is_disk_trouble(err):
                     self._set_degraded(f"queue write failed: {err}")
                     raise QueueError(f"queue write failed: {err}") from err
-                first = err
+                # Text only: an exception kept in a local is a cycle through its
+                # traceback, and the cursors in it keep the connection from closing.
+                first = str(err)
             log.warning("queue: disk full while writing %d messages: %s", len(batch), first)
             try:
                 self._make_room(needed=sum(len(m.payload) + 64 for m in batch))
                 return self._put(batch, state)
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OSError) as err:
                 self._set_degraded(f"disk full: {err}")
                 raise QueueFullError(f"queue write failed, disk full: {err}") from err
 
@@ -676,7 +678,7 @@ class DurableQueue:
 
     def _make_room(self, *, needed: int) -> None:
         """After SQLITE_FULL: free the reserve, checkpoint, shrink the bound, evict to it."""
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             self.reserve_path.unlink()
         self._checkpoint()
         self._retry_held_acks()
@@ -820,15 +822,21 @@ class DurableQueue:
         return out
 
     def _refresh_oldest(self) -> None:
+        """After a commit, for stats() only: a failure here must not undo the commit's success."""
         skip = (
             " AND seq NOT IN (SELECT seq FROM temp.held_acks)" if any(self._held.values()) else ""
         )
-        for lane in Lane:
-            row = self.db.execute(
-                f"SELECT created FROM outbox WHERE lane = ?{skip} ORDER BY seq LIMIT 1",  # noqa: S608
-                (int(lane),),
-            ).fetchone()
-            self._oldest[lane] = None if row is None else float(row[0])
+        oldest = dict(self._oldest)
+        try:
+            for lane in Lane:
+                row = self.db.execute(
+                    f"SELECT created FROM outbox WHERE lane = ?{skip} ORDER BY seq LIMIT 1",  # noqa: S608
+                    (int(lane),),
+                ).fetchone()
+                oldest[lane] = None if row is None else float(row[0])
+        except sqlite3.Error as err:
+            log.debug("queue: oldest age not refreshed: %s", err)
+        self._oldest = oldest
 
     def disk_bytes(self) -> int:
         """The database and its WAL as they are on disk (what the bound is about)."""
