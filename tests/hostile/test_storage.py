@@ -158,6 +158,12 @@ async def test_disk_full_with_broker_down_loses_no_alarm_and_counts_every_readin
                     sock=sock,
                 )
                 assert full["stats"]["queue"]["evicted_telemetry"] > 0  # it made room
+                told = await asyncio.create_subprocess_exec(
+                    *(sys.executable, "-m", "gateway.cli", "status", "--socket", str(sock)),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                out, _ = await told.communicate()
+                assert b"storage  degraded: " in out  # what the technician sees
                 broker.start()
 
                 def alarms_arrived() -> bool:
