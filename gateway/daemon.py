@@ -217,7 +217,13 @@ class Gateway:
             if (urgent or due or full or self.engine.dirty) and await self._flush():
                 first_pending = None
             if stop.is_set() and self._inputs.empty() and not self._critical:
-                await self._flush()
+                if not await self._flush() and self._pending:
+                    alarms = sum(m.lane is Lane.ALARM for m in self._pending)
+                    log.error(
+                        "stopping with %d alarms and %d readings the disk never took: lost",
+                        alarms,
+                        len(self._pending) - alarms,
+                    )
                 return
             self._input_ready.clear()
             if self._inputs.empty() and not self._critical and not stop.is_set():
