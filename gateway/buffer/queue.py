@@ -11,9 +11,9 @@ leaves oldest first.
 The bound is on disk, not on payloads: ``max_bytes`` covers the database's
 pages, the WAL (checkpointed at half ``reserve_bytes``, counted as two) and a
 reserve file of ``reserve_bytes`` (default ``max_bytes / 32``, 16 KiB to
-4 MiB) kept beside the database. Past the bound
-the oldest telemetry is evicted first, alarms only when nothing else is left;
-every eviction is counted in the database, so the count survives restarts.
+4 MiB) kept beside the database. Past the bound the oldest telemetry is
+evicted first, alarms only when nothing else is left; every eviction is
+counted in the database, so the count survives restarts.
 
 A full disk is a state, not a crash. On ``SQLITE_FULL`` (or a write I/O
 error) the queue deletes the reserve file, which gives SQLite the room to
@@ -60,8 +60,8 @@ SCHEMA_VERSION = 3
 CHUNK = 500  # ids per IN (...) when acknowledging
 MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then peek pauses
 MIN_RESERVE = 16 * 1024
-WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
 MAX_RESERVE = 4 * 1024 * 1024
+WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
 SALVAGE_STEP = 256  # sequence numbers read per step when salvaging a damaged file
 
 # SQLite primary result codes (extended codes keep them in the low byte).
