@@ -716,7 +716,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
     with errors.collect():
         qt = root.table("queue")
         queue = QueueConfig(
-            max_bytes=qt.integer("max_bytes", 64 * 1024 * 1024, lo=64 * 1024),
+            max_bytes=qt.integer("max_bytes", 64 * 1024 * 1024, lo=1024 * 1024),  # docs/storage.md
             flush_interval_s=qt.number("flush_interval_s", 0.2, lo=0.0, hi=10),
             flush_max=qt.integer("flush_max", 500, lo=1, hi=100_000),
         )

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
+MEMORY_ALARMS = 10_000  # of which alarms; past it the oldest held alarm goes, counted
 TICK_S = 1.0
 STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
 UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
@@ -63,7 +64,8 @@ UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connect
 @dataclass
 class PipelineStats:
     shed_telemetry: int = 0
-    dropped_unwritten: int = 0
+    dropped_unwritten_telemetry: int = 0  # held in memory while the disk refused, then dropped
+    dropped_unwritten_alarm: int = 0  # only past MEMORY_ALARMS, never while telemetry can go
     queue_write_errors: int = 0
 
 
@@ -93,6 +95,8 @@ class Gateway:
         self._input_ready = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._pending: list[Outgoing] = []
+        self._flush_failing = False
+        self._storage_said: str | None = None
         registry, errors = self._load_registry()
         self.registry_errors = errors
         self.engine = EdgeEngine(
@@ -345,15 +349,22 @@ class Gateway:
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
                 self._pending += out
+                await self._watch_storage()
                 next_tick = time.monotonic() + TICK_S
             if self._pending and first_pending is None:
                 first_pending = time.monotonic()
             due = first_pending is not None and time.monotonic() - first_pending >= flush_every
             full = len(self._pending) >= self.config.queue.flush_max
-            if (urgent or due or full or self.engine.dirty) and self._flush():
+            if (urgent or due or full or self.engine.dirty) and await self._flush():
                 first_pending = None
             if stop.is_set() and self._inputs.empty() and not self._critical:
-                self._flush()
+                if not await self._flush() and self._pending:
+                    alarms = sum(m.lane is Lane.ALARM for m in self._pending)
+                    log.error(
+                        "stopping with %d alarms and %d readings the disk never took: lost",
+                        alarms,
+                        len(self._pending) - alarms,
+                    )
                 return
             self._input_ready.clear()
             if self._inputs.empty() and not self._critical and not stop.is_set():
@@ -387,40 +398,73 @@ class Gateway:
                 log.error("the saved engine state is unreadable, starting afresh: %s", err)  # noqa: TRY400
             self._pending_state[engine_state.LEGACY_KEY] = None  # written as rows at the next flush
 
-    def _flush(self) -> bool:
-        # Rows changed since the last commit go with the messages they belong to.
+    async def _flush(self) -> bool:
+        """One commit on the queue's writer thread; the loop goes on decoding meanwhile.
+
+        Engine state rows changed since the last commit go with the messages they
+        belong to; a failed write keeps both for the next attempt.
+        """
         self._pending_state.update(self.engine.take_state())
-        state = self._pending_state
+        state = dict(self._pending_state)
         if not self._pending and not state:
             return True
+        batch = list(self._pending)
         try:
-            self.queue.put_many(self._pending, state=state)
-            self.watch.committed(self._pending)
+            await self.queue.put_many_async(batch, state=state)
+            self.watch.committed(batch)
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
             self.stats.queue_write_errors += 1
+            self._flush_failing = True
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
             self._trim_backlog()
             return False
-        self._pending.clear()
+        del self._pending[: len(batch)]  # what was added meanwhile stays
         self._pending_state = {}
+        self._flush_failing = False
         self._wakeup.set()
         return True
 
     def _trim_backlog(self) -> None:
-        excess = len(self._pending) - MEMORY_BACKLOG
-        if excess <= 0:
+        """Bound what waits in memory: the oldest telemetry goes first, an alarm only
+        when more than MEMORY_ALARMS of them wait; each one dropped is counted."""
+        alarms = sum(1 for m in self._pending if m.lane is Lane.ALARM)
+        drop_alarms = max(0, alarms - MEMORY_ALARMS)
+        drop_telemetry = max(0, len(self._pending) - drop_alarms - MEMORY_BACKLOG)
+        if not drop_alarms and not drop_telemetry:
             return
         kept: list[Outgoing] = []
         for message in self._pending:
-            if excess > 0 and message.lane is Lane.TELEMETRY:
-                excess -= 1
-                self.stats.dropped_unwritten += 1
+            if message.lane is Lane.TELEMETRY and drop_telemetry > 0:
+                drop_telemetry -= 1
+                self.stats.dropped_unwritten_telemetry += 1
+                continue
+            if message.lane is Lane.ALARM and drop_alarms > 0:
+                drop_alarms -= 1
+                self.stats.dropped_unwritten_alarm += 1
                 continue
             kept.append(message)
         self._pending = kept
+
+    def storage_degraded(self) -> str | None:
+        """Why storage is degraded: the queue's own reason, or writes held in memory."""
+        if self.queue.degraded is not None:
+            return self.queue.degraded
+        if self._flush_failing:
+            return "queue writes failing; messages held in memory"
+        return None
+
+    async def _watch_storage(self) -> None:
+        """Once a tick: let a degraded queue look for room; say so when the state changes."""
+        if self.queue.degraded is not None:
+            with contextlib.suppress(QueueError):
+                await self.queue.recover_async()
+        now = self.storage_degraded()
+        if (now is None) != (self._storage_said is None) and self.uplink is not None:
+            self.uplink.announce()  # the retained status carries the storage state
+        self._storage_said = now
 
     # --- reloading (SIGHUP) ---
 
@@ -559,6 +603,7 @@ class Gateway:
             "registry_covers": len(self.engine.registry.covers),
             "registry_errors": self.registry_errors[:20],
             **({"reload": self.last_reload} if self.last_reload else {}),
+            "storage": self._storage_status(),
         }
 
     def supervision_stats(self) -> dict[str, Any]:
@@ -570,8 +615,13 @@ class Gateway:
             out["metrics"] = self.metrics_server.stats()
         return out
 
+    def _storage_status(self) -> dict[str, Any]:
+        reason = self.storage_degraded()
+        return {"state": "ok"} if reason is None else {"state": "degraded", "reason": reason}
+
     def stats_payload(self) -> dict[str, Any]:
         q = self.queue.stats()
+        storage = self.storage_degraded()
         uplink = self.uplink.stats if self.uplink else None
         edge = self.engine.stats
         return {
@@ -602,8 +652,17 @@ class Gateway:
                 "evicted_alarm": q.evicted[Lane.ALARM],
                 "evicted_telemetry": q.evicted[Lane.TELEMETRY],
                 "write_errors": self.stats.queue_write_errors,
-                "dropped_unwritten": self.stats.dropped_unwritten,
+                "dropped_unwritten": self.stats.dropped_unwritten_telemetry
+                + self.stats.dropped_unwritten_alarm,
+                "dropped_unwritten_telemetry": self.stats.dropped_unwritten_telemetry,
+                "dropped_unwritten_alarm": self.stats.dropped_unwritten_alarm,
                 "pending_in_memory": len(self._pending),
+                "held_acks": q.held_acks,
+                "salvaged_alarm": q.counters.get("salvaged_alarm", 0),
+                "salvaged_telemetry": q.counters.get("salvaged_telemetry", 0),
+                "lost_unreadable": q.counters.get("lost_unreadable", 0),
+                "storage": "ok" if storage is None else "degraded",
+                "storage_reason": storage,
             },
             "commands": self.commands.stats_payload(),
             "supervision": self.supervision_stats(),

@@ -378,7 +378,7 @@ class Uplink:
         await client.publish(f"{self.topic_root}/stats", json.dumps(payload), qos=1, retain=True)
 
     async def _drain_round(self, client: aiomqtt.Client) -> int:
-        rows = self.queue.peek(ROUND_ROWS)
+        rows = await self.queue.peek_async(ROUND_ROWS)  # off the loop: the writer thread
         if not rows:
             return 0
         units = batch_units(
@@ -401,7 +401,7 @@ class Uplink:
                 for unit in units:
                     group.create_task(send(unit))
         except* aiomqtt.MqttError as errors:
-            self.queue.ack(acked)
+            await self.queue.ack_async(acked)
             raise errors.exceptions[0] from None
-        self.queue.ack(acked)
+        await self.queue.ack_async(acked)
         return len(acked)

@@ -39,7 +39,11 @@ def accepted_ids(db: Path) -> set[str]:
     """What the queue has committed, read the way any other SQLite reader would."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {row[0] for row in conn.execute("SELECT msg_id FROM outbox")}
+        # a uuid hex id is stored as its 16 bytes (gateway.buffer.queue.encode_id)
+        return {
+            row[0].hex() if isinstance(row[0], bytes) else row[0]
+            for row in conn.execute("SELECT msg_id FROM outbox")
+        }
     finally:
         conn.close()
 

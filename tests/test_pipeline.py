@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.buffer.queue import Lane, Outgoing, Queued, QueueError
+from gateway.buffer.queue import Lane, Outgoing, Queued
 from gateway.config import parse_config
 from gateway.daemon import INPUT_QUEUE, Gateway
 from gateway.events import FrameHeard
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery, Event, EventCode, Frame, FrameFlags, MessageType
 from gateway.uplink import batch_units
+from tests.smallfs import fill, small_fs
 
 
 def make_gateway(tmp_path: Path) -> Gateway:
@@ -47,26 +47,35 @@ async def test_overload_sheds_telemetry_and_never_an_alarm(tmp_path: Path) -> No
     assert taken[0].received.frame.msg_type is MessageType.EVENT  # alarms jump the queue
 
 
-async def test_failing_disk_keeps_alarms_in_memory_then_writes_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gateway = make_gateway(tmp_path)
-    with gateway.queue:
-        gateway._pending += gateway.engine.handle(heard(2, 0, event=True))
-        real = gateway.queue.put_many
-
-        def disk_full(*args: object, **kwargs: object) -> int:
-            raise QueueError("database or disk is full")
-
-        monkeypatch.setattr(gateway.queue, "put_many", disk_full)
-        assert gateway._flush() is False
-        assert gateway.stats.queue_write_errors == 1
-        stats = gateway.stats_payload()
-        assert stats["queue"]["pending_in_memory"] == 2  # the reading and the alarm
-        monkeypatch.setattr(gateway.queue, "put_many", real)
-        assert gateway._flush() is True
-        rows = gateway.queue.peek(10)
-    assert [r.message.lane for r in rows] == [Lane.ALARM, Lane.TELEMETRY]
+async def test_failing_disk_keeps_alarms_in_memory_then_writes_them(tmp_path: Path) -> None:
+    """A real full tmpfs under the state directory; nothing but alarms and readings to write."""
+    with small_fs(tmp_path / "fs", 2048) as fs:
+        config = parse_config(
+            {"gateway": {"id": "gw", "state_dir": str(fs)}, "queue": {"max_bytes": 1 << 20}},
+            base_dir=fs,
+        )
+        gateway = Gateway(config)
+        with gateway.queue:
+            for node in range(1, 301):
+                gateway._pending += gateway.engine.handle(heard(node, 0, event=True))
+            alarms = sum(m.lane is Lane.ALARM for m in gateway._pending)
+            filler = fs / "filler"
+            fill(filler)
+            assert await gateway._flush() is False  # no telemetry on disk to make room with
+            stats = gateway.stats_payload()
+            assert stats["queue"]["write_errors"] == 1
+            assert stats["queue"]["pending_in_memory"] == 600  # the readings and the alarms
+            assert stats["queue"]["storage"] == "degraded"
+            assert gateway.birth()["storage"]["state"] == "degraded"
+            filler.unlink()
+            assert await gateway._flush() is True
+            await gateway._watch_storage()
+            stats = gateway.stats_payload()
+            rows = gateway.queue.peek(1000)
+    assert stats["queue"]["storage"] == "ok"
+    assert stats["queue"]["pending_in_memory"] == 0
+    assert [r.message.lane for r in rows[:alarms]] == [Lane.ALARM] * alarms == [Lane.ALARM] * 300
+    assert len(rows) == 600
     assert json.loads(rows[0].message.payload)["kind"] == "cover_open"
 
 

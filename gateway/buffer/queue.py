@@ -1,57 +1,120 @@
 """The durable store-and-forward queue: nothing bound upstream exists only in memory.
 
-SQLite in WAL mode, ``synchronous=FULL`` (a commit survives a power cut),
-one writer. Callers hand in batches, so one commit covers many readings.
+SQLite in WAL mode, ``synchronous=FULL`` (a commit survives a power cut).
+One connection, one lock: the daemon hands batches to the queue's own writer
+thread (the ``*_async`` methods) and awaits the commit, so a slow disk never
+stalls the event loop; the synchronous methods stay for tools and tests.
+
 Two lanes: alarms are always taken before any telemetry backlog; telemetry
-leaves oldest first. The file is bounded: past ``max_bytes`` the oldest
-telemetry is evicted first and alarms only when nothing else is left, and
-every eviction is counted in the database so the count survives restarts and
-reaches the platform.
+leaves oldest first.
+
+The bound is on disk, not on payloads: ``max_bytes`` covers the database's
+pages, the WAL (checkpointed at half ``reserve_bytes``, counted as two) and a
+reserve file of ``reserve_bytes`` (default ``max_bytes / 32``, 16 KiB to
+4 MiB) kept beside the database. Past the bound the oldest telemetry is
+evicted first, alarms only when nothing else is left; every eviction is
+counted in the database, so the count survives restarts.
+
+A full disk is a state, not a crash. On ``SQLITE_FULL`` (or a write I/O
+error) the queue deletes the reserve file, which gives SQLite the room to
+checkpoint and to evict, shrinks its working bound below what the disk
+could hold, evicts the oldest telemetry to it and retries. Until the reserve
+can be written again the queue reports itself ``degraded``; it checks the
+free space before every write (and when asked, once a second by the daemon)
+and recovers by itself. The lowered bound evicts telemetry only: alarms
+give way to the configured bound alone, never to a short disk. An ack
+that cannot be written is held in memory (bounded, ``MAX_HELD_ACKS``), its
+rows are not published again, and the delete is retried with every later
+write. Nothing but ``QueueError`` leaves this module.
+
+A file SQLite cannot read is renamed aside with a timestamp and whatever rows
+can still be read are salvaged into the fresh queue and counted
+(``salvaged_*``, ``lost_unreadable``). The integrity check runs only when the
+last close was not a clean one, so a clean start does not scan the file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
-_CHUNK = 500  # ids per IN (...) when acknowledging
+SCHEMA_VERSION = 3
+CHUNK = 500  # ids per IN (...) when acknowledging
+MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then peek pauses
+MIN_RESERVE = 16 * 1024
+MAX_RESERVE = 4 * 1024 * 1024
+WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
+SALVAGE_STEP = 256  # sequence numbers read per step when salvaging a damaged file
 
-_MIGRATIONS: dict[int, str] = {
-    1: """
-        CREATE TABLE outbox (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            msg_id TEXT NOT NULL UNIQUE,
-            lane INTEGER NOT NULL,
-            topic TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            created REAL NOT NULL,
-            size INTEGER NOT NULL
-        );
-        CREATE INDEX outbox_lane ON outbox (lane, seq);
-        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    """,
-    # Alarm states and tilt baselines, written in the same commit as the
-    # alarm they produced, so the two can never disagree after a crash.
-    2: """
-        CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-}
+# SQLite primary result codes (extended codes keep them in the low byte).
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+_DDL_V1 = """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        msg_id TEXT NOT NULL UNIQUE,
+        lane INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created REAL NOT NULL,
+        size INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_lane ON outbox (lane, seq);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# Alarm states and tilt baselines, written in the same commit as the alarm
+# they produced, so the two can never disagree after a crash.
+_DDL_V2 = "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+# 882 B on disk per 601 B reading in v2: a 32-character id twice (row and a
+# randomly filled unique index), the topic text in every row, a (lane, seq)
+# index over every row and a size column. v3 keeps a uuid hex id as 16 bytes,
+# topics once, an index over alarms only, and persists the depth so an open
+# does not count.
+_DDL_V3 = """
+    CREATE TABLE topics (id INTEGER PRIMARY KEY, topic TEXT NOT NULL UNIQUE);
+    CREATE TABLE outbox_v3 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        msg_id BLOB NOT NULL UNIQUE,
+        lane INTEGER NOT NULL,
+        topic INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+"""
+_DDL_V3_AFTER = """
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX outbox_alarms ON outbox (seq) WHERE lane = 0;
+"""
 
 
 class QueueError(GatewayError):
     """The queue's storage failed (disk full, unreadable file)."""
+
+
+class QueueFullError(QueueError):
+    """The disk is full and no telemetry is left to evict: the batch was not written."""
 
 
 class Lane(IntEnum):
@@ -81,9 +144,39 @@ class Queued:
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     depth: dict[Lane, int]
-    bytes: int
+    bytes: int  # database and WAL files as they are on disk
     oldest_age_s: float | None
     evicted: dict[Lane, int]
+    degraded: str | None = None  # why the queue cannot keep its bound, or None
+    held_acks: int = 0
+    counters: dict[str, int] = field(default_factory=dict)  # salvaged_*, lost_unreadable …
+
+
+_HEX = "0123456789abcdef"
+
+
+def encode_id(msg_id: str) -> str | bytes:
+    """A lowercase uuid hex id is stored as its 16 bytes; anything else as text."""
+    if len(msg_id) == 32 and not msg_id.strip(_HEX):
+        return bytes.fromhex(msg_id)
+    return msg_id
+
+
+def decode_id(stored: object) -> str:
+    return stored.hex() if isinstance(stored, bytes) else str(stored)
+
+
+def _is_damage(err: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file, not the disk or the call, is at fault."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in {_SQLITE_CORRUPT, _SQLITE_NOTADB}
+
+
+def _is_disk_trouble(err: sqlite3.Error) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is None:
+        return "full" in str(err)
+    return code & 0xFF in {_SQLITE_FULL, _SQLITE_IOERR}
 
 
 class DurableQueue:
@@ -94,17 +187,30 @@ class DurableQueue:
         path: Path,
         *,
         max_bytes: int = 64 * 1024 * 1024,
+        reserve_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        if reserve_bytes is None:
+            reserve_bytes = min(MAX_RESERVE, max(MIN_RESERVE, max_bytes // 32))
+        self.reserve_bytes = reserve_bytes
+        self.reserve_path = Path(f"{path}-reserve")
         self._clock = clock
         self._db: sqlite3.Connection | None = None
-        # Running depth and size, so neither the bound check on every commit nor
-        # stats() scans the table. Counted once at open; kept by each commit's
-        # known changes; counted again if a commit fails.
+        self._lock = threading.RLock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._page_size = 4096
+        self._topics: dict[str, int] = {}
+        self._topic_names: dict[int, str] = {}
+        # Kept in step with every commit (and persisted by it), so stats() is
+        # a read of memory: it never waits for the writer.
         self._depth: dict[Lane, int] = dict.fromkeys(Lane, 0)
-        self._bytes = 0
+        self._counters: dict[str, int] = {}
+        self._oldest: dict[Lane, float | None] = dict.fromkeys(Lane)
+        self._held: dict[Lane, int] = dict.fromkeys(Lane, 0)
+        self._bound = max_bytes  # the working bound; below max_bytes while the disk is short
+        self._degraded: str | None = None
 
     def __enter__(self) -> Self:
         self.open()
@@ -124,38 +230,99 @@ class DurableQueue:
             raise QueueError("queue is not open")
         return self._db
 
+    @property
+    def degraded(self) -> str | None:
+        """Why storage is degraded (disk full, writes failing), or None when it is healthy."""
+        return self._degraded
+
+    # --- opening and closing ---
+
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._open()
+            except QueueError:
+                self._close_db()
+                raise
+            except (sqlite3.Error, OSError) as err:
+                self._close_db()
+                raise QueueError(f"queue {self.path} cannot be opened: {err}") from err
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+
+    def _open(self) -> None:
         try:
-            self._db = self._connect()
+            self._db = self._connect(check=None)
         except sqlite3.DatabaseError as err:
-            # A damaged file must not stop the gateway: keep it for forensics, start afresh.
-            aside = self.path.with_suffix(f".corrupt-{int(self._clock())}")
-            log.error("queue %s unreadable (%s); moved to %s", self.path, err, aside)  # noqa: TRY400 - the traceback adds nothing
-            self.path.rename(aside)
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self._db = self._connect()
-        self._recount()
-
-    def _recount(self) -> None:
-        """The one full scan: at open, and after a commit that did not go through."""
-        self._depth = dict.fromkeys(Lane, 0)
-        self._bytes = 0
-        for lane, count, size in self.db.execute(
-            "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM outbox GROUP BY lane"
-        ):
-            self._depth[Lane(lane)] = count
-            self._bytes += size
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None)
+            if isinstance(err, sqlite3.OperationalError):  # locked, no room, no access
+                raise
+            self._replace_damaged(err)
+        self._load()
         try:
+            self._mark(clean=False)
+        except sqlite3.Error as err:
+            if not _is_disk_trouble(err):
+                raise
+            self._set_degraded(f"disk full at start: {err}")
+        self._ensure_reserve()
+
+    def _replace_damaged(self, err: sqlite3.Error) -> None:
+        """A damaged file must not stop the gateway: keep it for forensics,
+        start afresh, and carry over what can still be read."""
+        self._close_db()
+        aside = self.path.with_suffix(f".corrupt-{int(self._clock())}")
+        while aside.exists():
+            aside = aside.with_name(aside.name + "x")
+        log.error("queue %s damaged (%s); moved to %s", self.path, err, aside)
+        self.path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                side.rename(Path(f"{aside}{suffix}"))
+        self._db = self._connect(check=False)
+        self._counters, self._depth = {}, dict.fromkeys(Lane, 0)
+        self._topics, self._topic_names = {}, {}
+        self._held = dict.fromkeys(Lane, 0)
+        self._salvage(aside)
+        self._load()
+
+    def _on_damage(self, err: sqlite3.Error) -> None:
+        """Corruption found in use (a clean start does not scan): set aside, salvage, go on."""
+        try:
+            self._replace_damaged(err)
+        except (sqlite3.Error, OSError) as again:
+            self._set_degraded(f"queue file damaged and not replaced: {again}")
+            raise QueueError(f"queue damaged: {err}; replacing it failed: {again}") from again
+
+    def _connect(self, *, check: bool | None) -> sqlite3.Connection:
+        """``check``: None runs the integrity check only after an unclean close."""
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            if new:
+                db.execute(f"PRAGMA page_size={self._page_size}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            _integrity_check(db)
+            db.execute("PRAGMA temp_store=MEMORY")  # held acks never need the disk
+            # Debian builds SQLite with SECURE_DELETE: every evicted page would be
+            # zeroed through the WAL, so making room would itself need room.
+            db.execute("PRAGMA secure_delete=FAST")
+            (self._page_size,) = db.execute("PRAGMA page_size").fetchone()
+            # Checkpoint at half the allowance, so the WAL (that plus one
+            # batch) stays within reserve_bytes for batches up to half of it.
+            wal_pages = max(1, self.reserve_bytes // (2 * self._page_size))
+            db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+            # Truncated only past its allowance: blocks the WAL gave back to a
+            # full disk would be taken by others, and then not even a delete fits.
+            db.execute(f"PRAGMA journal_size_limit={WAL_ALLOWANCE * self.reserve_bytes}")
+            if check or (check is None and not _closed_cleanly(db)):
+                _integrity_check(db)
             self._migrate(db)
-        except sqlite3.DatabaseError:
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS held_acks"
+                " (seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL)"
+            )
+        except BaseException:
             db.close()
             raise
         return db
@@ -169,15 +336,70 @@ class DurableQueue:
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             db.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _MIGRATIONS[target].split(";")):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version={target}")
+            try:
+                _MIGRATIONS[target](db)
+                db.execute(f"PRAGMA user_version={target}")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             db.execute("COMMIT")
+            log.info("queue schema migrated to version %d", target)
+
+    def _load(self) -> None:
+        """Counts, counters and topics from their rows: an open never scans the outbox."""
+        self._counters = {str(k): int(v) for k, v in self.db.execute("SELECT * FROM counters")}
+        self._depth = {lane: self._counters.get(f"depth_{lane.name.lower()}", 0) for lane in Lane}
+        self._topic_names = {int(i): str(t) for i, t in self.db.execute("SELECT * FROM topics")}
+        self._topics = {t: i for i, t in self._topic_names.items()}
+        self._held = dict.fromkeys(Lane, 0)
+        self._refresh_oldest()
+
+    def _mark(self, *, clean: bool) -> None:
+        with _Transaction(self.db):
+            self.db.execute(
+                "INSERT OR REPLACE INTO counters (name, value) VALUES ('clean_close', ?)",
+                (int(clean),),
+            )
 
     def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._retry_held_acks()
+                    self._mark(clean=True)
+                self._close_db()
+
+    def _close_db(self) -> None:
         if self._db is not None:
-            self._db.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
             self._db = None
+
+    # --- the writer thread ---
+
+    async def _on_writer(self, fn: Callable[[], _T]) -> _T:
+        if self._writer is None:
+            raise QueueError("queue is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    async def put_many_async(
+        self, messages: Iterable[Outgoing], *, state: Mapping[str, str | None] | None = None
+    ) -> int:
+        """``put_many`` on the writer thread; returns once the batch is committed."""
+        batch = list(messages)
+        return await self._on_writer(functools.partial(self.put_many, batch, state=state))
+
+    async def ack_async(self, seqs: Sequence[int]) -> None:
+        await self._on_writer(functools.partial(self.ack, list(seqs)))
+
+    async def peek_async(self, limit: int) -> list[Queued]:
+        return await self._on_writer(functools.partial(self.peek, limit))
+
+    async def recover_async(self) -> None:
+        await self._on_writer(self.recover)
 
     # --- writing ---
 
@@ -187,166 +409,623 @@ class DurableQueue:
         """Accept messages and state in one commit; a known message id is not queued twice.
 
         ``state`` is per key, so a caller writes only what changed: a value
-        replaces the key's row, ``None`` deletes it.
+        replaces the key's row, ``None`` deletes it. On a full disk the oldest
+        telemetry makes room; ``QueueFullError`` means even that was not
+        enough, and nothing of the batch was written.
         """
-        now = self._clock()
-        rows = [(m.msg_id, int(m.lane), m.topic, m.payload, now, len(m.payload)) for m in messages]
-        if not rows and not state:
+        batch = list(messages)
+        if not batch and not state:
             return 0
-        change = _Change()
-        try:
-            with self._transaction():
-                cursor = self.db.executemany(
-                    "INSERT OR IGNORE INTO outbox (msg_id, lane, topic, payload, created, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
+        with self._lock:
+            self._maintain()
+            try:
+                return self._put(batch, state)
+            except sqlite3.Error as err:
+                if _is_damage(err):
+                    self._on_damage(err)
+                    try:
+                        return self._put(batch, state)
+                    except sqlite3.Error as again:
+                        raise QueueError(f"queue write failed: {again}") from again
+                if not _is_disk_trouble(err):
+                    self._set_degraded(f"queue write failed: {err}")
+                    raise QueueError(f"queue write failed: {err}") from err
+                # Text only: an exception kept in a local is a cycle through its
+                # traceback, and the cursors in it keep the connection from closing.
+                first = str(err)
+            log.warning("queue: disk full while writing %d messages: %s", len(batch), first)
+            try:
+                self._make_room(needed=sum(len(m.payload) + 64 for m in batch))
+                return self._put(batch, state)
+            except (sqlite3.Error, OSError) as err:
+                self._set_degraded(f"disk full: {err}")
+                raise QueueFullError(f"queue write failed, disk full: {err}") from err
+
+    def _put(self, batch: list[Outgoing], state: Mapping[str, str | None] | None) -> int:
+        now = self._clock()
+        accepted: dict[Lane, int] = dict.fromkeys(Lane, 0)
+        new_topics: dict[str, int] = {}
+        # Room first, so the file does not grow past the bound for the batch.
+        incoming = sum(len(m.payload) + 64 for m in batch) * 5 // (4 * self._page_size)
+        with _Transaction(self.db):
+            made_room = self._evict_within_bounds(incoming, {})
+            rows = []
+            for m in batch:
+                topic = self._topics.get(m.topic) or new_topics.get(m.topic)
+                if topic is None:
+                    cursor = self.db.execute("INSERT INTO topics (topic) VALUES (?)", (m.topic,))
+                    topic = new_topics[m.topic] = int(cursor.lastrowid or 0)
+                rows.append((encode_id(m.msg_id), int(m.lane), topic, m.payload, now))
+            for lane in Lane:
+                lane_rows = [r for r in rows if r[1] == lane]
+                if lane_rows:
+                    cursor = self.db.executemany(
+                        "INSERT OR IGNORE INTO outbox (msg_id, lane, topic, payload, created)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        lane_rows,
+                    )
+                    accepted[lane] = max(0, cursor.rowcount)
+            if state:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                    [(k, v) for k, v in state.items() if v is not None],
                 )
-                accepted = max(0, cursor.rowcount)
-                if accepted == len(rows):
-                    for _, lane, _, _, _, size in rows:
-                        change.add(Lane(lane), 1, size)
-                else:  # some ids were already queued: which ones is not worth tracking
-                    change.recount = True
-                if state:
-                    self.db.executemany(
-                        "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                        [(k, v) for k, v in state.items() if v is not None],
-                    )
-                    self.db.executemany(
-                        "DELETE FROM state WHERE key = ?",
-                        [(k,) for k, v in state.items() if v is None],
-                    )
-                self._evict_over_limit(change)
-        except sqlite3.OperationalError as err:  # disk full, read-only, locked
-            self._recount()
-            raise QueueError(f"queue write failed: {err}") from err
-        self._apply(change)
-        return accepted
+                self.db.executemany(
+                    "DELETE FROM state WHERE key = ?",
+                    [(k,) for k, v in state.items() if v is None],
+                )
+            delta = {f"depth_{lane.name.lower()}": n for lane, n in accepted.items() if n}
+            _bump(self.db, delta)
+            for name, n in made_room.items():
+                delta[name] = delta.get(name, 0) + n
+            evicted = self._evict_within_bounds(0, dict(delta))
+        self._applied(delta)
+        self._applied(evicted)
+        for name, topic_id in new_topics.items():
+            self._topics[name] = topic_id
+            self._topic_names[topic_id] = name
+        for lane, n in accepted.items():
+            if n and self._oldest[lane] is None:
+                self._oldest[lane] = now
+        if evicted or made_room:
+            self._refresh_oldest()
+        return sum(accepted.values())
 
     def ack(self, seqs: Sequence[int]) -> None:
-        """The broker has the messages: forget them."""
+        """The broker has the messages: forget them (if the disk refuses, hold that in memory)."""
         if not seqs:
             return
-        change = _Change()
-        try:
-            with self._transaction():
-                for start in range(0, len(seqs), _CHUNK):
-                    chunk = list(seqs[start : start + _CHUNK])
-                    marks = ",".join("?" * len(chunk))
-                    for lane, count, size in self.db.execute(
-                        "SELECT lane, COUNT(*), SUM(size) FROM outbox"  # noqa: S608 - only placeholders
-                        f" WHERE seq IN ({marks}) GROUP BY lane",
-                        chunk,
-                    ):
-                        change.add(Lane(lane), -count, -size)
-                    self.db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
-        except sqlite3.OperationalError:
-            self._recount()
-            raise
-        self._apply(change)
-
-    def _apply(self, change: _Change) -> None:
-        if change.recount:
-            self._recount()
-            return
-        for lane, count in change.depth.items():
-            self._depth[lane] += count
-        self._bytes += change.bytes
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self.db)
-
-    def _evict_over_limit(self, change: _Change) -> None:
-        if change.recount:
-            (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()
-        else:
-            total = self._bytes + change.bytes
-        excess = total - self.max_bytes
-        for lane in (Lane.TELEMETRY, Lane.ALARM):
-            if excess <= 0:
+        with self._lock:
+            self._retry_held_acks()
+            try:
+                delta = self._with_room(lambda: self._delete_seqs(list(seqs)))
+            except sqlite3.Error as err:
+                if _is_damage(err):
+                    self._on_damage(err)  # what was salvaged is published again: harmless
+                    return
+                self._hold_acks(list(seqs), err)
                 return
-            victims = []
-            freed = 0
-            for seq, size in self.db.execute(
-                "SELECT seq, size FROM outbox WHERE lane = ? ORDER BY seq", (int(lane),)
-            ):
-                if freed >= excess:
-                    break
-                victims.append((seq,))
-                freed += size
-            if victims:
-                self.db.executemany("DELETE FROM outbox WHERE seq = ?", victims)
-                self.db.execute(
-                    "INSERT INTO counters (name, value) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                    (f"evicted_{lane.name.lower()}", len(victims)),
+            self._applied(delta)
+            self._refresh_oldest()
+
+    def _with_room(self, write: Callable[[], _T]) -> _T:
+        """One transaction; on a full disk, checkpoint (so the WAL starts over) and try once more.
+
+        A WAL that cannot restart needs new blocks even for a delete.
+        """
+        try:
+            with _Transaction(self.db):
+                return write()
+        except sqlite3.Error as err:
+            if not _is_disk_trouble(err):
+                raise
+        self._checkpoint()
+        with _Transaction(self.db):
+            return write()
+
+    def _checkpoint(self) -> None:
+        try:
+            row = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # never waits
+            log.debug("queue: checkpoint (busy, frames, copied): %s", row)
+        except sqlite3.Error as err:
+            log.debug("queue: checkpoint failed: %s", err)
+
+    def _delete_seqs(self, seqs: list[int]) -> dict[str, int]:
+        delta: dict[str, int] = {}
+        for start in range(0, len(seqs), CHUNK):
+            chunk = seqs[start : start + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for lane in Lane:
+                cursor = self.db.execute(
+                    f"DELETE FROM outbox WHERE lane = ? AND seq IN ({marks})",  # noqa: S608 - only placeholders
+                    (int(lane), *chunk),
                 )
-                change.add(lane, -len(victims), -freed)
-                log.warning("queue full: evicted %d %s messages", len(victims), lane.name.lower())
-            excess -= freed
+                name = f"depth_{lane.name.lower()}"
+                delta[name] = delta.get(name, 0) - max(0, cursor.rowcount)
+        _bump(self.db, delta)
+        return delta
+
+    def _hold_acks(self, seqs: list[int], err: sqlite3.Error) -> None:
+        """Published but not deletable: remember, skip in peek, delete later."""
+        try:
+            for start in range(0, len(seqs), CHUNK):
+                chunk = seqs[start : start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(  # only placeholders are formatted in
+                    "INSERT OR IGNORE INTO temp.held_acks (seq, lane)"  # noqa: S608
+                    f" SELECT seq, lane FROM outbox WHERE seq IN ({marks})",
+                    chunk,
+                )
+            self._count_held()
+        except sqlite3.Error as again:
+            # Even memory refused: the rows will simply be published again.
+            log.error("queue: cannot hold %d acks: %s", len(seqs), again)  # noqa: TRY400
+        self._set_degraded(f"acks cannot be written: {err}")
+        log.warning("queue: ack not written (%s); %d acks held", err, sum(self._held.values()))
+
+    def _count_held(self) -> None:
+        held = dict.fromkeys(Lane, 0)
+        for lane, count in self.db.execute(
+            "SELECT lane, COUNT(*) FROM temp.held_acks GROUP BY lane"
+        ):
+            held[Lane(lane)] = int(count)
+        self._held = held  # one assignment: stats() on the loop never sees half of it
+
+    def _retry_held_acks(self) -> None:
+        if not any(self._held.values()):
+            return
+
+        def delete() -> dict[str, int]:
+            delta = {}
+            for lane in Lane:
+                cursor = self.db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM temp.held_acks) AND lane = ?",
+                    (int(lane),),
+                )
+                delta[f"depth_{lane.name.lower()}"] = -max(0, cursor.rowcount)
+            _bump(self.db, delta)
+            return delta
+
+        try:
+            delta = self._with_room(delete)
+        except sqlite3.Error as err:
+            log.debug("queue: held acks still not written: %s", err)
+            return
+        self.db.execute("DELETE FROM temp.held_acks")
+        self._held = dict.fromkeys(Lane, 0)
+        self._applied(delta)
+        self._refresh_oldest()
+        log.info("queue: held acks written")
+
+    def _applied(self, delta: Mapping[str, int]) -> None:
+        """After a commit: a new dict, so stats() on another thread never sees one change."""
+        counters = dict(self._counters)
+        for name, n in delta.items():
+            counters[name] = counters.get(name, 0) + n
+        self._counters = counters
+        self._depth = {lane: self._counters.get(f"depth_{lane.name.lower()}", 0) for lane in Lane}
+
+    # --- the bound ---
+
+    def _pages_budget(self, bound: int | None = None) -> int:
+        """Pages the database may use: a bound less the WAL and the reserve file.
+
+        The WAL is checkpointed at half a reserve and truncated to one; with
+        the batch in flight it stays under two (``WAL_ALLOWANCE``); a few
+        pages of slack cover b-tree splits.
+        """
+        spare = (1 + WAL_ALLOWANCE) * self.reserve_bytes
+        bound = self._bound if bound is None else bound
+        return max(0, (bound - spare) // self._page_size - 4)
+
+    def _evict_within_bounds(self, incoming: int, pending: dict[str, int]) -> dict[str, int]:
+        """Telemetry goes to keep the working bound (lower while the disk is short);
+        alarms only to keep the configured one: a short disk never costs an alarm."""
+        both = (Lane.TELEMETRY, Lane.ALARM)
+        delta = self._evict_to(max(0, self._pages_budget() - incoming), pending)
+        for name, n in delta.items():
+            pending[name] = pending.get(name, 0) + n
+        more = self._evict_to(max(0, self._pages_budget(self.max_bytes) - incoming), pending, both)
+        for name, n in more.items():
+            delta[name] = delta.get(name, 0) + n
+        return delta
+
+    def _used_pages(self) -> int:
+        (pages,) = self.db.execute("PRAGMA page_count").fetchone()
+        (free,) = self.db.execute("PRAGMA freelist_count").fetchone()
+        return int(pages) - int(free)
+
+    def _evict_to(
+        self, budget: int, pending: dict[str, int], lanes: tuple[Lane, ...] = (Lane.TELEMETRY,)
+    ) -> dict[str, int]:
+        """Inside a transaction: delete the oldest of ``lanes``, in that order, until under budget.
+
+        ``pending`` is this transaction's depth change so far, so the estimate
+        of rows per page sees the rows just added.
+        """
+        delta: dict[str, int] = {}
+        for lane in lanes:
+            for _ in range(64):
+                excess = self._used_pages() - budget
+                if excess <= 0:
+                    return delta
+                depth_name = f"depth_{lane.name.lower()}"
+                rows = self._depth[lane] + pending.get(depth_name, 0) + delta.get(depth_name, 0)
+                if rows <= 0:
+                    break
+                total = sum(
+                    self._depth[x]
+                    + pending.get(f"depth_{x.name.lower()}", 0)
+                    + delta.get(f"depth_{x.name.lower()}", 0)
+                    for x in Lane
+                )
+                per_page = max(1.0, total / max(1, self._used_pages()))
+                victims = max(1, int(excess * per_page) + 1)
+                cursor = self.db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE lane = ?"
+                    " AND seq NOT IN (SELECT seq FROM temp.held_acks) ORDER BY seq LIMIT ?)",
+                    (int(lane), victims),
+                )
+                gone = max(0, cursor.rowcount)
+                if gone == 0:
+                    break
+                step = {depth_name: -gone, f"evicted_{lane.name.lower()}": gone}
+                _bump(self.db, step)
+                for name, n in step.items():
+                    delta[name] = delta.get(name, 0) + n
+                log.warning("queue full: evicted %d %s messages", gone, lane.name.lower())
+        return delta
+
+    def _make_room(self, *, needed: int) -> None:
+        """After SQLITE_FULL: free the reserve, checkpoint, shrink the bound, evict to it."""
+        with contextlib.suppress(OSError):
+            self.reserve_path.unlink()
+        self._checkpoint()
+        self._retry_held_acks()
+        # The database file does not shrink: the room must come from its own
+        # pages, below what it uses now.
+        used = self._used_pages() * self._page_size
+        room = max(needed * 2, used // 8, self.reserve_bytes)
+        spare = (1 + WAL_ALLOWANCE) * self.reserve_bytes + 4 * self._page_size
+        self._bound = max(0, min(self._bound, used - room + spare))
+        self._set_degraded("disk full")
+        log.warning("queue: disk full; working bound lowered to %d bytes", self._bound)
+        # In steps small enough for the WAL the disk still holds, a checkpoint
+        # between them so the WAL starts over each time.
+        step = max(1, self.reserve_bytes // (4 * self._page_size))
+        budget = self._pages_budget()
+        while (used_pages := self._used_pages()) > budget:
+            target = max(budget, used_pages - step)
+            evicted = self._with_room(lambda t=target: self._evict_to(t, {}))  # type: ignore[misc]
+            self._applied(evicted)
+            self._checkpoint()
+            if not evicted:
+                break
+        self._refresh_oldest()
+
+    def _ensure_reserve(self) -> bool:
+        """The reserve file: real blocks, so giving it back really frees space."""
+        try:
+            if (
+                self.reserve_path.exists()
+                and self.reserve_path.stat().st_size >= self.reserve_bytes
+            ):
+                return True
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                self.reserve_path.unlink()
+            self._set_degraded(f"no room for the {self.reserve_bytes}-byte reserve: {err}")
+            return False
+        return True
+
+    def _maintain(self) -> None:
+        """Before each write a degraded queue tries to get back to its configured bound."""
+        if self._degraded is None:
+            return
+        self._retry_held_acks()
+        if any(self._held.values()):
+            return
+        if not self._ensure_reserve():
+            return
+        try:
+            free = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        if free.f_bavail * free.f_frsize < 2 * self.reserve_bytes:
+            return
+        self._bound = self.max_bytes
+        log.warning("queue: storage recovered (was: %s)", self._degraded)
+        self._degraded = None
+
+    def recover(self) -> None:
+        """Check now whether a degraded queue has room again (the writer does this itself)."""
+        with self._lock:
+            self._maintain()
+
+    def _set_degraded(self, reason: str) -> None:
+        if self._degraded is None:
+            log.warning("queue: storage degraded: %s", reason)
+        self._degraded = reason
 
     # --- reading ---
 
     def get_state(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            try:
+                row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as err:
+                raise QueueError(f"queue read failed: {err}") from err
         return None if row is None else str(row[0])
 
     def state_items(self, prefix: str) -> Iterator[tuple[str, str]]:
         """Every state row whose key starts with ``prefix``, in key order."""
         upper = prefix + "\U0010ffff"
-        for key, value in self.db.execute(
-            "SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key",
-            (prefix, upper),
-        ):
+        with self._lock:
+            try:
+                rows = self.db.execute(
+                    "SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key",
+                    (prefix, upper),
+                ).fetchall()
+            except sqlite3.Error as err:
+                raise QueueError(f"queue read failed: {err}") from err
+        for key, value in rows:
             yield str(key), str(value)
 
     def peek(self, limit: int) -> list[Queued]:
-        """The next messages to publish: all alarms first, then telemetry oldest first."""
-        rows = self.db.execute(
-            "SELECT seq, msg_id, lane, topic, payload, created FROM outbox"
-            " ORDER BY lane, seq LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [
-            Queued(seq, Outgoing(msg_id, Lane(lane), topic, bytes(payload)), created)
-            for seq, msg_id, lane, topic, payload, created in rows
-        ]
+        """The next messages to publish: all alarms first, then telemetry oldest first.
+
+        Rows whose ack is held in memory are skipped; past ``MAX_HELD_ACKS``
+        nothing is offered until the disk takes the acks.
+        """
+        with self._lock:
+            if sum(self._held.values()) >= MAX_HELD_ACKS:
+                self._retry_held_acks()
+                if sum(self._held.values()) >= MAX_HELD_ACKS:
+                    return []
+            try:
+                return self._peek(limit)
+            except sqlite3.Error as err:
+                if not _is_damage(err):
+                    raise QueueError(f"queue read failed: {err}") from err
+                self._on_damage(err)
+            try:
+                return self._peek(limit)
+            except sqlite3.Error as err:
+                raise QueueError(f"queue read failed: {err}") from err
+
+    def _peek(self, limit: int) -> list[Queued]:
+        skip = (
+            " AND seq NOT IN (SELECT seq FROM temp.held_acks)" if any(self._held.values()) else ""
+        )
+        out: list[Queued] = []
+        for lane in Lane:
+            if len(out) >= limit or not self._depth[lane]:
+                continue
+            rows = self.db.execute(
+                "SELECT seq, msg_id, topic, payload, created FROM outbox"  # noqa: S608 - fixed text
+                f" WHERE lane = ?{skip} ORDER BY seq LIMIT ?",
+                (int(lane), limit - len(out)),
+            ).fetchall()
+            out += [
+                Queued(
+                    seq,
+                    Outgoing(decode_id(msg_id), lane, self._topic_names[topic], payload),
+                    created,
+                )
+                for seq, msg_id, topic, payload, created in rows
+            ]
+        return out
+
+    def _refresh_oldest(self) -> None:
+        """After a commit, for stats() only: a failure here must not undo the commit's success."""
+        skip = (
+            " AND seq NOT IN (SELECT seq FROM temp.held_acks)" if any(self._held.values()) else ""
+        )
+        oldest = dict(self._oldest)
+        try:
+            for lane in Lane:
+                row = self.db.execute(
+                    f"SELECT created FROM outbox WHERE lane = ?{skip} ORDER BY seq LIMIT 1",  # noqa: S608
+                    (int(lane),),
+                ).fetchone()
+                oldest[lane] = None if row is None else float(row[0])
+        except sqlite3.Error as err:
+            log.debug("queue: oldest age not refreshed: %s", err)
+        self._oldest = oldest
+
+    def disk_bytes(self) -> int:
+        """The database and its WAL as they are on disk (what the bound is about)."""
+        total = 0
+        for name in (str(self.path), f"{self.path}-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(name).st_size
+        return total
 
     def stats(self) -> QueueStats:
-        """Cheap enough to call every second: no table scan."""
-        oldest = None
-        for lane in Lane:
-            row = self.db.execute(
-                "SELECT created FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (int(lane),)
-            ).fetchone()
-            if row is not None:
-                oldest = row[0] if oldest is None else min(oldest, row[0])
-        evicted = dict.fromkeys(Lane, 0)
-        for name, value in self.db.execute("SELECT name, value FROM counters"):
-            for lane in Lane:
-                if name == f"evicted_{lane.name.lower()}":
-                    evicted[lane] = value
-        age = None if oldest is None else max(0.0, self._clock() - oldest)
-        return QueueStats(dict(self._depth), self._bytes, age, evicted)
+        """Memory only: never waits for the writer, never scans."""
+        oldest = [t for t in self._oldest.values() if t is not None]
+        age = None if not oldest else max(0.0, self._clock() - min(oldest))
+        depth = {lane: max(0, self._depth[lane] - self._held[lane]) for lane in Lane}
+        evicted = {lane: self._counters.get(f"evicted_{lane.name.lower()}", 0) for lane in Lane}
+        extra = {
+            name: value
+            for name, value in self._counters.items()
+            if name.startswith(("salvaged_", "lost_"))
+        }
+        return QueueStats(
+            depth,
+            self.disk_bytes(),
+            age,
+            evicted,
+            self._degraded,
+            sum(self._held.values()),
+            extra,
+        )
+
+    # --- salvage ---
+
+    def _salvage(self, aside: Path) -> None:
+        """Copy every row still readable from a damaged file; count what was and was not."""
+        saved = dict.fromkeys(Lane, 0)
+        unreadable = 0
+        expected: int | None = None
+        try:
+            old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as err:
+            log.error("queue salvage: %s cannot be opened: %s", aside, err)  # noqa: TRY400
+            old = None
+        if old is not None:
+            try:
+                saved, unreadable, expected = self._salvage_from(old)
+            finally:
+                old.close()
+        lost = unreadable if expected is None else max(0, expected - sum(saved.values()))
+        delta = {f"salvaged_{lane.name.lower()}": n for lane, n in saved.items()}
+        delta["lost_unreadable"] = lost
+        with _Transaction(self.db):
+            _bump(self.db, delta)
+        log.warning(
+            "queue salvage from %s: %d alarms and %d readings kept, %d lost",
+            aside,
+            saved[Lane.ALARM],
+            saved[Lane.TELEMETRY],
+            lost,
+        )
+
+    def _salvage_from(self, old: sqlite3.Connection) -> tuple[dict[Lane, int], int, int | None]:
+        saved = dict.fromkeys(Lane, 0)
+        unreadable = 0
+        expected: int | None = None
+        with contextlib.suppress(sqlite3.Error):
+            counts = dict(old.execute("SELECT name, value FROM counters").fetchall())
+            if "depth_alarm" in counts or "depth_telemetry" in counts:
+                expected = int(counts.get("depth_alarm", 0)) + int(counts.get("depth_telemetry", 0))
+        topics: dict[int, str] = {}
+        with contextlib.suppress(sqlite3.Error):
+            topics = {int(i): str(t) for i, t in old.execute("SELECT id, topic FROM topics")}
+        try:
+            (top,) = old.execute("SELECT MAX(seq) FROM outbox").fetchone()
+        except sqlite3.Error:
+            top = None
+        if top is None:
+            with contextlib.suppress(sqlite3.Error):
+                row = old.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+                ).fetchone()
+                top = None if row is None else row[0]
+        if top is None:
+            return saved, unreadable, expected
+        query = (
+            "SELECT seq, msg_id, lane, topic, payload, created FROM outbox"
+            " WHERE seq >= ? AND seq < ?"
+        )
+        for start in range(0, int(top) + 1, SALVAGE_STEP):
+            try:
+                rows = old.execute(query, (start, start + SALVAGE_STEP)).fetchall()
+            except sqlite3.Error:
+                rows = []
+                for seq in range(start, start + SALVAGE_STEP):
+                    try:
+                        rows += old.execute(query, (seq, seq + 1)).fetchall()
+                    except sqlite3.Error:
+                        unreadable += 1
+            keep: list[Outgoing] = []
+            for _, msg_id, lane, topic, payload, _ in rows:
+                name = topics.get(topic) if isinstance(topic, int) else topic
+                if name is None or lane not in (0, 1) or not isinstance(payload, bytes):
+                    unreadable += 1
+                    continue
+                keep.append(Outgoing(decode_id(msg_id), Lane(lane), str(name), payload))
+            if keep:
+                self._put(keep, None)
+                for m in keep:
+                    saved[m.lane] += 1
+        return saved, unreadable, expected
 
 
-@dataclass
-class _Change:
-    """What one commit does to the queue's depth and size, applied once it has committed."""
+def _bump(db: sqlite3.Connection, delta: Mapping[str, int]) -> None:
+    db.executemany(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        [(k, v) for k, v in delta.items() if v],
+    )
 
-    depth: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
-    bytes: int = 0
-    recount: bool = False
 
-    def add(self, lane: Lane, count: int, size: int) -> None:
-        self.depth[lane] += count
-        self.bytes += size
+def _closed_cleanly(db: sqlite3.Connection) -> bool:
+    try:
+        row = db.execute("SELECT value FROM counters WHERE name = 'clean_close'").fetchone()
+    except sqlite3.OperationalError:  # no counters table yet: new, or older than v3
+        return not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+    return row is not None and row[0] == 1
 
 
 def _integrity_check(db: sqlite3.Connection) -> None:
     (check,) = db.execute("PRAGMA quick_check").fetchone()
     if check != "ok":
         raise sqlite3.DatabaseError(f"quick_check: {check}")
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    _script(db, _DDL_V1)
+
+
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    _script(db, _DDL_V2)
+
+
+def _migrate_v3(db: sqlite3.Connection) -> None:
+    """Rows keep their sequence numbers (and so their order); the depth is counted once.
+
+    One INSERT … SELECT with the id and topic mapping as SQL functions: a
+    Python loop over a million rows took minutes on a small box.
+    """
+    _script(db, _DDL_V3)
+    topics: dict[str, int] = {}
+
+    def topic_id(topic: object) -> int:
+        return topics.setdefault(str(topic), len(topics) + 1)
+
+    db.create_function("covergw_id", 1, lambda v: encode_id(str(v)), deterministic=True)
+    db.create_function("covergw_topic", 1, topic_id)
+    db.execute(
+        "INSERT INTO outbox_v3 (seq, msg_id, lane, topic, payload, created)"
+        " SELECT seq, covergw_id(msg_id), lane, covergw_topic(topic), payload, created"
+        " FROM outbox ORDER BY seq"
+    )
+    db.executemany(
+        "INSERT INTO topics (id, topic) VALUES (?, ?)", [(i, t) for t, i in topics.items()]
+    )
+    depth = {Lane(lane): int(n) for lane, n in db.execute(_COUNT_V2)}  # the (lane, seq) index
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    _script(db, _DDL_V3_AFTER)
+    if row is not None:  # seq numbers are never reused, even across the migration
+        db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'", row)
+        db.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox', ?"
+            " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox')",
+            row,
+        )
+    _bump(db, {f"depth_{lane.name.lower()}": n for lane, n in depth.items()})
+
+
+_COUNT_V2 = "SELECT lane, COUNT(*) FROM outbox GROUP BY lane"
+
+
+def _script(db: sqlite3.Connection, ddl: str) -> None:
+    for statement in filter(str.strip, ddl.split(";")):
+        db.execute(statement)
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_v1,
+    2: _migrate_v2,
+    3: _migrate_v3,
+}
 
 
 class _Transaction:
@@ -364,4 +1043,13 @@ class _Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise
+        else:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")

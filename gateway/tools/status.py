@@ -37,9 +37,10 @@ def status_line(stats: dict[str, Any]) -> str:
     oldest = f" oldest {q['oldest_age_s']:.0f}s" if q["oldest_age_s"] else ""
     down = [name for name, port in stats["ports"].items() if port["state"] == "down"]
     ports = f"; ports down: {', '.join(down)}" if down else ""
+    storage = "; storage degraded" if q.get("storage") == "degraded" else ""
     return (
         f"uplink {stats['uplink']['state']}; queue {depth}{oldest}; "
-        f"{stats['edge']['active_alarms']} active alarms{ports}"
+        f"{stats['edge']['active_alarms']} active alarms{ports}{storage}"
     )
 
 
@@ -99,6 +100,8 @@ def render(reply: dict[str, Any], out: TextIO) -> None:
         f"evicted {q['evicted_alarm']} alarms / {q['evicted_telemetry']} readings",
         file=out,
     )
+    if q.get("storage") == "degraded":
+        print(f"storage  degraded: {q.get('storage_reason')}", file=out)
     edge = stats["edge"]
     print(
         f"edge     duplicates {edge['duplicates']}, lost by seq gap {edge['lost_frames']}, "
