@@ -397,11 +397,13 @@ class EdgeEngine:
         key = _unregistered_key(device)
         if self.registry.cover_for(device) is not None:
             return
-        for mkey in self._machines.pop(key, {}):
-            self._log.delete(state.MACHINE + self._key(key, *mkey))
-        for bkey in [k for k in self._baselines if k.split("|", 1)[0] == key]:
-            del self._baselines[bkey]
-            self._log.delete(state.BASELINE + bkey)
+        # Not urgent: the rows go with the next commit; a normal machine has no row.
+        for (kind, sub), machine in self._machines.pop(key, {}).items():
+            if machine.state is not AlarmState.NORMAL:
+                self._log.delete(state.MACHINE + self._key(key, kind, sub), urgent=False)
+        for sub in ("", alarm_sub(device)):
+            if self._baselines.pop(f"{key}|{sub}", None) is not None:
+                self._log.delete(f"{state.BASELINE}{key}|{sub}", urgent=False)
         self._polled_telemetry_at.pop(device, None)
 
     def _remember(self, obs: Observation) -> None:
