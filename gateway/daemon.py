@@ -413,7 +413,7 @@ class Gateway:
                 "devices_tracked": len(self.engine.devices),
                 "unregistered_forgotten": self.engine.devices.forgotten,
                 "shed_telemetry": self.stats.shed_telemetry,
-                "active_alarms": len(self.engine.active_alarms()),
+                "active_alarms": self.engine.active_count,
             },
             "queue": {
                 "depth_alarm": q.depth[Lane.ALARM],

@@ -142,7 +142,8 @@ class EdgeEngine:
         self.overrides = Overrides(thresholds, kind_thresholds, self._log)
         self.devices = DeviceTable(self.limits.unregistered_nodes)
         self._deadlines = Deadlines()
-        self._machines: dict[str, dict[MachineKey, AlarmMachine]] = {}
+        self._machines: dict[str, dict[MachineKey, AlarmMachine]] = {}  # none in normal state
+        self._active_keys: set[tuple[str, AlarmKind, str]] = set()
         self._baselines: dict[str, tuple[float, ...]] = {}  # subject|sub → orientation
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
@@ -377,9 +378,7 @@ class EdgeEngine:
             self.stats.unregistered_frames += 1
         device_state.last_seen = obs.at
         if not obs.polled:
-            self._log.put(
-                state.DEVICE + device_key(obs.device), device_state.to_json(), urgent=False
-            )
+            self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
             if subject.cover is not None and self.registry.cover_for(obs.device) is not None:
                 self._deadlines.watch(
                     obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
@@ -399,6 +398,7 @@ class EdgeEngine:
             return
         # Not urgent: the rows go with the next commit; a normal machine has no row.
         for (kind, sub), machine in self._machines.pop(key, {}).items():
+            self._active_keys.discard((key, kind, sub))
             if machine.state is not AlarmState.NORMAL:
                 self._log.delete(state.MACHINE + self._key(key, kind, sub), urgent=False)
         for sub in ("", alarm_sub(device)):
@@ -519,7 +519,7 @@ class EdgeEngine:
             if existing is None or not existing.active:
                 return []
         machine = self._machine(subject, verdict.kind, verdict.sub)
-        before = machine.to_json()
+        before = machine.fingerprint()
         extra = dict(verdict.extra)
         if isinstance(verdict, Check):
             transition = machine.observe(
@@ -542,7 +542,7 @@ class EdgeEngine:
                 and verdict.kind is not AlarmKind.NODE_OFFLINE
                 and subject.device.model != adapters.SCN1
             ):
-                extra.setdefault("evidence", {})["device_alarms"] = sorted(evidence)
+                extra["evidence"] = {**extra.get("evidence", {}), "device_alarms": sorted(evidence)}
             out.append(
                 self._alarm(
                     subject,
@@ -558,9 +558,32 @@ class EdgeEngine:
                     extra,
                 )
             )
-        if machine.to_json() != before:
+        if machine.fingerprint() != before:
             self._save_machine(subject.key, verdict.kind, verdict.sub, machine)
+        self._settle(subject.key, verdict.kind, verdict.sub, machine)
         return out
+
+    def _settle(self, subject_key: str, kind: AlarmKind, sub: str, machine: AlarmMachine) -> None:
+        """Keep the index of active alarms; a machine back to normal holds nothing worth memory."""
+        key = (subject_key, kind, sub)
+        if machine.active:
+            self._active_keys.add(key)
+        else:
+            self._active_keys.discard(key)
+        if machine.state is AlarmState.NORMAL:
+            machines = self._machines.get(subject_key)
+            if machines is not None:
+                machines.pop((kind, sub), None)
+                if not machines:
+                    del self._machines[subject_key]
+
+    def _reindex(self) -> None:
+        self._active_keys = {
+            (subject_key, kind, sub)
+            for subject_key, machines in self._machines.items()
+            for (kind, sub), machine in machines.items()
+            if machine.active
+        }
 
     def _save_machine(
         self, subject_key: str, kind: AlarmKind, sub: str, machine: AlarmMachine
@@ -618,19 +641,22 @@ class EdgeEngine:
 
     def active_alarms(self) -> list[dict[str, Any]]:
         out = []
-        for subject_key, machines in self._machines.items():
-            for (kind, sub), machine in machines.items():
-                if machine.active:
-                    out.append(
-                        {
-                            "subject": subject_key,
-                            "kind": kind.value,
-                            "sub": sub or None,
-                            "alarm_id": machine.alarm_id,
-                            "raised_at": iso(machine.raised_at) if machine.raised_at else None,
-                        }
-                    )
+        for subject_key, kind, sub in sorted(self._active_keys):
+            machine = self._machines[subject_key][(kind, sub)]
+            out.append(
+                {
+                    "subject": subject_key,
+                    "kind": kind.value,
+                    "sub": sub or None,
+                    "alarm_id": machine.alarm_id,
+                    "raised_at": iso(machine.raised_at) if machine.raised_at else None,
+                }
+            )
         return out
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active_keys)
 
     def frames_seen(self) -> Iterable[tuple[str, float]]:
         return (
@@ -674,6 +700,7 @@ class EdgeEngine:
                 devices += 1
             else:
                 self.overrides.load(key, value)
+        self._reindex()
         self._watch_registered()
         log.info(
             "restored %d alarm states, %d tilt baselines, %d devices", machines, baselines, devices
@@ -696,6 +723,7 @@ class EdgeEngine:
         for key, until in data.get("maintenance_until", {}).items():
             self.overrides.maintenance_until[key] = float(until)
         self.overrides.save_all()
+        self._reindex()
         self.overrides.reconfigure(self.overrides.base, self.overrides.kind_thresholds)
         self._watch_registered()
         log.info("migrated the engine's state blob: %d alarm states", len(data.get("machines", {})))
