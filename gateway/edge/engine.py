@@ -147,6 +147,8 @@ class EdgeEngine:
         self._baselines: dict[str, tuple[float, ...]] = {}  # subject|sub → orientation
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
+        # The configured input names, when known: a binding to any other is void.
+        self.known_inputs: frozenset[str] | None = None
         self._watch_registered()
 
     # --- configuration that may change at run time (SIGHUP) ---
@@ -357,6 +359,8 @@ class EdgeEngine:
                 return None
         else:
             verdict = None
+        if self.known_inputs is not None and device_state.bound_input not in self.known_inputs:
+            device_state.bound_input = None  # bound to an input no longer configured: rebind
         allowed = subject.cover.inputs if subject.cover is not None else ()
         if allowed:
             bound_ok = obs.source in allowed
