@@ -8,6 +8,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.buffer.queue import Lane, Outgoing
 from gateway.config import LimitsConfig, Thresholds, parse_config
 from gateway.daemon import Gateway
@@ -273,3 +276,57 @@ def test_extra_source_block_is_kept_for_devices_that_give_one() -> None:
     )
     (reading,) = readings(eng.observe(obs))
     assert reading["source"] == {"type": "device", "model": "x", "device_id": "1"}
+
+
+finite = st.floats(min_value=-400, max_value=400, allow_nan=False)
+maybe = st.none() | finite
+observations = st.builds(
+    Observation,
+    device=st.builds(
+        DeviceRef,
+        st.sampled_from(["scn1", "em310-tilt", "em400-mud"]),
+        st.sampled_from(["00000001", "00000002", "24e124710c401234", "x|y"]),
+    ),
+    source=st.sampled_from(["lora0", "lns"]),
+    at=st.floats(min_value=0, max_value=1e6),
+    quantities=st.builds(
+        Quantities,
+        tilt_x_deg=maybe,
+        tilt_y_deg=maybe,
+        tilt_z_deg=maybe,
+        distance_mm=st.none() | st.floats(min_value=0, max_value=20_000),
+        battery_pct=st.none() | st.floats(min_value=0, max_value=100),
+        battery_mv=st.none() | st.floats(min_value=0, max_value=5000),
+        cover_displaced=st.none() | st.booleans(),
+        device_alarms=st.frozensets(st.sampled_from(["low_battery", "node_alarm", "x"])),
+    ),
+    counter=st.none() | st.integers(0, 65535),
+    raw=st.binary(max_size=8),
+    purpose=st.sampled_from(Purpose),
+    judges_opening=st.booleans(),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(observations, max_size=25))
+def test_any_observations_are_taken_and_their_state_rows_restore_exactly(
+    obs: list[Observation],
+) -> None:
+    eng = engine(unregistered_nodes=2)
+    rows: dict[str, str | None] = {}
+    for o in obs:
+        eng.observe(o)
+        rows.update(eng.take_state())
+    eng.tick(2e6)
+    rows.update(eng.take_state())
+    again = engine(unregistered_nodes=2)
+    again.load_state(sorted((k, v) for k, v in rows.items() if v is not None))
+    assert again.snapshot() == eng.snapshot()
+    assert again.active_alarms() == eng.active_alarms()
+
+
+def test_a_damaged_row_costs_that_row_only() -> None:
+    eng = engine()
+    eng.load_state([("engine/m/C-1|tilt|", "{not json"), ("engine/mt/C-1", "5.0")])
+    assert eng.maintenance_until == {"C-1": 5.0}
+    assert eng.take_state() == {"engine/m/C-1|tilt|": None}

@@ -144,7 +144,7 @@ class EdgeEngine:
         self._deadlines = Deadlines()
         self._machines: dict[str, dict[MachineKey, AlarmMachine]] = {}  # none in normal state
         self._active_keys: set[tuple[str, AlarmKind, str]] = set()
-        self._baselines: dict[str, tuple[float, ...]] = {}  # subject|sub → orientation
+        self._baselines: dict[tuple[str, str], tuple[float, ...]] = {}  # (subject, sub)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         # The configured input names, when known: a binding to any other is void.
@@ -205,9 +205,9 @@ class EdgeEngine:
 
     def rezero(self, subject_key: str) -> None:
         """Forget a cover's tilt baselines; each sensor's next normal reading is the new one."""
-        for key in [k for k in self._baselines if k.split("|", 1)[0] == subject_key]:
+        for key in [k for k in self._baselines if k[0] == subject_key]:
             del self._baselines[key]
-            self._log.delete(state.BASELINE + key)
+            self._log.delete(state.BASELINE + state.join(*key))
 
     # --- inputs ---
 
@@ -406,8 +406,8 @@ class EdgeEngine:
             if machine.state is not AlarmState.NORMAL:
                 self._log.delete(state.MACHINE + self._key(key, kind, sub), urgent=False)
         for sub in ("", alarm_sub(device)):
-            if self._baselines.pop(f"{key}|{sub}", None) is not None:
-                self._log.delete(f"{state.BASELINE}{key}|{sub}", urgent=False)
+            if self._baselines.pop((key, sub), None) is not None:
+                self._log.delete(state.BASELINE + state.join(key, sub), urgent=False)
         self._polled_telemetry_at.pop(device, None)
 
     def _remember(self, obs: Observation) -> None:
@@ -437,7 +437,7 @@ class EdgeEngine:
 
         Until a baseline exists, tilt is taken against level.
         """
-        key = f"{subject.key}|{sub}"
+        key = (subject.key, sub)
         baseline = self._baselines.get(key)
         if (
             baseline is None
@@ -449,7 +449,7 @@ class EdgeEngine:
         if baseline is None and may_record:
             baseline = now
             self._baselines[key] = baseline
-            self._log.put(state.BASELINE + key, list(baseline))
+            self._log.put(state.BASELINE + state.join(*key), list(baseline))
             log.info("tilt baseline of %s recorded: %s deg", key, baseline)
         return tilt.tilt_deg(now, baseline)
 
@@ -486,7 +486,7 @@ class EdgeEngine:
 
     @staticmethod
     def _key(subject_key: str, kind: AlarmKind, sub: str) -> str:
-        return f"{subject_key}|{kind.value}|{sub}"
+        return state.join(subject_key, kind.value, sub)
 
     def _active(self, subject: Subject, kind: AlarmKind, sub: str) -> bool:
         machine = self._machines.get(subject.key, {}).get((kind, sub))
@@ -682,44 +682,52 @@ class EdgeEngine:
 
     def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
         """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
-        machines = baselines = devices = 0
+        counts: Counter[str] = Counter()
         for key, text in rows:
-            value = json.loads(text)
-            if key.startswith(state.MACHINE):
-                subject_key, kind, sub = key.removeprefix(state.MACHINE).split("|")
-                self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = (
-                    AlarmMachine.from_json(value)
-                )
-                machines += 1
-            elif key.startswith(state.BASELINE):
-                self._baselines[key.removeprefix(state.BASELINE)] = tuple(float(v) for v in value)
-                baselines += 1
-            elif key.startswith(state.DEVICE):
-                device = parse_device_key(key.removeprefix(state.DEVICE))
-                registered = self.registry.cover_for(device) is not None
-                for gone in self.devices.load(
-                    device, DeviceState.from_json(value), registered=registered
-                ):
-                    self._forget(gone)
-                devices += 1
-            else:
-                self.overrides.load(key, value)
+            try:
+                counts[self._load_row(key, json.loads(text))] += 1
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                # One damaged row costs that row, never the start.
+                log.error("state row %s unreadable, left out: %s", key, err)  # noqa: TRY400
+                self._log.delete(key)
+        machines, baselines, devices = counts["machine"], counts["baseline"], counts["device"]
         self._reindex()
         self._watch_registered()
         log.info(
             "restored %d alarm states, %d tilt baselines, %d devices", machines, baselines, devices
         )
 
+    def _load_row(self, key: str, value: Any) -> str:
+        if key.startswith(state.MACHINE):
+            subject_key, kind, sub = state.split(key.removeprefix(state.MACHINE))
+            machine = AlarmMachine.from_json(value)
+            self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = machine
+            return "machine"
+        if key.startswith(state.BASELINE):
+            subject_key, sub = state.split(key.removeprefix(state.BASELINE))
+            self._baselines[(subject_key, sub)] = tuple(float(v) for v in value)
+            return "baseline"
+        if key.startswith(state.DEVICE):
+            device = parse_device_key(key.removeprefix(state.DEVICE))
+            registered = self.registry.cover_for(device) is not None
+            for gone in self.devices.load(
+                device, DeviceState.from_json(value), registered=registered
+            ):
+                self._forget(gone)
+            return "device"
+        self.overrides.load(key, value)
+        return "override"
+
     def restore(self, data: dict[str, Any]) -> None:
         """The whole-state blob of earlier versions: read once, then written as rows."""
         for key, value in data.get("machines", {}).items():
-            subject_key, kind, sub = key.split("|")
+            subject_key, kind, sub = key.rsplit("|", 2)
             machine = AlarmMachine.from_json(value)
             self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = machine
             self._save_machine(subject_key, AlarmKind(kind), sub, machine)
         for key, value in data.get("baselines", {}).items():
-            self._baselines[f"{key}|"] = tuple(float(v) for v in value)
-            self._log.put(f"{state.BASELINE}{key}|", [float(v) for v in value])
+            self._baselines[(key, "")] = tuple(float(v) for v in value)
+            self._log.put(state.BASELINE + state.join(key, ""), [float(v) for v in value])
         for key, values in data.get("kind_overrides", {}).items():
             self.overrides.kind[key] = dict(values)
         for key, values in data.get("cover_overrides", {}).items():
@@ -741,7 +749,7 @@ class EdgeEngine:
                 for (k, sub), m in ms.items()
                 if m.state is not AlarmState.NORMAL
             },
-            "baselines": {k: list(v) for k, v in self._baselines.items()},
+            "baselines": {state.join(*k): list(v) for k, v in self._baselines.items()},
             "kind_overrides": self.overrides.kind,
             "cover_overrides": self.overrides.cover,
             "maintenance_until": self.overrides.maintenance_until,

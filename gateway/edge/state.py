@@ -26,6 +26,15 @@ MAINTENANCE = PREFIX + "mt/"  # + cover id: maintenance until (UTC seconds)
 LEGACY_KEY = "engine"  # the whole-state blob written before state rows
 
 
+def join(*parts: str) -> str:
+    """Key parts joined by ``|``; a ``|`` inside a part (ids come from outside) is escaped."""
+    return "|".join(p.replace("%", "%25").replace("|", "%7C") for p in parts)
+
+
+def split(key: str) -> list[str]:
+    return [p.replace("%7C", "|").replace("%25", "%") for p in key.split("|")]
+
+
 class StateLog:
     """The rows changed since the last commit: a value, or None to delete the row."""
 
