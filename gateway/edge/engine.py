@@ -479,7 +479,7 @@ class EdgeEngine:
                 alarm_sub(device),
                 iso(last) if heard else None,
             )
-            out += self._apply_one(subject, verdict, now, device_source(device))
+            out += self._apply_one(subject, verdict, now, device)
         return out
 
     # --- alarm machines ---
@@ -503,10 +503,9 @@ class EdgeEngine:
         self, subject: Subject, obs: Observation, verdicts: Iterable[Verdict]
     ) -> list[Outgoing]:
         out: list[Outgoing] = []
-        source = alarm_source(obs)
         for verdict in verdicts:
             out += self._apply_one(
-                subject, verdict, obs.at, source, evidence=obs.quantities.device_alarms
+                subject, verdict, obs.at, obs, evidence=obs.quantities.device_alarms
             )
         return out
 
@@ -515,7 +514,7 @@ class EdgeEngine:
         subject: Subject,
         verdict: Verdict,
         at: float,
-        source: dict[str, Any],
+        origin: Observation | DeviceRef,
         evidence: frozenset[str] = frozenset(),
     ) -> list[Outgoing]:
         if isinstance(verdict, Force) and verdict.only_if_active:
@@ -524,7 +523,6 @@ class EdgeEngine:
                 return []
         machine = self._machine(subject, verdict.kind, verdict.sub)
         before = machine.fingerprint()
-        extra = dict(verdict.extra)
         if isinstance(verdict, Check):
             transition = machine.observe(
                 bad=verdict.bad, good=verdict.good, at=at, rule=verdict.rule
@@ -539,6 +537,7 @@ class EdgeEngine:
             value, unit, threshold = verdict.value, verdict.unit, verdict.threshold
         out: list[Outgoing] = []
         if transition is not None:
+            extra = dict(verdict.extra)
             if transition is Transition.RAISED or machine.alarm_id is None:
                 machine.alarm_id = self._new_id()
             if (
@@ -555,7 +554,9 @@ class EdgeEngine:
                     machine,
                     transition,
                     when,
-                    source,
+                    alarm_source(origin)
+                    if isinstance(origin, Observation)
+                    else device_source(origin),
                     value,
                     unit,
                     threshold,
