@@ -212,7 +212,8 @@ class Gateway:
                 first_pending = time.monotonic()
             due = first_pending is not None and time.monotonic() - first_pending >= flush_every
             full = len(self._pending) >= self.config.queue.flush_max
-            if (urgent or due or full or self.engine.dirty) and self._flush():
+            owed = self.engine.dirty or bool(self._pending_state)  # state rows not yet on disk
+            if (urgent or due or full or owed) and self._flush():
                 first_pending = None
             if stop.is_set() and self._inputs.empty() and not self._critical:
                 self._flush()
