@@ -330,3 +330,21 @@ def test_a_damaged_row_costs_that_row_only() -> None:
     eng.load_state([("engine/m/C-1|tilt|", "{not json"), ("engine/mt/C-1", "5.0")])
     assert eng.maintenance_until == {"C-1": 5.0}
     assert eng.take_state() == {"engine/m/C-1|tilt|": None}
+
+
+def test_non_finite_quantities_never_reach_the_wire_as_nan() -> None:
+    eng = engine()
+    obs = Observation(
+        DeviceRef("em400-mud", "1"),
+        "lns",
+        1.0,
+        Quantities(distance_mm=float("nan"), temperature_c=float("inf"), battery_pct=50.0),
+    )
+    (reading,) = readings(eng.observe(obs))
+    assert reading["quantities"]["distance_mm"] is None
+    assert reading["quantities"]["temperature_c"] is None
+    assert json.loads(eng.observe(obs)[0].payload, parse_constant=refuse_constant) is not None
+
+
+def refuse_constant(name: str) -> None:
+    raise AssertionError(f"{name} in JSON")
