@@ -18,7 +18,7 @@ from gateway.edge import state
 from gateway.edge.adapters import from_frame
 from gateway.edge.engine import EdgeEngine
 from gateway.edge.rules.tilt import tilt_deg
-from gateway.events import FrameHeard
+from gateway.events import FrameHeard, SlaveRead
 from gateway.observation import (
     DeviceRef,
     Link,
@@ -178,6 +178,17 @@ def test_a_node_is_taken_only_from_its_input() -> None:
     assert readings(eng.handle(heard(frame(0x77, 1), source="lora1")))  # unregistered: bound
     assert eng.handle(heard(frame(0x77, 2), source="udp0")) == []
     assert eng.stats.wrong_input == 2
+    # The impostor's numbers leave no trace: the node's own frame 3 is no anomaly.
+    assert eng.handle(heard(frame(2, 3, tilt=9.0), source="udp0")) == []
+    assert readings(eng.handle(heard(frame(2, 3), source="lora0")))
+    assert eng.stats.sequence_anomalies == 0
+
+
+def test_polled_sensors_are_paced_by_the_gateway_not_rate_limited() -> None:
+    eng = engine(device_frames_per_minute=1)
+    outs = [eng.handle(SlaveRead("rs485-0", 7, i / 4, {"level": 0.5})) for i in range(4 * 130)]
+    assert sum(len(readings(o)) for o in outs) == 3  # at 0 s, 60 s, 120 s
+    assert eng.stats.rate_limited == 0
 
 
 def test_unregistered_nodes_are_bounded_and_never_go_offline() -> None:

@@ -339,26 +339,11 @@ class EdgeEngine:
         for device in forgotten:
             self._forget(device)
         restart = any(e.kind in _RESTARTS for e in obs.events)
-        if obs.counter is not None or obs.message_id is not None:
-            by_id = obs.message_id is not None
-            content = (
-                obs.message_id.encode()
-                if obs.message_id is not None
-                else obs.fingerprint or obs.raw
-            )
-            verdict = device_state.counters.observe(
-                obs.counter,
-                digest(content),
-                obs.at,
-                restart=restart,
-                by_message_id=by_id,
-                modulus=obs.counter_modulus,
-            )
-            if verdict.duplicate:
-                self.stats.duplicates += 1
-                return None
-        else:
-            verdict = None
+        counted = obs.counter is not None or obs.message_id is not None
+        by_id = obs.message_id is not None
+        fp = digest(
+            obs.message_id.encode() if obs.message_id is not None else obs.fingerprint or obs.raw
+        )
         if self.known_inputs is not None and device_state.bound_input not in self.known_inputs:
             device_state.bound_input = None  # bound to an input no longer configured: rebind
         allowed = subject.cover.inputs if subject.cover is not None else ()
@@ -367,9 +352,26 @@ class EdgeEngine:
         else:
             bound_ok = device_state.bound_input in (None, obs.source)
         if not bound_ok:
-            self.stats.wrong_input += 1
-            log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
+            # Checked before the counters are touched: an impostor leaves no trace in them.
+            if counted and device_state.counters.seen(obs.counter, fp, by_message_id=by_id):
+                self.stats.duplicates += 1  # the same frame heard by another input too
+            else:
+                self.stats.wrong_input += 1
+                log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
             return None
+        verdict = None
+        if counted:
+            verdict = device_state.counters.observe(
+                obs.counter,
+                fp,
+                obs.at,
+                restart=restart,
+                by_message_id=by_id,
+                modulus=obs.counter_modulus,
+            )
+            if verdict.duplicate:
+                self.stats.duplicates += 1
+                return None
         if device_state.bound_input is None and not obs.polled:
             device_state.bound_input = obs.source
         if verdict is not None:
@@ -381,14 +383,15 @@ class EdgeEngine:
         if subject.cover is None:
             self.stats.unregistered_frames += 1
         device_state.last_seen = obs.at
-        if not obs.polled:
-            self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
-            if subject.cover is not None and self.registry.cover_for(obs.device) is not None:
-                self._deadlines.watch(
-                    obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
-                )
         if obs.partial:
             self.stats.partial_readings += 1
+        if obs.polled:
+            return True  # the gateway paces its own polls; nothing to persist or limit
+        self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
+        if subject.cover is not None:
+            self._deadlines.watch(
+                obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
+            )
         if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
             self.stats.rate_limited += 1
             return False

@@ -48,6 +48,12 @@ class CounterState:
             state.recent[(int(counter), int(fp))] = float(at)
         return state
 
+    def seen(self, counter: int | None, fingerprint: int, *, by_message_id: bool = False) -> bool:
+        """Would this reception be a duplicate? (Nothing is recorded.)"""
+        if by_message_id:
+            return any(fp == fingerprint for _, fp in self.recent)
+        return counter is not None and (counter, fingerprint) in self.recent
+
     def observe(
         self,
         counter: int | None,
