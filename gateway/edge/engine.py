@@ -163,7 +163,9 @@ class EdgeEngine:
         self.registry = registry
         self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
-        for device in self.devices.regroup(lambda d: registry.cover_for(d) is not None):
+        for device in self.devices.regroup(
+            lambda d: registry.cover_for(d) is not None or d.model == adapters.MODBUS
+        ):
             self._forget(device)
         self._watch_registered()
 
@@ -333,8 +335,9 @@ class EdgeEngine:
 
     def _track(self, obs: Observation, subject: Subject) -> bool | None:
         """Liveness, input binding, duplicates, rate: None refuses, False holds back telemetry."""
+        # Our own polled sensors are configured, not strangers: never in the LRU.
         device_state, forgotten = self.devices.touch(
-            obs.device, registered=subject.cover is not None
+            obs.device, registered=subject.cover is not None or obs.polled
         )
         for device in forgotten:
             self._forget(device)
