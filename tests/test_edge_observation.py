@@ -359,3 +359,15 @@ def test_non_finite_quantities_never_reach_the_wire_as_nan() -> None:
 
 def refuse_constant(name: str) -> None:
     raise AssertionError(f"{name} in JSON")
+
+
+def test_unregistered_devices_come_back_in_the_order_they_were_heard() -> None:
+    eng = engine(unregistered_nodes=3)
+    rows: dict[str, str | None] = {}
+    for node, at in ((0x30, 3.0), (0x10, 1.0), (0x20, 2.0)):
+        eng.handle(heard(frame(node, 1), at=at))
+        rows.update(eng.take_state())
+    again = engine(unregistered_nodes=2)  # the limit lowered: the least recent goes
+    again.load_state(sorted((k, v) for k, v in rows.items() if v is not None))
+    assert [d.device_id for d in again.devices.unregistered] == ["00000020", "00000030"]
+    assert again.take_state().get("engine/d/scn1:00000010", "kept") is None

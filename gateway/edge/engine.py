@@ -117,6 +117,16 @@ def _unregistered_key(device: DeviceRef) -> str:
     return f"{device.model}:{device.device_id}"
 
 
+def _seen(row: tuple[str, str]) -> float:
+    """When a device row's device was last heard (0 for any other row or a damaged one)."""
+    if not row[0].startswith(state.DEVICE):
+        return 0.0
+    try:
+        return float(json.loads(row[1]).get("seen") or 0.0)
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 class EdgeEngine:
     def __init__(
         self,
@@ -690,6 +700,8 @@ class EdgeEngine:
     def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
         """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
         counts: Counter[str] = Counter()
+        # Devices last, least recently heard first, so the LRU keeps its order.
+        rows = sorted(rows, key=lambda r: (r[0].startswith(state.DEVICE), _seen(r)))
         for key, text in rows:
             try:
                 counts[self._load_row(key, json.loads(text))] += 1
