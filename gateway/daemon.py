@@ -102,7 +102,7 @@ class Gateway:
             *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
         ]
         # A device bound to an input that is no longer configured may bind again.
-        self.engine.known_inputs = frozenset(d.name for d in self.drivers)
+        self.engine.admission.known_inputs = frozenset(d.name for d in self.drivers)
         self.commands = CommandHandler(self, gateway_id=config.gateway_id, clock=clock)
         if config.console is not None:
             self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))

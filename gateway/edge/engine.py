@@ -1,12 +1,15 @@
 """The edge engine: observations in, messages for the platform out.
 
 Every input hands it an ``Observation`` (the older SCN-1 and Modbus forms are
-adapted at the door, ``gateway.edge.adapters``). The engine tracks devices
-(``devices``), asks the rules (``rules/``) what the quantities mean, applies
-their verdicts to the alarm machines (``alarm``), and renders what the
-platform receives (``render``). It does no I/O: the pipeline stores what it
-returns together with ``take_state()`` in one commit, so an alarm and the
-state that raised it are never out of step, across crashes included.
+adapted at the door, ``adapters``). ``admission`` decides what is taken
+(input binding, true duplicates, rate) and tracks devices (``devices``); the
+rules (``rules/``) say what the quantities mean; their verdicts move the
+alarm machines (``machines``, ``alarm``); tilt needs each sensor's installed
+orientation (``baselines``); thresholds and maintenance come through
+``overrides``; ``render`` writes what the platform receives. The engine does
+no I/O: the pipeline stores what it returns together with ``take_state()``
+in one commit, so an alarm and the state that raised it are never out of
+step, across crashes included.
 
 Bounds of the per-key state (what happens at each is said beside it):
 
@@ -25,6 +28,8 @@ Bounds of the per-key state (what happens at each is said beside it):
 - readings forwarded per device: ``[limits] device_frames_per_minute`` (60);
   above it readings are still judged by the rules (an alarm is never held
   back) but not forwarded, and counted as ``rate_limited``.
+- devices named in ``lost_frames_by_node``: 1000; later ones are counted in
+  ``lost_frames`` only.
 """
 
 from __future__ import annotations
@@ -34,14 +39,16 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.buffer.queue import Lane, Outgoing
 from gateway.config import LimitsConfig, SlaveConfig, Thresholds
 from gateway.edge import adapters, state
-from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, AlarmState, Debounce, Transition
-from gateway.edge.devices import Deadlines, DeviceState, DeviceTable, device_key, parse_device_key
+from gateway.edge.admission import Admission, Admitted, EdgeStats
+from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, Debounce, Transition
+from gateway.edge.baselines import Baselines
+from gateway.edge.devices import Deadlines, DeviceState, device_key, parse_device_key
+from gateway.edge.machines import AlarmBook
 from gateway.edge.overrides import Overrides
 from gateway.edge.recent import Heard, RecentFrames
 from gateway.edge.render import Subject, alarm_source, device_source, iso
@@ -62,10 +69,9 @@ from gateway.edge.rules import (
     water,
 )
 from gateway.edge.rules.battery import LOW_BATTERY_BITS
-from gateway.edge.seqtrack import digest
 from gateway.edge.state import StateLog
 from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
-from gateway.observation import DeviceEventKind, DeviceRef, Observation, Purpose
+from gateway.observation import DeviceRef, Observation, Purpose
 from gateway.registry import Cover, Registry
 
 log = logging.getLogger(__name__)
@@ -73,30 +79,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
-SLAVE_TELEMETRY_INTERVAL_S = POLLED_TELEMETRY_INTERVAL_S
-_RESTARTS = frozenset({DeviceEventKind.BOOT, DeviceEventKind.REJOINED})
-
-MachineKey = tuple[AlarmKind, str]
-
-
-@dataclass
-class EdgeStats:
-    duplicates: int = 0
-    lost_frames: int = 0
-    unregistered_frames: int = 0
-    sequence_anomalies: int = 0  # a used counter with other content: forged or confused
-    wrong_input: int = 0  # a device heard on an input it is not bound to: refused
-    rate_limited: int = 0  # readings judged but not forwarded (device over its rate)
-    partial_readings: int = 0
-    lost_by_node: Counter[str] = field(default_factory=Counter)
-
-    def __post_init__(self) -> None:
-        self._lost_limit = 1000  # distinct devices named in lost_by_node
-
-    def count_lost(self, device: str, lost: int) -> None:
-        self.lost_frames += lost
-        if device in self.lost_by_node or len(self.lost_by_node) < self._lost_limit:
-            self.lost_by_node[device] += lost
 
 
 def alarm_sub(device: DeviceRef) -> str:
@@ -150,15 +132,13 @@ class EdgeEngine:
         self._started_at = started_at
         self._log = StateLog()
         self.overrides = Overrides(thresholds, kind_thresholds, self._log)
-        self.devices = DeviceTable(self.limits.unregistered_nodes)
+        self.admission = Admission(stats=self.stats, log=self._log, limits=self.limits)
+        self.devices = self.admission.devices
         self._deadlines = Deadlines()
-        self._machines: dict[str, dict[MachineKey, AlarmMachine]] = {}  # none in normal state
-        self._active_keys: set[tuple[str, AlarmKind, str]] = set()
-        self._baselines: dict[tuple[str, str], tuple[float, ...]] = {}  # (subject, sub)
+        self.alarms = AlarmBook(self._log)
+        self.baselines = Baselines(self._log)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
-        # The configured input names, when known: a binding to any other is void.
-        self.known_inputs: frozenset[str] | None = None
         self._watch_registered()
 
     # --- configuration that may change at run time (SIGHUP) ---
@@ -217,9 +197,7 @@ class EdgeEngine:
 
     def rezero(self, subject_key: str) -> None:
         """Forget a cover's tilt baselines; each sensor's next normal reading is the new one."""
-        for key in [k for k in self._baselines if k[0] == subject_key]:
-            del self._baselines[key]
-            self._log.delete(state.BASELINE + state.join(*key))
+        self.baselines.rezero(subject_key)
 
     # --- inputs ---
 
@@ -297,7 +275,9 @@ class EdgeEngine:
         if now is not None:
             # Only a normal report may become the baseline: never an opened cover's angle.
             normal = obs.purpose is Purpose.REPORT and not in_alarm and not opened
-            rel_tilt = self._relative_tilt(subject, sub, now, may_record=normal)
+            rel_tilt = self.baselines.relative_tilt(
+                subject.key, sub, subject.cover, now, may_record=normal
+            )
             derived["tilt_deg"] = round(rel_tilt, 2)
         distance = water.distance_mm(q, subject.cover.sensor_depth_mm if subject.cover else None)
         if q.water_level_mm is not None:
@@ -344,71 +324,15 @@ class EdgeEngine:
         return False
 
     def _track(self, obs: Observation, subject: Subject) -> bool | None:
-        """Liveness, input binding, duplicates, rate: None refuses, False holds back telemetry."""
-        # Our own polled sensors are configured, not strangers: never in the LRU.
-        device_state, forgotten = self.devices.touch(
-            obs.device, registered=subject.cover is not None or obs.polled
-        )
+        """Admission, then liveness: None refuses, False holds back telemetry."""
+        verdict, forgotten = self.admission.admit(obs, subject.cover)
         for device in forgotten:
             self._forget(device)
-        restart = any(e.kind in _RESTARTS for e in obs.events)
-        counted = obs.counter is not None or obs.message_id is not None
-        by_id = obs.message_id is not None
-        fp = digest(
-            obs.message_id.encode() if obs.message_id is not None else obs.fingerprint or obs.raw
-        )
-        if self.known_inputs is not None and device_state.bound_input not in self.known_inputs:
-            device_state.bound_input = None  # bound to an input no longer configured: rebind
-        allowed = subject.cover.inputs if subject.cover is not None else ()
-        if allowed:
-            bound_ok = obs.source in allowed
-        else:
-            bound_ok = device_state.bound_input in (None, obs.source)
-        if not bound_ok:
-            # Checked before the counters are touched: an impostor leaves no trace in them.
-            if counted and device_state.counters.seen(obs.counter, fp, by_message_id=by_id):
-                self.stats.duplicates += 1  # the same frame heard by another input too
-            else:
-                self.stats.wrong_input += 1
-                log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
-            return None
-        verdict = None
-        if counted:
-            verdict = device_state.counters.observe(
-                obs.counter,
-                fp,
-                obs.at,
-                restart=restart,
-                by_message_id=by_id,
-                modulus=obs.counter_modulus,
-            )
-            if verdict.duplicate:
-                self.stats.duplicates += 1
-                return None
-        if device_state.bound_input is None and not obs.polled:
-            device_state.bound_input = obs.source
-        if verdict is not None:
-            if verdict.anomaly:
-                self.stats.sequence_anomalies += 1
-                log.warning("%s: counter %s reused with other content", obs.device, obs.counter)
-            if verdict.lost:
-                self.stats.count_lost(obs.device.device_id, verdict.lost)
-        if subject.cover is None:
-            self.stats.unregistered_frames += 1
-        device_state.last_seen = obs.at
-        if obs.partial:
-            self.stats.partial_readings += 1
-        if obs.polled:
-            return True  # the gateway paces its own polls; nothing to persist or limit
-        self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
-        if subject.cover is not None:
+        if verdict is not Admitted.REFUSED and not obs.polled and subject.cover is not None:
             self._deadlines.watch(
                 obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
             )
-        if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
-            self.stats.rate_limited += 1
-            return False
-        return True
+        return None if verdict is Admitted.REFUSED else verdict is Admitted.FORWARD
 
     def _forget(self, device: DeviceRef) -> None:
         """An unregistered device pushed out: its state and alarms go with it."""
@@ -416,14 +340,9 @@ class EdgeEngine:
         key = _unregistered_key(device)
         if self.registry.cover_for(device) is not None:
             return
-        # Not urgent: the rows go with the next commit; a normal machine has no row.
-        for (kind, sub), machine in self._machines.pop(key, {}).items():
-            self._active_keys.discard((key, kind, sub))
-            if machine.state is not AlarmState.NORMAL:
-                self._log.delete(state.MACHINE + self._key(key, kind, sub), urgent=False)
-        for sub in ("", alarm_sub(device)):
-            if self._baselines.pop((key, sub), None) is not None:
-                self._log.delete(state.BASELINE + state.join(key, sub), urgent=False)
+        # Not urgent: the rows go with the next commit.
+        self.alarms.forget(key)
+        self.baselines.rezero(key, urgent=False)
         self._polled_telemetry_at.pop(device, None)
 
     def _remember(self, obs: Observation) -> None:
@@ -445,29 +364,6 @@ class EdgeEngine:
 
     def recent_frames(self, node_id: int, last: int) -> list[dict[str, Any]]:
         return self._recent.last(device_key(adapters.scn1_device(node_id)), last, iso)
-
-    def _relative_tilt(
-        self, subject: Subject, sub: str, now: tuple[float, ...], *, may_record: bool
-    ) -> float:
-        """Tilt against the installed orientation: the registry's, else the first normal reading's.
-
-        Until a baseline exists, tilt is taken against level.
-        """
-        key = (subject.key, sub)
-        baseline = self._baselines.get(key)
-        if (
-            baseline is None
-            and subject.cover is not None
-            and subject.cover.baseline_deg
-            and len(now) == 2
-        ):
-            baseline = subject.cover.baseline_deg
-        if baseline is None and may_record:
-            baseline = now
-            self._baselines[key] = baseline
-            self._log.put(state.BASELINE + state.join(*key), list(baseline))
-            log.info("tilt baseline of %s recorded: %s deg", key, baseline)
-        return tilt.tilt_deg(now, baseline)
 
     # --- time passing ---
 
@@ -500,20 +396,8 @@ class EdgeEngine:
 
     # --- alarm machines ---
 
-    @staticmethod
-    def _key(subject_key: str, kind: AlarmKind, sub: str) -> str:
-        return state.join(subject_key, kind.value, sub)
-
     def _active(self, subject: Subject, kind: AlarmKind, sub: str) -> bool:
-        machine = self._machines.get(subject.key, {}).get((kind, sub))
-        return machine is not None and machine.active
-
-    def _machine(self, subject: Subject, kind: AlarmKind, sub: str) -> AlarmMachine:
-        machines = self._machines.setdefault(subject.key, {})
-        machine = machines.get((kind, sub))
-        if machine is None:
-            machine = machines[(kind, sub)] = AlarmMachine()
-        return machine
+        return self.alarms.active(subject.key, kind, sub)
 
     def _apply(
         self, subject: Subject, obs: Observation, verdicts: Iterable[Verdict]
@@ -533,11 +417,13 @@ class EdgeEngine:
         origin: Observation | DeviceRef,
         evidence: frozenset[str] = frozenset(),
     ) -> list[Outgoing]:
-        if isinstance(verdict, Force) and verdict.only_if_active:
-            existing = self._machines.get(subject.key, {}).get((verdict.kind, verdict.sub))
-            if existing is None or not existing.active:
-                return []
-        machine = self._machine(subject, verdict.kind, verdict.sub)
+        if (
+            isinstance(verdict, Force)
+            and verdict.only_if_active
+            and not self.alarms.active(subject.key, verdict.kind, verdict.sub)
+        ):
+            return []
+        machine = self.alarms.machine(subject.key, verdict.kind, verdict.sub)
         before = machine.fingerprint()
         if isinstance(verdict, Check):
             transition = machine.observe(
@@ -579,41 +465,9 @@ class EdgeEngine:
                     extra,
                 )
             )
-        if machine.fingerprint() != before:
-            self._save_machine(subject.key, verdict.kind, verdict.sub, machine)
-        self._settle(subject.key, verdict.kind, verdict.sub, machine)
+        changed = machine.fingerprint() != before
+        self.alarms.settle(subject.key, verdict.kind, verdict.sub, machine, changed=changed)
         return out
-
-    def _settle(self, subject_key: str, kind: AlarmKind, sub: str, machine: AlarmMachine) -> None:
-        """Keep the index of active alarms; a machine back to normal holds nothing worth memory."""
-        key = (subject_key, kind, sub)
-        if machine.active:
-            self._active_keys.add(key)
-        else:
-            self._active_keys.discard(key)
-        if machine.state is AlarmState.NORMAL:
-            machines = self._machines.get(subject_key)
-            if machines is not None:
-                machines.pop((kind, sub), None)
-                if not machines:
-                    del self._machines[subject_key]
-
-    def _reindex(self) -> None:
-        self._active_keys = {
-            (subject_key, kind, sub)
-            for subject_key, machines in self._machines.items()
-            for (kind, sub), machine in machines.items()
-            if machine.active
-        }
-
-    def _save_machine(
-        self, subject_key: str, kind: AlarmKind, sub: str, machine: AlarmMachine
-    ) -> None:
-        key = state.MACHINE + self._key(subject_key, kind, sub)
-        if machine.state is AlarmState.NORMAL:
-            self._log.delete(key)
-        else:
-            self._log.put(key, machine.to_json())
 
     def _alarm(  # noqa: PLR0917 - private; arguments follow the alarm message's order
         self,
@@ -661,23 +515,20 @@ class EdgeEngine:
     # --- what people and the platform are told ---
 
     def active_alarms(self) -> list[dict[str, Any]]:
-        out = []
-        for subject_key, kind, sub in sorted(self._active_keys):
-            machine = self._machines[subject_key][(kind, sub)]
-            out.append(
-                {
-                    "subject": subject_key,
-                    "kind": kind.value,
-                    "sub": sub or None,
-                    "alarm_id": machine.alarm_id,
-                    "raised_at": iso(machine.raised_at) if machine.raised_at else None,
-                }
-            )
-        return out
+        return [
+            {
+                "subject": subject_key,
+                "kind": kind.value,
+                "sub": sub or None,
+                "alarm_id": machine.alarm_id,
+                "raised_at": iso(machine.raised_at) if machine.raised_at else None,
+            }
+            for subject_key, kind, sub, machine in self.alarms.active_items()
+        ]
 
     @property
     def active_count(self) -> int:
-        return len(self._active_keys)
+        return len(self.alarms)
 
     def frames_seen(self) -> Iterable[tuple[str, float]]:
         return (
@@ -710,7 +561,6 @@ class EdgeEngine:
                 log.error("state row %s unreadable, left out: %s", key, err)  # noqa: TRY400
                 self._log.delete(key)
         machines, baselines, devices = counts["machine"], counts["baseline"], counts["device"]
-        self._reindex()
         self._watch_registered()
         log.info(
             "restored %d alarm states, %d tilt baselines, %d devices", machines, baselines, devices
@@ -718,13 +568,10 @@ class EdgeEngine:
 
     def _load_row(self, key: str, value: Any) -> str:
         if key.startswith(state.MACHINE):
-            subject_key, kind, sub = state.split(key.removeprefix(state.MACHINE))
-            machine = AlarmMachine.from_json(value)
-            self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = machine
+            self.alarms.load(key.removeprefix(state.MACHINE), value)
             return "machine"
         if key.startswith(state.BASELINE):
-            subject_key, sub = state.split(key.removeprefix(state.BASELINE))
-            self._baselines[(subject_key, sub)] = tuple(float(v) for v in value)
+            self.baselines.load(key.removeprefix(state.BASELINE), value)
             return "baseline"
         if key.startswith(state.DEVICE):
             device = parse_device_key(key.removeprefix(state.DEVICE))
@@ -740,13 +587,10 @@ class EdgeEngine:
     def restore(self, data: dict[str, Any]) -> None:
         """The whole-state blob of earlier versions: read once, then written as rows."""
         for key, value in data.get("machines", {}).items():
-            subject_key, kind, sub = key.rsplit("|", 2)
-            machine = AlarmMachine.from_json(value)
-            self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = machine
-            self._save_machine(subject_key, AlarmKind(kind), sub, machine)
+            subject_key, kind, sub = key.rsplit("|", 2)  # unescaped in the old blob
+            self.alarms.load(state.join(subject_key, kind, sub), value, save=True)
         for key, value in data.get("baselines", {}).items():
-            self._baselines[(key, "")] = tuple(float(v) for v in value)
-            self._log.put(state.BASELINE + state.join(key, ""), [float(v) for v in value])
+            self.baselines.load(state.join(key, ""), value, save=True)
         for key, values in data.get("kind_overrides", {}).items():
             self.overrides.kind[key] = dict(values)
         for key, values in data.get("cover_overrides", {}).items():
@@ -754,7 +598,6 @@ class EdgeEngine:
         for key, until in data.get("maintenance_until", {}).items():
             self.overrides.maintenance_until[key] = float(until)
         self.overrides.save_all()
-        self._reindex()
         self.overrides.reconfigure(self.overrides.base, self.overrides.kind_thresholds)
         self._watch_registered()
         log.info("migrated the engine's state blob: %d alarm states", len(data.get("machines", {})))
@@ -762,13 +605,8 @@ class EdgeEngine:
     def snapshot(self) -> dict[str, Any]:
         """Every state row as it would be written now (tests, and moving state between engines)."""
         return {
-            "machines": {
-                self._key(s, k, sub): m.to_json()
-                for s, ms in self._machines.items()
-                for (k, sub), m in ms.items()
-                if m.state is not AlarmState.NORMAL
-            },
-            "baselines": {state.join(*k): list(v) for k, v in self._baselines.items()},
+            "machines": self.alarms.snapshot(),
+            "baselines": self.baselines.snapshot(),
             "kind_overrides": self.overrides.kind,
             "cover_overrides": self.overrides.cover,
             "maintenance_until": self.overrides.maintenance_until,
