@@ -240,8 +240,10 @@ class EdgeEngine:
         if failure:
             verdicts += filter(None, (fault.from_failures(e, thr, fsub) for e in failure))
         else:
-            verdicts.append(offline.heard(sub))
-            if obs.polled:
+            # Clears of what is not active are no-ops: skipped before they cost anything.
+            if self.alarms.active(subject.key, AlarmKind.NODE_OFFLINE, sub):
+                verdicts.append(offline.heard(sub))
+            if obs.polled and self.alarms.active(subject.key, AlarmKind.SENSOR_FAULT, fsub):
                 verdicts.append(fault.answered(fsub))
         verdicts += events.forces(obs.events, sub=sub, fault_sub=fsub, iso=iso)
         out = self._apply(subject, obs, verdicts)
@@ -304,7 +306,12 @@ class EdgeEngine:
             if distance is not None:
                 verdicts += water.checks(distance, thr, rule, sub)
             verdicts += gas.checks(q.gas, thr, rule)
-        if obs.purpose is Purpose.REPORT and not in_alarm and not obs.polled:
+        if (
+            obs.purpose is Purpose.REPORT
+            and not in_alarm
+            and not obs.polled
+            and self.alarms.any_active(subject.key)
+        ):
             verdicts += clears.after_normal_report(
                 rel_tilt, thr, fault_sub=fsub, judges_opening=obs.judges_opening
             )

@@ -32,6 +32,10 @@ class AlarmBook:
     def active(self, subject_key: str, kind: AlarmKind, sub: str) -> bool:
         return (subject_key, kind, sub) in self._active
 
+    def any_active(self, subject_key: str) -> bool:
+        machines = self._machines.get(subject_key)
+        return machines is not None and any(m.active for m in machines.values())
+
     def machine(self, subject_key: str, kind: AlarmKind, sub: str) -> AlarmMachine:
         machines = self._machines.setdefault(subject_key, {})
         machine = machines.get((kind, sub))
