@@ -143,6 +143,8 @@ class Gateway:
                 for t in config.tcp
             ),
         ]
+        # A device bound to an input that is no longer configured may bind again.
+        self.engine.admission.known_inputs = frozenset(d.name for d in self.drivers)
         if config.console is not None:
             self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))
         self.queue = DurableQueue(config.queue_path, max_bytes=config.queue.max_bytes, clock=clock)
@@ -355,7 +357,8 @@ class Gateway:
                 first_pending = time.monotonic()
             due = first_pending is not None and time.monotonic() - first_pending >= flush_every
             full = len(self._pending) >= self.config.queue.flush_max
-            if (urgent or due or full or self.engine.dirty) and await self._flush():
+            owed = self.engine.dirty or bool(self._pending_state)  # state rows not yet on disk
+            if (urgent or due or full or owed) and await self._flush():
                 first_pending = None
             if stop.is_set() and self._inputs.empty() and not self._critical:
                 if not await self._flush() and self._pending:
@@ -642,7 +645,7 @@ class Gateway:
                 "devices_tracked": len(self.engine.devices),
                 "unregistered_forgotten": self.engine.devices.forgotten,
                 "shed_telemetry": self.stats.shed_telemetry,
-                "active_alarms": len(self.engine.active_alarms()),
+                "active_alarms": self.engine.active_count,
             },
             "queue": {
                 "depth_alarm": q.depth[Lane.ALARM],

@@ -8,6 +8,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.buffer.queue import Lane, Outgoing
 from gateway.config import LimitsConfig, Thresholds, parse_config
 from gateway.daemon import Gateway
@@ -15,7 +18,7 @@ from gateway.edge import state
 from gateway.edge.adapters import from_frame
 from gateway.edge.engine import EdgeEngine
 from gateway.edge.rules.tilt import tilt_deg
-from gateway.events import FrameHeard
+from gateway.events import FrameHeard, SlaveRead
 from gateway.observation import (
     DeviceRef,
     Link,
@@ -175,6 +178,17 @@ def test_a_node_is_taken_only_from_its_input() -> None:
     assert readings(eng.handle(heard(frame(0x77, 1), source="lora1")))  # unregistered: bound
     assert eng.handle(heard(frame(0x77, 2), source="udp0")) == []
     assert eng.stats.wrong_input == 2
+    # The impostor's numbers leave no trace: the node's own frame 3 is no anomaly.
+    assert eng.handle(heard(frame(2, 3, tilt=9.0), source="udp0")) == []
+    assert readings(eng.handle(heard(frame(2, 3), source="lora0")))
+    assert eng.stats.sequence_anomalies == 0
+
+
+def test_polled_sensors_are_paced_by_the_gateway_not_rate_limited() -> None:
+    eng = engine(device_frames_per_minute=1)
+    outs = [eng.handle(SlaveRead("rs485-0", 7, i / 4, {"level": 0.5})) for i in range(4 * 130)]
+    assert sum(len(readings(o)) for o in outs) == 3  # at 0 s, 60 s, 120 s
+    assert eng.stats.rate_limited == 0
 
 
 def test_unregistered_nodes_are_bounded_and_never_go_offline() -> None:
@@ -273,3 +287,87 @@ def test_extra_source_block_is_kept_for_devices_that_give_one() -> None:
     )
     (reading,) = readings(eng.observe(obs))
     assert reading["source"] == {"type": "device", "model": "x", "device_id": "1"}
+
+
+finite = st.floats(min_value=-400, max_value=400, allow_nan=False)
+maybe = st.none() | finite
+observations = st.builds(
+    Observation,
+    device=st.builds(
+        DeviceRef,
+        st.sampled_from(["scn1", "em310-tilt", "em400-mud"]),
+        st.sampled_from(["00000001", "00000002", "24e124710c401234", "x|y"]),
+    ),
+    source=st.sampled_from(["lora0", "lns"]),
+    at=st.floats(min_value=0, max_value=1e6),
+    quantities=st.builds(
+        Quantities,
+        tilt_x_deg=maybe,
+        tilt_y_deg=maybe,
+        tilt_z_deg=maybe,
+        distance_mm=st.none() | st.floats(min_value=0, max_value=20_000),
+        battery_pct=st.none() | st.floats(min_value=0, max_value=100),
+        battery_mv=st.none() | st.floats(min_value=0, max_value=5000),
+        cover_displaced=st.none() | st.booleans(),
+        device_alarms=st.frozensets(st.sampled_from(["low_battery", "node_alarm", "x"])),
+    ),
+    counter=st.none() | st.integers(0, 65535),
+    raw=st.binary(max_size=8),
+    purpose=st.sampled_from(Purpose),
+    judges_opening=st.booleans(),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(observations, max_size=25))
+def test_any_observations_are_taken_and_their_state_rows_restore_exactly(
+    obs: list[Observation],
+) -> None:
+    eng = engine(unregistered_nodes=2)
+    rows: dict[str, str | None] = {}
+    for o in obs:
+        eng.observe(o)
+        rows.update(eng.take_state())
+    eng.tick(2e6)
+    rows.update(eng.take_state())
+    again = engine(unregistered_nodes=2)
+    again.load_state(sorted((k, v) for k, v in rows.items() if v is not None))
+    assert again.snapshot() == eng.snapshot()
+    assert again.active_alarms() == eng.active_alarms()
+
+
+def test_a_damaged_row_costs_that_row_only() -> None:
+    eng = engine()
+    eng.load_state([("engine/m/C-1|tilt|", "{not json"), ("engine/mt/C-1", "5.0")])
+    assert eng.maintenance_until == {"C-1": 5.0}
+    assert eng.take_state() == {"engine/m/C-1|tilt|": None}
+
+
+def test_non_finite_quantities_never_reach_the_wire_as_nan() -> None:
+    eng = engine()
+    obs = Observation(
+        DeviceRef("em400-mud", "1"),
+        "lns",
+        1.0,
+        Quantities(distance_mm=float("nan"), temperature_c=float("inf"), battery_pct=50.0),
+    )
+    (reading,) = readings(eng.observe(obs))
+    assert reading["quantities"]["distance_mm"] is None
+    assert reading["quantities"]["temperature_c"] is None
+    assert json.loads(eng.observe(obs)[0].payload, parse_constant=refuse_constant) is not None
+
+
+def refuse_constant(name: str) -> None:
+    raise AssertionError(f"{name} in JSON")
+
+
+def test_unregistered_devices_come_back_in_the_order_they_were_heard() -> None:
+    eng = engine(unregistered_nodes=3)
+    rows: dict[str, str | None] = {}
+    for node, at in ((0x30, 3.0), (0x10, 1.0), (0x20, 2.0)):
+        eng.handle(heard(frame(node, 1), at=at))
+        rows.update(eng.take_state())
+    again = engine(unregistered_nodes=2)  # the limit lowered: the least recent goes
+    again.load_state(sorted((k, v) for k, v in rows.items() if v is not None))
+    assert [d.device_id for d in again.devices.unregistered] == ["00000020", "00000030"]
+    assert again.take_state().get("engine/d/scn1:00000010", "kept") is None

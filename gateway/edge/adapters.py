@@ -64,11 +64,16 @@ def modbus_device(bus: str, address: int) -> DeviceRef:
     return DeviceRef(MODBUS, f"{bus}:{address}")
 
 
+_NODE_ALARM_BIT = int(FrameFlags.NODE_ALARM)
+_LOW_BATTERY_BIT = int(FrameFlags.LOW_BATTERY)
+_RETRANSMISSION_BIT = int(FrameFlags.RETRANSMISSION)
+
+
 def _fingerprint(raw: bytes) -> bytes:
     """The frame without its CRC and with the retransmission bit cleared: a retry is the same."""
     if len(raw) <= _FLAGS_OFFSET + 2:
         return raw
-    flags = raw[_FLAGS_OFFSET] & ~int(FrameFlags.RETRANSMISSION)
+    flags = raw[_FLAGS_OFFSET] & ~_RETRANSMISSION_BIT
     return raw[:_FLAGS_OFFSET] + bytes([flags]) + raw[_FLAGS_OFFSET + 1 : -2]
 
 
@@ -79,10 +84,11 @@ def from_frame(event: FrameHeard) -> Observation:
     water = frame.first(WaterDepth)
     battery = frame.first(Battery)
     temperature = frame.first(Temperature)
+    bits = int(frame.flags)  # plain ints: IntFlag membership is slow on this hot path
     alarms = set()
-    if FrameFlags.NODE_ALARM in frame.flags:
+    if bits & _NODE_ALARM_BIT:
         alarms.add(NODE_ALARM)
-    if FrameFlags.LOW_BATTERY in frame.flags:
+    if bits & _LOW_BATTERY_BIT:
         alarms.add(LOW_BATTERY)
     quantities = Quantities(
         tilt_x_deg=None if tilt is None else tilt.x_deg,

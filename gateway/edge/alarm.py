@@ -128,6 +128,10 @@ class AlarmMachine:
         self.state = AlarmState.NORMAL
         return Transition.CLEARED
 
+    def fingerprint(self) -> tuple[object, ...]:
+        """Everything ``to_json`` writes, cheaply: has the machine changed?"""
+        return (self.state, self.since, self.count, self.alarm_id, self.raised_at)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "state": self.state.value,

@@ -19,7 +19,7 @@ from gateway.edge.seqtrack import CounterState
 from gateway.observation import DeviceRef
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceState:
     last_seen: float | None = None
     bound_input: str | None = None  # the input it was first heard on

@@ -1,12 +1,15 @@
 """The edge engine: observations in, messages for the platform out.
 
 Every input hands it an ``Observation`` (the older SCN-1 and Modbus forms are
-adapted at the door, ``gateway.edge.adapters``). The engine tracks devices
-(``devices``), asks the rules (``rules/``) what the quantities mean, applies
-their verdicts to the alarm machines (``alarm``), and renders what the
-platform receives (``render``). It does no I/O: the pipeline stores what it
-returns together with ``take_state()`` in one commit, so an alarm and the
-state that raised it are never out of step, across crashes included.
+adapted at the door, ``adapters``). ``admission`` decides what is taken
+(input binding, true duplicates, rate) and tracks devices (``devices``); the
+rules (``rules/``) say what the quantities mean; their verdicts move the
+alarm machines (``machines``, ``alarm``); tilt needs each sensor's installed
+orientation (``baselines``); thresholds and maintenance come through
+``overrides``; ``render`` writes what the platform receives. The engine does
+no I/O: the pipeline stores what it returns together with ``take_state()``
+in one commit, so an alarm and the state that raised it are never out of
+step, across crashes included.
 
 Bounds of the per-key state (what happens at each is said beside it):
 
@@ -25,6 +28,8 @@ Bounds of the per-key state (what happens at each is said beside it):
 - readings forwarded per device: ``[limits] device_frames_per_minute`` (60);
   above it readings are still judged by the rules (an alarm is never held
   back) but not forwarded, and counted as ``rate_limited``.
+- devices named in ``lost_frames_by_node``: 1000; later ones are counted in
+  ``lost_frames`` only.
 """
 
 from __future__ import annotations
@@ -34,14 +39,16 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.buffer.queue import Lane, Outgoing
 from gateway.config import LimitsConfig, SlaveConfig, Thresholds
 from gateway.edge import adapters, state
-from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, AlarmState, Debounce, Transition
-from gateway.edge.devices import Deadlines, DeviceState, DeviceTable, device_key, parse_device_key
+from gateway.edge.admission import Admission, Admitted, EdgeStats
+from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, Debounce, Transition
+from gateway.edge.baselines import Baselines
+from gateway.edge.devices import Deadlines, DeviceState, device_key, parse_device_key
+from gateway.edge.machines import AlarmBook
 from gateway.edge.overrides import Overrides
 from gateway.edge.recent import Heard, RecentFrames
 from gateway.edge.render import Subject, alarm_source, device_source, iso
@@ -62,10 +69,9 @@ from gateway.edge.rules import (
     water,
 )
 from gateway.edge.rules.battery import LOW_BATTERY_BITS
-from gateway.edge.seqtrack import digest
 from gateway.edge.state import StateLog
 from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
-from gateway.observation import DeviceEventKind, DeviceRef, Observation, Purpose
+from gateway.observation import DeviceRef, Observation, Purpose
 from gateway.registry import Cover, Registry
 
 log = logging.getLogger(__name__)
@@ -73,30 +79,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
-SLAVE_TELEMETRY_INTERVAL_S = POLLED_TELEMETRY_INTERVAL_S
-_RESTARTS = frozenset({DeviceEventKind.BOOT, DeviceEventKind.REJOINED})
-
-MachineKey = tuple[AlarmKind, str]
-
-
-@dataclass
-class EdgeStats:
-    duplicates: int = 0
-    lost_frames: int = 0
-    unregistered_frames: int = 0
-    sequence_anomalies: int = 0  # a used counter with other content: forged or confused
-    wrong_input: int = 0  # a device heard on an input it is not bound to: refused
-    rate_limited: int = 0  # readings judged but not forwarded (device over its rate)
-    partial_readings: int = 0
-    lost_by_node: Counter[str] = field(default_factory=Counter)
-
-    def __post_init__(self) -> None:
-        self._lost_limit = 1000  # distinct devices named in lost_by_node
-
-    def count_lost(self, device: str, lost: int) -> None:
-        self.lost_frames += lost
-        if device in self.lost_by_node or len(self.lost_by_node) < self._lost_limit:
-            self.lost_by_node[device] += lost
 
 
 def alarm_sub(device: DeviceRef) -> str:
@@ -115,6 +97,16 @@ def _unregistered_key(device: DeviceRef) -> str:
         case adapters.MODBUS:
             return f"modbus:{device.device_id}"
     return f"{device.model}:{device.device_id}"
+
+
+def _seen(row: tuple[str, str]) -> float:
+    """When a device row's device was last heard (0 for any other row or a damaged one)."""
+    if not row[0].startswith(state.DEVICE):
+        return 0.0
+    try:
+        return float(json.loads(row[1]).get("seen") or 0.0)
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 class EdgeEngine:
@@ -140,10 +132,11 @@ class EdgeEngine:
         self._started_at = started_at
         self._log = StateLog()
         self.overrides = Overrides(thresholds, kind_thresholds, self._log)
-        self.devices = DeviceTable(self.limits.unregistered_nodes)
+        self.admission = Admission(stats=self.stats, log=self._log, limits=self.limits)
+        self.devices = self.admission.devices
         self._deadlines = Deadlines()
-        self._machines: dict[str, dict[MachineKey, AlarmMachine]] = {}
-        self._baselines: dict[str, tuple[float, ...]] = {}  # subject|sub → orientation
+        self.alarms = AlarmBook(self._log)
+        self.baselines = Baselines(self._log)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         self._watch_registered()
@@ -160,7 +153,9 @@ class EdgeEngine:
         self.registry = registry
         self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
-        for device in self.devices.regroup(lambda d: registry.cover_for(d) is not None):
+        for device in self.devices.regroup(
+            lambda d: registry.cover_for(d) is not None or d.model == adapters.MODBUS
+        ):
             self._forget(device)
         self._watch_registered()
 
@@ -212,9 +207,7 @@ class EdgeEngine:
 
     def rezero(self, subject_key: str) -> None:
         """Forget a cover's tilt baselines; each sensor's next normal reading is the new one."""
-        for key in [k for k in self._baselines if k.split("|", 1)[0] == subject_key]:
-            del self._baselines[key]
-            self._log.delete(state.BASELINE + key)
+        self.baselines.rezero(subject_key)
 
     # --- inputs ---
 
@@ -257,8 +250,10 @@ class EdgeEngine:
         if failure:
             verdicts += filter(None, (fault.from_failures(e, thr, fsub) for e in failure))
         else:
-            verdicts.append(offline.heard(sub))
-            if obs.polled:
+            # Clears of what is not active are no-ops: skipped before they cost anything.
+            if self.alarms.active(subject.key, AlarmKind.NODE_OFFLINE, sub):
+                verdicts.append(offline.heard(sub))
+            if obs.polled and self.alarms.active(subject.key, AlarmKind.SENSOR_FAULT, fsub):
                 verdicts.append(fault.answered(fsub))
         verdicts += events.forces(obs.events, sub=sub, fault_sub=fsub, iso=iso)
         out = self._apply(subject, obs, verdicts)
@@ -292,7 +287,9 @@ class EdgeEngine:
         if now is not None:
             # Only a normal report may become the baseline: never an opened cover's angle.
             normal = obs.purpose is Purpose.REPORT and not in_alarm and not opened
-            rel_tilt = self._relative_tilt(subject, sub, now, may_record=normal)
+            rel_tilt = self.baselines.relative_tilt(
+                subject.key, sub, subject.cover, now, may_record=normal
+            )
             derived["tilt_deg"] = round(rel_tilt, 2)
         distance = water.distance_mm(q, subject.cover.sensor_depth_mm if subject.cover else None)
         if q.water_level_mm is not None:
@@ -319,7 +316,12 @@ class EdgeEngine:
             if distance is not None:
                 verdicts += water.checks(distance, thr, rule, sub)
             verdicts += gas.checks(q.gas, thr, rule)
-        if obs.purpose is Purpose.REPORT and not in_alarm and not obs.polled:
+        if (
+            obs.purpose is Purpose.REPORT
+            and not in_alarm
+            and not obs.polled
+            and self.alarms.any_active(subject.key)
+        ):
             verdicts += clears.after_normal_report(
                 rel_tilt, thr, fault_sub=fsub, judges_opening=obs.judges_opening
             )
@@ -339,67 +341,15 @@ class EdgeEngine:
         return False
 
     def _track(self, obs: Observation, subject: Subject) -> bool | None:
-        """Liveness, input binding, duplicates, rate: None refuses, False holds back telemetry."""
-        device_state, forgotten = self.devices.touch(
-            obs.device, registered=subject.cover is not None
-        )
+        """Admission, then liveness: None refuses, False holds back telemetry."""
+        verdict, forgotten = self.admission.admit(obs, subject.cover)
         for device in forgotten:
             self._forget(device)
-        restart = any(e.kind in _RESTARTS for e in obs.events)
-        if obs.counter is not None or obs.message_id is not None:
-            by_id = obs.message_id is not None
-            content = (
-                obs.message_id.encode()
-                if obs.message_id is not None
-                else obs.fingerprint or obs.raw
+        if verdict is not Admitted.REFUSED and not obs.polled and subject.cover is not None:
+            self._deadlines.watch(
+                obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
             )
-            verdict = device_state.counters.observe(
-                obs.counter,
-                digest(content),
-                obs.at,
-                restart=restart,
-                by_message_id=by_id,
-                modulus=obs.counter_modulus,
-            )
-            if verdict.duplicate:
-                self.stats.duplicates += 1
-                return None
-        else:
-            verdict = None
-        allowed = subject.cover.inputs if subject.cover is not None else ()
-        if allowed:
-            bound_ok = obs.source in allowed
-        else:
-            bound_ok = device_state.bound_input in (None, obs.source)
-        if not bound_ok:
-            self.stats.wrong_input += 1
-            log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
-            return None
-        if device_state.bound_input is None and not obs.polled:
-            device_state.bound_input = obs.source
-        if verdict is not None:
-            if verdict.anomaly:
-                self.stats.sequence_anomalies += 1
-                log.warning("%s: counter %s reused with other content", obs.device, obs.counter)
-            if verdict.lost:
-                self.stats.count_lost(obs.device.device_id, verdict.lost)
-        if subject.cover is None:
-            self.stats.unregistered_frames += 1
-        device_state.last_seen = obs.at
-        if not obs.polled:
-            self._log.put(
-                state.DEVICE + device_key(obs.device), device_state.to_json(), urgent=False
-            )
-            if subject.cover is not None and self.registry.cover_for(obs.device) is not None:
-                self._deadlines.watch(
-                    obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
-                )
-        if obs.partial:
-            self.stats.partial_readings += 1
-        if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
-            self.stats.rate_limited += 1
-            return False
-        return True
+        return None if verdict is Admitted.REFUSED else verdict is Admitted.FORWARD
 
     def _forget(self, device: DeviceRef) -> None:
         """An unregistered device pushed out: its state and alarms go with it."""
@@ -407,11 +357,9 @@ class EdgeEngine:
         key = _unregistered_key(device)
         if self.registry.cover_for(device) is not None:
             return
-        for mkey in self._machines.pop(key, {}):
-            self._log.delete(state.MACHINE + self._key(key, *mkey))
-        for bkey in [k for k in self._baselines if k.split("|", 1)[0] == key]:
-            del self._baselines[bkey]
-            self._log.delete(state.BASELINE + bkey)
+        # Not urgent: the rows go with the next commit.
+        self.alarms.forget(key)
+        self.baselines.rezero(key, urgent=False)
         self._polled_telemetry_at.pop(device, None)
 
     def _remember(self, obs: Observation) -> None:
@@ -433,29 +381,6 @@ class EdgeEngine:
 
     def recent_frames(self, node_id: int, last: int) -> list[dict[str, Any]]:
         return self._recent.last(device_key(adapters.scn1_device(node_id)), last, iso)
-
-    def _relative_tilt(
-        self, subject: Subject, sub: str, now: tuple[float, ...], *, may_record: bool
-    ) -> float:
-        """Tilt against the installed orientation: the registry's, else the first normal reading's.
-
-        Until a baseline exists, tilt is taken against level.
-        """
-        key = f"{subject.key}|{sub}"
-        baseline = self._baselines.get(key)
-        if (
-            baseline is None
-            and subject.cover is not None
-            and subject.cover.baseline_deg
-            and len(now) == 2
-        ):
-            baseline = subject.cover.baseline_deg
-        if baseline is None and may_record:
-            baseline = now
-            self._baselines[key] = baseline
-            self._log.put(state.BASELINE + key, list(baseline))
-            log.info("tilt baseline of %s recorded: %s deg", key, baseline)
-        return tilt.tilt_deg(now, baseline)
 
     # --- time passing ---
 
@@ -483,34 +408,21 @@ class EdgeEngine:
                 alarm_sub(device),
                 iso(last) if heard else None,
             )
-            out += self._apply_one(subject, verdict, now, device_source(device))
+            out += self._apply_one(subject, verdict, now, device)
         return out
 
     # --- alarm machines ---
 
-    @staticmethod
-    def _key(subject_key: str, kind: AlarmKind, sub: str) -> str:
-        return f"{subject_key}|{kind.value}|{sub}"
-
     def _active(self, subject: Subject, kind: AlarmKind, sub: str) -> bool:
-        machine = self._machines.get(subject.key, {}).get((kind, sub))
-        return machine is not None and machine.active
-
-    def _machine(self, subject: Subject, kind: AlarmKind, sub: str) -> AlarmMachine:
-        machines = self._machines.setdefault(subject.key, {})
-        machine = machines.get((kind, sub))
-        if machine is None:
-            machine = machines[(kind, sub)] = AlarmMachine()
-        return machine
+        return self.alarms.active(subject.key, kind, sub)
 
     def _apply(
         self, subject: Subject, obs: Observation, verdicts: Iterable[Verdict]
     ) -> list[Outgoing]:
         out: list[Outgoing] = []
-        source = alarm_source(obs)
         for verdict in verdicts:
             out += self._apply_one(
-                subject, verdict, obs.at, source, evidence=obs.quantities.device_alarms
+                subject, verdict, obs.at, obs, evidence=obs.quantities.device_alarms
             )
         return out
 
@@ -519,16 +431,17 @@ class EdgeEngine:
         subject: Subject,
         verdict: Verdict,
         at: float,
-        source: dict[str, Any],
+        origin: Observation | DeviceRef,
         evidence: frozenset[str] = frozenset(),
     ) -> list[Outgoing]:
-        if isinstance(verdict, Force) and verdict.only_if_active:
-            existing = self._machines.get(subject.key, {}).get((verdict.kind, verdict.sub))
-            if existing is None or not existing.active:
-                return []
-        machine = self._machine(subject, verdict.kind, verdict.sub)
-        before = machine.to_json()
-        extra = dict(verdict.extra)
+        if (
+            isinstance(verdict, Force)
+            and verdict.only_if_active
+            and not self.alarms.active(subject.key, verdict.kind, verdict.sub)
+        ):
+            return []
+        machine = self.alarms.machine(subject.key, verdict.kind, verdict.sub)
+        before = machine.fingerprint()
         if isinstance(verdict, Check):
             transition = machine.observe(
                 bad=verdict.bad, good=verdict.good, at=at, rule=verdict.rule
@@ -543,6 +456,7 @@ class EdgeEngine:
             value, unit, threshold = verdict.value, verdict.unit, verdict.threshold
         out: list[Outgoing] = []
         if transition is not None:
+            extra = dict(verdict.extra)
             if transition is Transition.RAISED or machine.alarm_id is None:
                 machine.alarm_id = self._new_id()
             if (
@@ -550,7 +464,7 @@ class EdgeEngine:
                 and verdict.kind is not AlarmKind.NODE_OFFLINE
                 and subject.device.model != adapters.SCN1
             ):
-                extra.setdefault("evidence", {})["device_alarms"] = sorted(evidence)
+                extra["evidence"] = {**extra.get("evidence", {}), "device_alarms": sorted(evidence)}
             out.append(
                 self._alarm(
                     subject,
@@ -559,25 +473,18 @@ class EdgeEngine:
                     machine,
                     transition,
                     when,
-                    source,
+                    alarm_source(origin)
+                    if isinstance(origin, Observation)
+                    else device_source(origin),
                     value,
                     unit,
                     threshold,
                     extra,
                 )
             )
-        if machine.to_json() != before:
-            self._save_machine(subject.key, verdict.kind, verdict.sub, machine)
+        changed = machine.fingerprint() != before
+        self.alarms.settle(subject.key, verdict.kind, verdict.sub, machine, changed=changed)
         return out
-
-    def _save_machine(
-        self, subject_key: str, kind: AlarmKind, sub: str, machine: AlarmMachine
-    ) -> None:
-        key = state.MACHINE + self._key(subject_key, kind, sub)
-        if machine.state is AlarmState.NORMAL:
-            self._log.delete(key)
-        else:
-            self._log.put(key, machine.to_json())
 
     def _alarm(  # noqa: PLR0917 - private; arguments follow the alarm message's order
         self,
@@ -625,20 +532,20 @@ class EdgeEngine:
     # --- what people and the platform are told ---
 
     def active_alarms(self) -> list[dict[str, Any]]:
-        out = []
-        for subject_key, machines in self._machines.items():
-            for (kind, sub), machine in machines.items():
-                if machine.active:
-                    out.append(
-                        {
-                            "subject": subject_key,
-                            "kind": kind.value,
-                            "sub": sub or None,
-                            "alarm_id": machine.alarm_id,
-                            "raised_at": iso(machine.raised_at) if machine.raised_at else None,
-                        }
-                    )
-        return out
+        return [
+            {
+                "subject": subject_key,
+                "kind": kind.value,
+                "sub": sub or None,
+                "alarm_id": machine.alarm_id,
+                "raised_at": iso(machine.raised_at) if machine.raised_at else None,
+            }
+            for subject_key, kind, sub, machine in self.alarms.active_items()
+        ]
+
+    @property
+    def active_count(self) -> int:
+        return len(self.alarms)
 
     def frames_seen(self) -> Iterable[tuple[str, float]]:
         return (
@@ -660,43 +567,47 @@ class EdgeEngine:
 
     def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
         """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
-        machines = baselines = devices = 0
+        counts: Counter[str] = Counter()
+        # Devices last, least recently heard first, so the LRU keeps its order.
+        rows = sorted(rows, key=lambda r: (r[0].startswith(state.DEVICE), _seen(r)))
         for key, text in rows:
-            value = json.loads(text)
-            if key.startswith(state.MACHINE):
-                subject_key, kind, sub = key.removeprefix(state.MACHINE).split("|")
-                self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = (
-                    AlarmMachine.from_json(value)
-                )
-                machines += 1
-            elif key.startswith(state.BASELINE):
-                self._baselines[key.removeprefix(state.BASELINE)] = tuple(float(v) for v in value)
-                baselines += 1
-            elif key.startswith(state.DEVICE):
-                device = parse_device_key(key.removeprefix(state.DEVICE))
-                registered = self.registry.cover_for(device) is not None
-                for gone in self.devices.load(
-                    device, DeviceState.from_json(value), registered=registered
-                ):
-                    self._forget(gone)
-                devices += 1
-            else:
-                self.overrides.load(key, value)
+            try:
+                counts[self._load_row(key, json.loads(text))] += 1
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                # One damaged row costs that row, never the start.
+                log.error("state row %s unreadable, left out: %s", key, err)  # noqa: TRY400
+                self._log.delete(key)
+        machines, baselines, devices = counts["machine"], counts["baseline"], counts["device"]
         self._watch_registered()
         log.info(
             "restored %d alarm states, %d tilt baselines, %d devices", machines, baselines, devices
         )
 
+    def _load_row(self, key: str, value: Any) -> str:
+        if key.startswith(state.MACHINE):
+            self.alarms.load(key.removeprefix(state.MACHINE), value)
+            return "machine"
+        if key.startswith(state.BASELINE):
+            self.baselines.load(key.removeprefix(state.BASELINE), value)
+            return "baseline"
+        if key.startswith(state.DEVICE):
+            device = parse_device_key(key.removeprefix(state.DEVICE))
+            registered = self.registry.cover_for(device) is not None
+            for gone in self.devices.load(
+                device, DeviceState.from_json(value), registered=registered
+            ):
+                self._forget(gone)
+            return "device"
+        self.overrides.load(key, value)
+        return "override"
+
     def restore(self, data: dict[str, Any]) -> None:
         """The whole-state blob of earlier versions: read once, then written as rows."""
         for key, value in data.get("machines", {}).items():
-            subject_key, kind, sub = key.split("|")
-            machine = AlarmMachine.from_json(value)
-            self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = machine
-            self._save_machine(subject_key, AlarmKind(kind), sub, machine)
+            subject_key, kind, sub = key.rsplit("|", 2)  # unescaped in the old blob
+            self.alarms.load(state.join(subject_key, kind, sub), value, save=True)
         for key, value in data.get("baselines", {}).items():
-            self._baselines[f"{key}|"] = tuple(float(v) for v in value)
-            self._log.put(f"{state.BASELINE}{key}|", [float(v) for v in value])
+            self.baselines.load(state.join(key, ""), value, save=True)
         for key, values in data.get("kind_overrides", {}).items():
             self.overrides.kind[key] = dict(values)
         for key, values in data.get("cover_overrides", {}).items():
@@ -711,13 +622,8 @@ class EdgeEngine:
     def snapshot(self) -> dict[str, Any]:
         """Every state row as it would be written now (tests, and moving state between engines)."""
         return {
-            "machines": {
-                self._key(s, k, sub): m.to_json()
-                for s, ms in self._machines.items()
-                for (k, sub), m in ms.items()
-                if m.state is not AlarmState.NORMAL
-            },
-            "baselines": {k: list(v) for k, v in self._baselines.items()},
+            "machines": self.alarms.snapshot(),
+            "baselines": self.baselines.snapshot(),
             "kind_overrides": self.overrides.kind,
             "cover_overrides": self.overrides.cover,
             "maintenance_until": self.overrides.maintenance_until,

@@ -22,6 +22,13 @@ def iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def finite(value: Any) -> Any:
+    """A number JSON can carry: NaN and infinity (hostile or broken sensors) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -69,7 +76,7 @@ def quantities_dict(q: Quantities) -> dict[str, Any]:
             if value:
                 out["device_alarms"] = sorted(value)
         else:
-            out[f.name] = value
+            out[f.name] = finite(value)
     return out
 
 
@@ -108,7 +115,7 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
     else:
         body["source"] = source
     body.update((k, v) for k, v in obs.extra.items() if k != "source")
-    body["derived"] = derived
+    body["derived"] = {k: finite(v) for k, v in derived.items()}
     return dumps(body)
 
 
@@ -146,9 +153,9 @@ def alarm(
         "cover": cover.identity() if cover else None,
         "maintenance": maintenance,
         "source": source,
-        "value": None if value is None or math.isinf(value) else value,
+        "value": finite(value),
         "unit": unit,
-        "threshold": threshold,
+        "threshold": finite(threshold),
     }
     payload.update(extra)
     return dumps(payload)

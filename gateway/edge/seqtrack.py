@@ -11,7 +11,6 @@ forged frame can never make the real one with that number be discarded.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +18,9 @@ DUPLICATE_WINDOW_S = 600.0  # spec: same (NODE, SEQ) within 10 minutes
 MAX_RECENT = 16  # remembered (counter, fingerprint) pairs per device
 
 
-def digest(content: bytes) -> str:
+def digest(content: bytes) -> int:
     """A short, stable digest (persisted, so not Python's salted ``hash``)."""
-    return hashlib.blake2b(content, digest_size=8).hexdigest()
+    return int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +30,13 @@ class Verdict:
     anomaly: bool = False  # a used counter with other content
 
 
-@dataclass
+@dataclass(slots=True)
 class CounterState:
     """One device's counters; persisted as a row so duplicates are known across restarts."""
 
     last: int | None = None
-    # (counter or -1, fingerprint digest) → when heard, oldest first
-    recent: OrderedDict[tuple[int, str], float] = field(default_factory=OrderedDict)
+    # (counter or -1, fingerprint digest) → when heard, oldest first (a dict keeps order)
+    recent: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"last": self.last, "recent": [[c, f, t] for (c, f), t in self.recent.items()]}
@@ -46,13 +45,19 @@ class CounterState:
     def from_json(cls, data: dict[str, Any]) -> CounterState:
         state = cls(last=None if data.get("last") is None else int(data["last"]))
         for counter, fp, at in data.get("recent", [])[-MAX_RECENT:]:
-            state.recent[(int(counter), str(fp))] = float(at)
+            state.recent[(int(counter), int(fp))] = float(at)
         return state
+
+    def seen(self, counter: int | None, fingerprint: int, *, by_message_id: bool = False) -> bool:
+        """Would this reception be a duplicate? (Nothing is recorded.)"""
+        if by_message_id:
+            return any(fp == fingerprint for _, fp in self.recent)
+        return counter is not None and (counter, fingerprint) in self.recent
 
     def observe(
         self,
         counter: int | None,
-        fingerprint: str,
+        fingerprint: int,
         at: float,
         *,
         restart: bool = False,
@@ -63,7 +68,7 @@ class CounterState:
         while self.recent and (
             len(self.recent) >= MAX_RECENT or at - next(iter(self.recent.values())) > window_s
         ):
-            self.recent.popitem(last=False)
+            del self.recent[next(iter(self.recent))]
         if restart:
             self.recent.clear()  # a rebooted node counts again; old numbers are not duplicates
         key = (-1 if counter is None else counter, fingerprint)

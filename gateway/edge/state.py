@@ -9,7 +9,12 @@ not what exists.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
+
+
+class Row(Protocol):
+    def to_json(self) -> Any: ...
+
 
 PREFIX = "engine/"
 MACHINE = PREFIX + "m/"  # + subject|kind|sub: an alarm machine not in its normal state
@@ -21,27 +26,49 @@ MAINTENANCE = PREFIX + "mt/"  # + cover id: maintenance until (UTC seconds)
 LEGACY_KEY = "engine"  # the whole-state blob written before state rows
 
 
+def join(*parts: str) -> str:
+    """Key parts joined by ``|``; a ``|`` inside a part (ids come from outside) is escaped."""
+    return "|".join(p.replace("%", "%25").replace("|", "%7C") for p in parts)
+
+
+def split(key: str) -> list[str]:
+    return [p.replace("%7C", "|").replace("%25", "%") for p in key.split("|")]
+
+
 class StateLog:
     """The rows changed since the last commit: a value, or None to delete the row."""
 
     def __init__(self) -> None:
         self._changes: dict[str, str | None] = {}
+        # Rows that change with every message (a device's counters): serialised
+        # once per commit, however many messages changed them in between.
+        self._live: dict[str, Row] = {}
         # Set by a change that should be committed now (an alarm state, an
         # override); a device row rides with the reading it belongs to.
         self.urgent = False
 
     def put(self, key: str, value: Any, *, urgent: bool = True) -> None:
+        self._live.pop(key, None)
         self._changes[key] = json.dumps(value, separators=(",", ":"))
         self.urgent |= urgent
 
+    def put_live(self, key: str, row: Row) -> None:
+        """A row written at the next commit as it is then; never urgent by itself."""
+        self._changes.pop(key, None)
+        self._live[key] = row
+
     def delete(self, key: str, *, urgent: bool = True) -> None:
+        self._live.pop(key, None)
         self._changes[key] = None
         self.urgent |= urgent
 
     def take(self) -> dict[str, str | None]:
         changes, self._changes = self._changes, {}
+        for key, row in self._live.items():
+            changes[key] = json.dumps(row.to_json(), separators=(",", ":"))
+        self._live = {}
         self.urgent = False
         return changes
 
     def __bool__(self) -> bool:
-        return bool(self._changes)
+        return bool(self._changes) or bool(self._live)

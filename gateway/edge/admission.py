@@ -1,0 +1,126 @@
+"""Which receptions the engine takes, and what it remembers of each device.
+
+A device is taken only from its input (the registry's ``input`` column, else
+the first input it was heard on; a binding to an input no longer configured
+is void). A duplicate is a true retransmission only (``seqtrack``); the
+binding is checked before the counters are touched, so an impostor leaves no
+trace in them. Above ``[limits] device_frames_per_minute`` a device's
+readings are judged but not forwarded. Polled sensors are the gateway's own
+and paced by it: never rate limited, never forgotten, never persisted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+
+from gateway.config import LimitsConfig
+from gateway.edge import state
+from gateway.edge.devices import DeviceTable, device_key
+from gateway.edge.seqtrack import digest
+from gateway.edge.state import StateLog
+from gateway.observation import DeviceEventKind, DeviceRef, Observation
+from gateway.registry import Cover
+
+log = logging.getLogger(__name__)
+
+_RESTARTS = frozenset({DeviceEventKind.BOOT, DeviceEventKind.REJOINED})
+
+
+@dataclass
+class EdgeStats:
+    duplicates: int = 0
+    lost_frames: int = 0
+    unregistered_frames: int = 0
+    sequence_anomalies: int = 0  # a used counter with other content: forged or confused
+    wrong_input: int = 0  # a device heard on an input it is not bound to: refused
+    rate_limited: int = 0  # readings judged but not forwarded (device over its rate)
+    partial_readings: int = 0
+    lost_by_node: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._lost_limit = 1000  # distinct devices named in lost_by_node
+
+    def count_lost(self, device: str, lost: int) -> None:
+        self.lost_frames += lost
+        if device in self.lost_by_node or len(self.lost_by_node) < self._lost_limit:
+            self.lost_by_node[device] += lost
+
+
+class Admitted(Enum):
+    REFUSED = "refused"  # a duplicate, or from the wrong input
+    JUDGE_ONLY = "judge_only"  # over its rate: the rules see it, the platform does not
+    FORWARD = "forward"
+
+
+class Admission:
+    def __init__(self, *, stats: EdgeStats, log: StateLog, limits: LimitsConfig) -> None:
+        self.stats = stats
+        self.limits = limits
+        self._log = log
+        self.devices = DeviceTable(limits.unregistered_nodes)
+        # The configured input names, when known: a binding to any other is void.
+        self.known_inputs: frozenset[str] | None = None
+
+    def admit(self, obs: Observation, cover: Cover | None) -> tuple[Admitted, list[DeviceRef]]:
+        """The verdict on one reception, and the unregistered devices forgotten to make room."""
+        # Our own polled sensors are configured, not strangers: never in the LRU.
+        device_state, forgotten = self.devices.touch(
+            obs.device, registered=cover is not None or obs.polled
+        )
+        restart = any(e.kind in _RESTARTS for e in obs.events)
+        counted = obs.counter is not None or obs.message_id is not None
+        by_id = obs.message_id is not None
+        fp = digest(
+            obs.message_id.encode() if obs.message_id is not None else obs.fingerprint or obs.raw
+        )
+        if self.known_inputs is not None and device_state.bound_input not in self.known_inputs:
+            device_state.bound_input = None  # bound to an input no longer configured: rebind
+        allowed = cover.inputs if cover is not None else ()
+        if allowed:
+            bound_ok = obs.source in allowed
+        else:
+            bound_ok = device_state.bound_input in (None, obs.source)
+        if not bound_ok:
+            # Checked before the counters are touched: an impostor leaves no trace in them.
+            if counted and device_state.counters.seen(obs.counter, fp, by_message_id=by_id):
+                self.stats.duplicates += 1  # the same frame heard by another input too
+            else:
+                self.stats.wrong_input += 1
+                log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
+            return Admitted.REFUSED, forgotten
+        verdict = None
+        if counted:
+            verdict = device_state.counters.observe(
+                obs.counter,
+                fp,
+                obs.at,
+                restart=restart,
+                by_message_id=by_id,
+                modulus=obs.counter_modulus,
+            )
+            if verdict.duplicate:
+                self.stats.duplicates += 1
+                return Admitted.REFUSED, forgotten
+        if device_state.bound_input is None and not obs.polled:
+            device_state.bound_input = obs.source
+        if verdict is not None:
+            if verdict.anomaly:
+                self.stats.sequence_anomalies += 1
+                log.warning("%s: counter %s reused with other content", obs.device, obs.counter)
+            if verdict.lost:
+                self.stats.count_lost(obs.device.device_id, verdict.lost)
+        if cover is None:
+            self.stats.unregistered_frames += 1
+        device_state.last_seen = obs.at
+        if obs.partial:
+            self.stats.partial_readings += 1
+        if obs.polled:
+            return Admitted.FORWARD, forgotten  # the gateway paces its own polls
+        self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
+        if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
+            self.stats.rate_limited += 1
+            return Admitted.JUDGE_ONLY, forgotten
+        return Admitted.FORWARD, forgotten
