@@ -312,6 +312,22 @@ class DurableQueue:
             for seq, msg_id, lane, topic, payload, created in rows
         ]
 
+    def peek_lane(self, lane: Lane, limit: int, *, after: int = 0) -> list[Queued]:
+        """One lane's next messages with ``seq > after``, oldest first.
+
+        The uplink drains each lane on its own path, so an alarm never waits
+        behind a telemetry round (and ``after`` skips what it already has in flight).
+        """
+        rows = self.db.execute(
+            "SELECT seq, msg_id, topic, payload, created FROM outbox"
+            " WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (int(lane), after, limit),
+        ).fetchall()
+        return [
+            Queued(seq, Outgoing(msg_id, lane, topic, bytes(payload)), created)
+            for seq, msg_id, topic, payload, created in rows
+        ]
+
     def stats(self) -> QueueStats:
         """Cheap enough to call every second: no table scan."""
         oldest = None
