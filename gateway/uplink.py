@@ -545,6 +545,7 @@ class Uplink:
             except PublishRefusedError as err:
                 self._refused(err, Lane.ALARM)
                 refused.append(True)
+                ready.set()  # the lane schedules the retry
             else:
                 self.queue.ack([row.seq])
                 self._delivered(Lane.ALARM, 1)
