@@ -18,7 +18,8 @@ so the rest of the gateway sees the public API plus these three.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -26,6 +27,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import GatewayError
+
+T = TypeVar("T")
 
 # CONNACK codes that mean "not this protocol version": 3.1.1's 0x01 and MQTT 5's 0x84.
 VERSION_REFUSED = frozenset({1, 0x84})
@@ -109,22 +112,37 @@ class UplinkClient(aiomqtt.Client):
             if not info.is_published():
                 confirmation = asyncio.Event()
                 with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                    await self._wait_for(confirmation.wait(), timeout=None)
+                    await self._within_timeout(confirmation.wait())
         finally:
             refusal = self._refusals.pop(info.mid, None)
         if refusal is not None:
             raise PublishRefusedError(refusal.value, str(refusal).lower())
 
+    async def subscribe_acked(self, topic: str, qos: int = 1) -> list[int]:
+        """Subscribe and wait for the SUBACK; its codes (≥ 0x80: refused) per topic."""
+        result, mid = self._client.subscribe(topic, qos)
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise aiomqtt.MqttCodeError(result, "Could not subscribe to topic")
+        granted: asyncio.Future[tuple[int, ...] | list[ReasonCode]] = asyncio.Future()
+        with self._pending_call(mid, granted, self._pending_subscribes):
+            codes = await self._within_timeout(granted)
+        return [c.value if isinstance(c, ReasonCode) else int(c) for c in codes]
+
+    async def _within_timeout(self, awaitable: Awaitable[T]) -> T:
+        """aiomqtt's ``_wait_for`` uses 3.11's ``asyncio.wait_for``, which can swallow
+        a cancellation that lands as the awaited result arrives; ``asyncio.timeout``
+        cannot, and a swallowed cancel would hang the daemon's shutdown."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
     def abort(self) -> None:
         """Close the socket without DISCONNECT: the broker publishes our last will.
 
-        The client is done afterwards (``__aexit__`` returns at once); make a new one.
+        Not while ``__aenter__`` runs. The client is done afterwards: make a new one.
         """
         self._client._sock_close()
-        if not self._connected.done():
-            self._connected.set_exception(ConnectClosedError("aborted"))
-            self._connected.exception()  # retrieved: nobody else will
         if not self._disconnected.done():
-            self._disconnected.set_result(None)
-        if self._lock.locked():
-            self._lock.release()
+            self._disconnected.set_result(None)  # ends whoever iterates ``messages``

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 ROUND_ROWS = 2000  # telemetry rows taken from the queue per publishing round
 ALARM_ROUND = 100  # alarm rows read per look at the queue (each is published on its own)
 LOG_EVERY_S = 60.0  # a persisting connect failure is logged at WARNING at most this often
+STOP_GRACE_S = 5.0  # on stop, what is queued gets this long to be acknowledged
+GOODBYE_S = 2.0  # then the clean "offline" and DISCONNECT get this long
 SESSION_KEY = "uplink.session"  # queue state row: the session counter, across restarts
 
 
@@ -344,11 +346,14 @@ class Uplink:
         except BaseException:
             client.abort()  # a crash or a cancel: no DISCONNECT, so the broker sends the will
             raise
-        await self._goodbye(client)
         try:
-            await client.__aexit__(None, None, None)
-        except aiomqtt.MqttError as err:
-            log.debug("uplink: disconnect after goodbye failed: %s", err)
+            async with asyncio.timeout(GOODBYE_S):
+                await self._goodbye(client)
+                await client.__aexit__(None, None, None)
+        except (aiomqtt.MqttError, TimeoutError) as err:
+            # The broker took too long: leave without DISCONNECT; the will says offline.
+            log.warning("uplink: no clean goodbye (%s); the broker sends the last will", err)
+            client.abort()
         return True
 
     async def _connect(self, client: UplinkClient, stop: asyncio.Event) -> bool:
@@ -361,8 +366,9 @@ class Uplink:
             stopping.cancel()
             if not entering.done():
                 entering.cancel()
+                await asyncio.wait({entering}, timeout=1.0)  # its end; ours still rises
                 client.abort()
-        if entering.cancelled():
+        if entering.cancelled() or (stop.is_set() and entering.exception() is not None):
             return False
         entering.result()  # raises the connect error
         return True
@@ -457,7 +463,14 @@ class Uplink:
         # Subscribe before saying online: a platform that sends a command on
         # seeing ``online`` must find the subscription in place.
         if self._on_command is not None:
-            await client.subscribe(self.command_topic, qos=1)
+            codes = await client.subscribe_acked(self.command_topic, qos=1)
+            if any(code >= 0x80 for code in codes):
+                log.warning(
+                    "uplink: the broker refuses our subscription to %s (0x%02X):"
+                    " commands cannot reach this gateway",
+                    self.command_topic,
+                    max(codes),
+                )
         await self._publish_status(client)
         if self._on_command is None:
             await self._drain(client, stop)
@@ -467,8 +480,7 @@ class Uplink:
         try:
             await self._drain(client, stop)
         finally:
-            commands.cancel()
-            await asyncio.wait({commands})  # its end, not ours: a cancel of ours still rises
+            await _cancel_and_wait(commands)
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         """Answer each command on its response topic (MQTT 5) or the documented fallback."""
@@ -491,12 +503,25 @@ class Uplink:
         """Both lanes and the housekeeping, side by side, until ``stop``."""
         try:
             async with asyncio.TaskGroup() as lanes:
-                lanes.create_task(self._dispatch(stop), name="uplink-wakeups")
-                lanes.create_task(self._alarm_lane(client, stop), name="uplink-alarms")
-                lanes.create_task(self._telemetry_lane(client, stop), name="uplink-telemetry")
-                lanes.create_task(self._housekeeping(client, stop), name="uplink-status")
+                parts = {
+                    lanes.create_task(self._dispatch(stop), name="uplink-wakeups"),
+                    lanes.create_task(self._alarm_lane(client, stop), name="uplink-alarms"),
+                    lanes.create_task(self._telemetry_lane(client, stop), name="uplink-telemetry"),
+                    lanes.create_task(self._housekeeping(client, stop), name="uplink-status"),
+                }
+                lanes.create_task(self._stop_grace(stop, parts), name="uplink-stop-grace")
         except* (aiomqtt.MqttError, QueueError) as errors:
             raise errors.exceptions[0] from None
+
+    async def _stop_grace(self, stop: asyncio.Event, parts: set[asyncio.Task[None]]) -> None:
+        """Once stopping, the last publishes get STOP_GRACE_S; a broker that hangs loses them.
+
+        They stay in the queue (deleted only on PUBACK) for the next start.
+        """
+        await stop.wait()
+        _, pending = await asyncio.wait(parts, timeout=STOP_GRACE_S)
+        if pending:
+            raise aiomqtt.MqttError(f"no PUBACK within {STOP_GRACE_S} s of stopping")
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         """The pipeline sets one event per commit; each lane gets its own copy."""
@@ -513,6 +538,7 @@ class Uplink:
     async def _housekeeping(self, client: UplinkClient, stop: asyncio.Event) -> None:
         next_stats = time.monotonic()
         while not stop.is_set():
+            _checkpoint()
             if self._announce.is_set():
                 await self._publish_status(client)
             if time.monotonic() >= next_stats:
@@ -555,6 +581,7 @@ class Uplink:
 
         async with asyncio.TaskGroup() as sends:
             while True:
+                _checkpoint()
                 finishing = stop.is_set()
                 ready.clear()
                 if refused and not inflight:
@@ -583,6 +610,7 @@ class Uplink:
         ready = self._ready[Lane.TELEMETRY]
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         while True:
+            _checkpoint()
             finishing = stop.is_set()
             ready.clear()
             sent, refused = await self._telemetry_round(client)
@@ -656,6 +684,23 @@ class Uplink:
                 err.reason,
                 err.code,
             )
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it ends: 3.11's ``wait_for`` (in aiomqtt) can swallow one cancel.
+
+    Waits with ``asyncio.wait``, so a cancel of the caller still rises.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+
+
+def _checkpoint() -> None:
+    """Raise a cancellation that something below us swallowed (see ``_cancel_and_wait``)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _wait_any(
