@@ -511,7 +511,7 @@ class Uplink:
                 }
                 lanes.create_task(self._stop_grace(stop, parts), name="uplink-stop-grace")
         except* (aiomqtt.MqttError, QueueError) as errors:
-            raise errors.exceptions[0] from None
+            raise _leaf(errors) from None
 
     async def _stop_grace(self, stop: asyncio.Event, parts: set[asyncio.Task[None]]) -> None:
         """Once stopping, the last publishes get STOP_GRACE_S; a broker that hangs loses them.
@@ -652,7 +652,7 @@ class Uplink:
                     group.create_task(send(unit))
         except* aiomqtt.MqttError as errors:
             self.queue.ack(acked)
-            raise errors.exceptions[0] from None
+            raise _leaf(errors) from None
         self.queue.ack(acked)
         for err in refused:
             self._refused(err, Lane.TELEMETRY)
@@ -694,6 +694,12 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=0.5)
+
+
+def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first real error in a (nested) exception group: task groups nest here."""
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _checkpoint() -> None:
