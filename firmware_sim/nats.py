@@ -39,6 +39,7 @@ class NatsServer:
     name: str = "n1"
     auth: str = ""
     routes: list[int] = field(default_factory=list)  # cluster ports of the peers
+    mqtt_extra: str = ""  # more of the mqtt {} block
     client_port: int = field(default_factory=free_port)
     mqtt_port: int = field(default_factory=free_port)
     cluster_port: int = field(default_factory=free_port)
@@ -56,7 +57,7 @@ class NatsServer:
             f"server_name: {self.name}\n"
             f"listen: 127.0.0.1:{self.client_port}\n"
             f'jetstream {{ store_dir: "{self.workdir}/js" }}\n'
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}{self.mqtt_extra} }}\n"
             f"{cluster}{self.auth}\n"
         )
 
@@ -116,6 +117,11 @@ class NatsCluster:
                     auth=self.auth,
                     routes=[p for j, p in enumerate(cluster_ports) if j != i],
                     cluster_port=cluster_ports[i],
+                    # Sessions and retained messages on every node: with fewer
+                    # replicas (NATS picks what is up when the first client
+                    # connects) one dead node can take the MQTT streams down.
+                    mqtt_extra=f"\n  stream_replicas: {min(3, self.size)}"
+                    f"\n  consumer_replicas: {min(3, self.size)}",
                 )
             )
 

@@ -215,7 +215,10 @@ class Uplink:
         self._announce = asyncio.Event()
         self._on_command = on_command
         self._address = 0  # index into config.addresses
-        self._learned: dict[tuple[str, int], MqttProtocol] = {}  # per address, under "auto"
+        # Under "auto": addresses whose broker refused MQTT 5 with a CONNACK code
+        # (kept), and those that only closed or timed out on it (a guess, revocable).
+        self._v5_refused: set[tuple[str, int]] = set()
+        self._learned: dict[tuple[str, int], MqttProtocol] = {}
         self._failures = _ConnectFailureLog()
         self._alarm_window, self._telemetry_window = windows(config.max_inflight)
         self._ready = {lane: asyncio.Event() for lane in Lane}
@@ -238,6 +241,8 @@ class Uplink:
     def _protocol_for(self, address: tuple[str, int]) -> MqttProtocol:
         if self.configured_protocol is not MqttProtocol.AUTO:
             return self.configured_protocol
+        if address in self._v5_refused:
+            return MqttProtocol.V311
         return self._learned.get(address, MqttProtocol.V5)
 
     def _client_for(self, address: tuple[str, int], protocol: MqttProtocol) -> UplinkClient:
@@ -396,10 +401,14 @@ class Uplink:
         if self.configured_protocol is MqttProtocol.AUTO and ambiguous:
             if protocol is MqttProtocol.V5:
                 log.warning("uplink to %s: MQTT 5 not accepted (%s); trying MQTT 3.1.1", where, err)
-                self._learned[address] = MqttProtocol.V311
+                if version_refused:
+                    # Said outright, and a cluster's nodes run the same broker: for good.
+                    self._v5_refused.update(self.config.addresses)
+                else:
+                    self._learned[address] = MqttProtocol.V311
                 self._backoff.attempt = max(0, self._backoff.attempt - 1)
                 return  # the next attempt, at the same address, speaks 3.1.1
-            self._learned.pop(address, None)  # 3.1.1 failed too: the version was not it
+            self._learned.pop(address, None)  # a guess, and 3.1.1 failed too: try 5 again
         if version_refused:
             self._failures.failed(where, f"{err} (the broker refuses MQTT {protocol.value})")
         else:
