@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,7 @@ class FleetResult:
     killed_node: int
     gateways_on_killed_node: int
     reconnect_s: list[float]  # kill → the gateway's next "online" at the platform
+    connected_s: list[float]  # kill → the gateway connected to another node (its own log)
     spoof_delivered: bool  # a gateway published under another's root and it arrived
     rss_mb: list[float]
     cpu_s: list[float]
@@ -227,6 +229,7 @@ class FleetResult:
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out["reconnect_s"] = _spread(self.reconnect_s)
+        out["connected_s"] = _spread(self.connected_s)
         out["rss_mb"] = _spread(self.rss_mb)
         out["cpu_s"] = _spread(self.cpu_s)
         return out
@@ -240,6 +243,15 @@ def _spread(values: list[float]) -> dict[str, float]:
         "median": round(statistics.median(values), 2),
         "max": round(max(values), 2),
     }
+
+
+def _second_connect(g: FleetGateway) -> float:
+    """When the gateway's log says it connected the second time (wall clock)."""
+    for line in (g.workdir / "daemon.log").read_text(errors="replace").splitlines():
+        if "uplink connected" in line and "connection 2)" in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()
+    return float("nan")
 
 
 async def _spoof(port: int, attacker: str, victim: str, platform: Platform) -> bool:
@@ -320,6 +332,7 @@ async def run_fleet(  # noqa: PLR0915 - one scenario, read top to bottom
 
             victims = [g for g in fleet if g.home == kill]
             killed_at = time.monotonic()
+            killed_wall = time.time()
             cluster.nodes[kill].kill()
             for g in fleet:  # at once: the dead node's gateways must queue theirs
                 send(g, EventCode.COVER_CLOSED)
@@ -340,6 +353,7 @@ async def run_fleet(  # noqa: PLR0915 - one scenario, read top to bottom
             attacker, victim = fleet[consumer_node], fleet[(consumer_node + 1) % gateways]
             spoofed = await _spoof(ports[consumer_node], attacker.id, victim.id, platform)
 
+            connected = [_second_connect(g) - killed_wall for g in victims]
             rss = [g.rss_mb() for g in fleet]
             cpu = [g.cpu_s() for g in fleet]
         finally:
@@ -378,6 +392,7 @@ async def run_fleet(  # noqa: PLR0915 - one scenario, read top to bottom
         killed_node=kill,
         gateways_on_killed_node=len(victims),
         reconnect_s=reconnect,
+        connected_s=connected,
         spoof_delivered=spoofed,
         rss_mb=rss,
         cpu_s=cpu,
