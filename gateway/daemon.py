@@ -681,11 +681,7 @@ class Gateway:
             },
             "commands": self.commands.stats_payload(),
             "supervision": self.supervision_stats(),
-            "uplink": {
-                "state": uplink.state.value if uplink else "stopped",
-                "connects": uplink.connects if uplink else 0,
-                "reconnects": uplink.reconnects if uplink else 0,
-                "published_messages": uplink.published_messages if uplink else 0,
-                "published_rows": uplink.published_rows if uplink else 0,
-            },
+            "uplink": uplink.report()
+            if uplink
+            else {"state": "stopped", "connects": 0, "reconnects": 0},
         }
