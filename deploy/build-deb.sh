@@ -83,7 +83,7 @@ PY
     install -m 0644 deploy/covergw.service "$root/lib/systemd/system/covergw.service"
     install -m 0644 deploy/covergw.toml "$root/etc/covergw/covergw.toml.example"
     install -m 0644 deploy/covers.example.csv "$root/etc/covergw/covers.example.csv"
-    install -m 0644 README.md docs/mqtt-api.md deploy/mosquitto-acl.example "$doc/"
+    install -m 0644 README.md docs/mqtt-api.md deploy/mosquitto-acl.example deploy/network.conf.example "$doc/"
     install -m 0644 deploy/debian/lintian-overrides "$root/usr/share/lintian/overrides/covergw"
     gzip -9n < docs/covergw.1 > "$root/usr/share/man/man1/covergw.1.gz"
     {
@@ -134,7 +134,9 @@ if [ "$1" = configure ]; then
         >/dev/null 2>&1 || true
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload >/dev/null || true
-        echo "covergw: put /etc/covergw/covergw.toml in place (see covergw.toml.example), then: systemctl enable --now covergw"
+        echo "covergw: put /etc/covergw/covergw.toml in place (see covergw.toml.example), allow the broker's address"
+        echo "covergw: in /etc/systemd/system/covergw.service.d/network.conf (see /usr/share/doc/covergw/network.conf.example),"
+        echo "covergw: then: systemctl enable --now covergw"
     fi
 fi
 SH
