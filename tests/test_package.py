@@ -425,7 +425,26 @@ def test_apt_install_into_bare_debian_then_run(host_deb: Path, debian: Path) -> 
         ),
         check=True,
     )
+    # postinst byte-compiled for the python3 in place (the unit's /usr is read-only).
+    assert list(
+        (debian / HOME / "lib/gateway/__pycache__").glob(
+            f"cli.cpython-{python.replace('.', '')}.pyc"
+        )
+    )
     daemon_reaches_broker(debian, in_root(debian, "/usr/bin/covergw", user="covergw"), start_s=60)
+    # Removing it leaves nothing behind in /usr, compiled files included.
+    purge = subprocess.run(
+        in_root(debian, "apt-get", "purge", "-y", "-q", "covergw"),
+        capture_output=True,
+        text=True,
+        env={**CLEAN_ENV, "DEBIAN_FRONTEND": "noninteractive"},
+        check=False,
+    )
+    assert purge.returncode == 0, purge.stdout + purge.stderr
+    # (/etc/covergw keeps the operator's own files; that is dpkg's rule, and right.)
+    assert f"/{HOME}" not in purge.stdout + purge.stderr
+    assert not (debian / HOME).exists()
+    assert not (debian / "usr/bin/covergw").exists()
 
 
 @pytest.fixture(scope="module")

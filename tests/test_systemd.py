@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import signal
@@ -166,3 +167,24 @@ def test_documented_network_drop_in_verifies(tmp_path: Path) -> None:
     result = verify(shipped_unit(tmp_path, *lines))
     assert result.returncode == 0, result.stderr
     assert "covergw.service" not in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None or shutil.which("man") is None,
+    reason="needs systemd-analyze and man",
+)
+def test_unit_documentation_resolves_to_our_man_page(tmp_path: Path) -> None:
+    """Documentation=man:covergw(1) finds docs/covergw.1, installed as the package does."""
+    man1 = tmp_path / "man" / "man1"
+    man1.mkdir(parents=True)
+    page = (UNIT.parent.parent / "docs" / "covergw.1").read_bytes()
+    (man1 / "covergw.1.gz").write_bytes(gzip.compress(page, mtime=0))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=yes", str(shipped_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "MANPATH": str(tmp_path / "man")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "man covergw(1)" not in result.stderr
