@@ -2,10 +2,10 @@
 
 The quick tests unpack this machine's package into a scratch root and run it on
 Debian's python3. The slow ones (``-m slow``, ``./dev package-test``) install it
-with ``apt install ./covergw_*.deb`` into a bare Debian root made by debootstrap,
-run ``check-config`` and the daemon there against a Mosquitto on the host
-(a chroot shares the host's network), and run the arm64 package under
-qemu-user. They run when their debootstrap cache exists or when
+with ``apt install ./covergw_*.deb`` into bare Debian 12 and 13 roots made by
+debootstrap, run ``check-config`` and the daemon there against a Mosquitto on
+the host (a chroot shares the host's network), and run the arm64 and armhf
+packages under qemu-user. They run when their debootstrap cache exists or when
 ``COVERGW_SLOW_TESTS=1``; the cache is made on first use (minutes, from Debian's
 mirror) under ``$COVERGW_CACHE_DIR`` (default ``~/.cache/covergw``).
 """
@@ -202,9 +202,13 @@ def base_root(release: str) -> Path:
     return CACHE / f"debian-{release}-{host_arch()}"
 
 
-def arm64_root() -> Path:
-    """An arm64 Debian with python3, unpacked (not configured): enough for qemu-aarch64."""
-    return CACHE / "debian-bookworm-arm64-unpacked"
+# The boxes' ARM architectures and the qemu-user that runs each.
+QEMU = {"arm64": "qemu-aarch64-static", "armhf": "qemu-arm-static"}
+
+
+def arm_root(arch: str) -> Path:
+    """An ARM Debian 12 with python3, unpacked (not configured): enough for qemu-user."""
+    return CACHE / f"debian-bookworm-{arch}-unpacked"
 
 
 def slow(cache: Path) -> pytest.MarkDecorator:
@@ -484,23 +488,25 @@ def test_arm_packages_carry_arm_binaries_only(arm_debs: dict[str, Path], tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@slow(arm64_root())
-def test_arm64_package_runs_under_qemu(arm_debs: dict[str, Path], tmp_path: Path) -> None:
-    """The arm64 package on arm64 Debian's python3, emulated: check-config, then the daemon."""
-    qemu = shutil.which("qemu-aarch64-static")
+@pytest.mark.parametrize(
+    "arch", [pytest.param(arch, marks=slow(arm_root(arch)), id=arch) for arch in QEMU]
+)
+def test_arm_package_runs_under_qemu(arch: str, arm_debs: dict[str, Path], tmp_path: Path) -> None:
+    """The ARM package on that ARM Debian's python3, emulated: check-config, then the daemon."""
+    qemu = shutil.which(QEMU[arch])
     if qemu is None:
-        pytest.skip("qemu-user-static is not installed (./dev package-test installs it)")
+        pytest.skip(f"{QEMU[arch]} is not installed (./dev package-test installs qemu-user-static)")
     needs_root_and_debootstrap()
     # debootstrap's first stage only fetches and unpacks; its second stage would
-    # run arm64 maintainer scripts, which needs binfmt_misc. Unpacking every
+    # run ARM maintainer scripts, which needs binfmt_misc. Unpacking every
     # fetched package (python3 included) is enough to run python3 under qemu.
     base = cached(
-        arm64_root(),
+        arm_root(arch),
         [
             [
                 "debootstrap",
                 "--foreign",
-                "--arch=arm64",
+                f"--arch={arch}",
                 "--variant=minbase",
                 "--include=python3",
                 "bookworm",
@@ -518,16 +524,14 @@ def test_arm64_package_runs_under_qemu(arm_debs: dict[str, Path], tmp_path: Path
     )
     root = tmp_path / "root"
     subprocess.run(["cp", "-a", str(base), str(root)], check=True)
-    subprocess.run(["dpkg-deb", "-x", str(arm_debs["arm64"]), str(root)], check=True)
-    shutil.copy(qemu, root / "usr/bin/qemu-aarch64-static")
+    subprocess.run(["dpkg-deb", "-x", str(arm_debs[arch]), str(root)], check=True)
+    shutil.copy(qemu, root / "usr/bin" / QEMU[arch])
     (root / "var/lib/covergw").mkdir(parents=True, exist_ok=True)
     try:
         # Named explicitly, qemu needs no binfmt_misc registration on the host.
-        covergw = [
-            *in_root(
-                root, "/usr/bin/qemu-aarch64-static", "/usr/bin/python3", "-I", "/usr/bin/covergw"
-            )
-        ]
+        covergw = in_root(
+            root, f"/usr/bin/{QEMU[arch]}", "/usr/bin/python3", "-I", "/usr/bin/covergw"
+        )
         version = subprocess.run(
             [*covergw, "--version"], capture_output=True, text=True, env=CLEAN_ENV, check=False
         )
