@@ -40,6 +40,7 @@ def shipped_scenarios() -> list[str]:
 async def _serve(args: argparse.Namespace) -> int:
     scenario = load_scenario(resolve_scenario(args.scenario))
     udp_target = hostport(args.udp_target) if args.udp_target else None
+    ns_broker = hostport(args.ns_broker) if args.ns_broker else None
 
     def on_step(step: Step) -> None:
         print(f"[sim] {step.describe()}", file=sys.stderr, flush=True)
@@ -49,7 +50,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with ScenarioRunner(
-        scenario, speed=args.speed, udp_target=udp_target, on_step=on_step
+        scenario, speed=args.speed, udp_target=udp_target, on_step=on_step, ns_broker=ns_broker
     ) as runner:
         endpoints = runner.endpoints()
         if args.json:
@@ -64,6 +65,13 @@ async def _serve(args: argparse.Namespace) -> int:
             for name, bus in endpoints.buses.items():
                 slaves = ", ".join(f"0x{a:02X}" for a in bus["slaves"])
                 print(f"modbus {name}: {bus['path']} ({bus['baudrate']} 8N1, slaves {slaves})")
+            if endpoints.network_server:
+                ns = endpoints.network_server
+                print(
+                    f"network server: ChirpStack events on {ns['broker']} "
+                    f"(application {ns['application_id']}, {len(ns['devices'])} devices)",
+                    flush=True,
+                )
             sys.stdout.flush()
         await runner.run(stop)
     return 0
@@ -74,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", help="scenario file, or a shipped name")
     parser.add_argument("--speed", type=float, default=1.0, help="time scale (2 = twice as fast)")
     parser.add_argument("--udp-target", metavar="HOST:PORT", help="where NB-IoT nodes send")
+    parser.add_argument(
+        "--ns-broker", metavar="HOST:PORT", help="where the simulated ChirpStack publishes"
+    )
     parser.add_argument("--json", action="store_true", help="print endpoints as one JSON line")
     parser.add_argument("--list", action="store_true", help="list shipped scenarios")
     parser.add_argument("--log-level", default="WARNING")

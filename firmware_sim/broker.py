@@ -48,6 +48,9 @@ class Broker:
             [MOSQUITTO, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=(self.workdir / "mosquitto.log").open("ab"),
+            # Its own session: Ctrl-C at a terminal (covergw demo) must not end the
+            # broker before the daemon that publishes to it; stop() ends it.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

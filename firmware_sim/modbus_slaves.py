@@ -4,6 +4,12 @@ Each slave keeps its readings in engineering units; the ``action`` callback
 writes them into the register image on every request, encoded exactly as the
 part's register map says (shared/spec/rs485-sensors.md). A slave can be told
 to go silent (unpowered, wrong address); its reply is then never sent.
+
+The bus is silent where nobody is, as a real RS-485 bus is: pymodbus's
+SimDevice server answers an unknown id through device 0 (and without one, with
+exception 4), so device 0 here is a catch-all spanning every register whose
+action raises ``NoSuchIdException``, and the server ignores missing devices.
+A scan therefore finds exactly the slaves that are present and speaking.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Protocol
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -100,6 +107,31 @@ class Qdy30aLevel:
             registers[address - start] = raw
 
 
+async def _absent(  # noqa: PLR0917 - pymodbus fixes this signature
+    function_code: int,
+    start_address: int,
+    address: int,
+    count: int,
+    current_registers: list[int],
+    set_values: list[int] | list[bool] | None,
+) -> ExcCodes | None:
+    raise NoSuchIdException(f"nobody at this address (function {function_code})")
+
+
+def _catch_all() -> SimDevice:
+    """Device 0, which pymodbus asks for every id nobody owns: silent for every register.
+
+    It spans the whole register space so the action, not an address check
+    (exception 2), decides; the action says "no such id", which the server,
+    told to ignore missing devices, answers with silence.
+    """
+    return SimDevice(
+        id=0,
+        simdata=[SimData(0, count=65536, values=0, datatype=DataType.REGISTERS)],
+        action=_absent,
+    )
+
+
 @dataclass
 class SimBus:
     """An RS-485 bus: several slaves behind one pymodbus RTU server on a null-modem.
@@ -136,6 +168,8 @@ class SimBus:
             current_registers: list[int],
             set_values: list[int] | list[bool] | None,
         ) -> ExcCodes | None:
+            if slave.silent:
+                raise NoSuchIdException(f"slave {slave.address} is silent")
             slave.fill(start_address, current_registers)
             return None
 
@@ -145,28 +179,15 @@ class SimBus:
             action=action,
         )
 
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Suppress replies from silent or absent slaves: on a real bus nobody answers."""
-        if not sending or not data:
-            return data
-        present = {s.address: s for s in self.slaves}
-        slave = present.get(data[0])
-        if slave is None or slave.silent:
-            return b""
-        return data
-
     async def start(self) -> None:
         self._cable = NullModem()
         await self._cable.__aenter__()
-        # id 0 answers for every address nobody owns; _trace_packet then
-        # swallows that reply, so an absent slave is silent, as on a real bus.
-        catch_all = SimDevice(id=0, simdata=[SimData(0, datatype=DataType.REGISTERS)])
         self._server = ModbusSerialServer(
-            [catch_all, *(self._device(s) for s in self.slaves)],
+            [_catch_all(), *(self._device(s) for s in self.slaves)],
             framer=FramerType.RTU,
             port=self._cable.a.path,
             baudrate=self.baudrate,
-            trace_packet=self._trace_packet,
+            ignore_missing_devices=True,
         )
         await self._server.serve_forever(background=True)
         log.info("bus %s: slaves %s on %s", self.name, [s.address for s in self.slaves], self.path)

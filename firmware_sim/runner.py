@@ -14,13 +14,15 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
+from firmware_sim.devices import SimDevice
 from firmware_sim.dialects import Dialect, module_output
 from firmware_sim.modbus_slaves import Qdy30aLevel, SimBus, SimSlave, WitInclinometer
+from firmware_sim.netserver import NetworkServer
 from firmware_sim.node import NodeState, SimNode
 from firmware_sim.ptys import PtyPort
-from firmware_sim.scenario import Action, NodeSpec, RadioPort, Scenario, Step
+from firmware_sim.scenario import Action, DeviceSpec, NodeSpec, RadioPort, Scenario, Step
 from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import Frame, GasKind
 
@@ -89,6 +91,9 @@ class UdpLink:
         self.sock.setblocking(False)
 
     def send(self, frame: bytes, node: SimNode) -> None:
+        self.sock_send(frame)
+
+    def sock_send(self, frame: bytes) -> None:
         try:
             self.sock.sendto(frame, self.target)
         except OSError as err:  # nobody listening yet: the datagram is lost, as on the APN
@@ -99,6 +104,11 @@ class UdpLink:
 
 
 Link = RadioLink | UdpLink
+
+
+class _Settable(Protocol):
+    def get(self, name: str) -> Any: ...
+    def set(self, name: str, value: Any) -> None: ...
 
 
 class _Values:
@@ -139,9 +149,14 @@ class Endpoints:
     radios: dict[str, dict[str, Any]] = field(default_factory=dict)
     udp: dict[str, dict[str, Any]] = field(default_factory=dict)
     buses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The simulated ChirpStack's broker and the devices it speaks for (empty: none).
+    network_server: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"radios": self.radios, "udp": self.udp, "buses": self.buses}
+        out = {"radios": self.radios, "udp": self.udp, "buses": self.buses}
+        if self.network_server:
+            out["network_server"] = self.network_server
+        return out
 
 
 class ScenarioRunner:
@@ -154,8 +169,12 @@ class ScenarioRunner:
         speed: float = 1.0,
         udp_target: tuple[str, int] | None = None,
         on_step: Callable[[Step], None] | None = None,
+        ns_broker: tuple[str, int] | None = None,
     ) -> None:
         self.scenario = scenario
+        self._ns_broker = ns_broker
+        self.devices: dict[str, SimDevice] = {}
+        self.network_server: NetworkServer | None = None
         self.speed = speed
         self._udp_target = udp_target
         self._on_step = on_step
@@ -197,7 +216,26 @@ class ScenarioRunner:
             bus = SimBus(bus_spec.name, slaves, baudrate=bus_spec.baudrate)
             await bus.start()
             self.buses[bus.name] = bus
+        await self._start_devices()
         return self
+
+    async def _start_devices(self) -> None:
+        for spec in self.scenario.devices:
+            device = SimDevice(spec.model, spec.device_id)
+            for name, value in spec.initial.items():
+                device.set(name, value)
+            self.devices[spec.device_id] = device
+        if not any(not d.nbiot for d in self.devices.values()):
+            return
+        ns_spec = self.scenario.network_server
+        assert ns_spec is not None  # the scenario parser requires it for LoRaWAN devices
+        broker = self._ns_broker or ns_spec.broker
+        if broker is None:
+            raise ValueError("the network server has no broker: give --ns-broker")
+        self.network_server = NetworkServer(
+            broker[0], broker[1], application_id=ns_spec.application_id
+        )
+        await self.network_server.__aenter__()
 
     async def __aexit__(
         self,
@@ -212,6 +250,8 @@ class ScenarioRunner:
             await bus.stop()
         for link in self.links.values():
             link.close()
+        if self.network_server is not None:
+            await self.network_server.__aexit__(exc_type, exc, tb)
 
     def endpoints(self) -> Endpoints:
         out = Endpoints()
@@ -229,6 +269,13 @@ class ScenarioRunner:
                 "path": bus.path,
                 "baudrate": bus.baudrate,
                 "slaves": [s.address for s in bus.slaves],
+            }
+        if self.network_server is not None:
+            ns = self.network_server
+            out.network_server = {
+                "broker": f"{ns.host}:{ns.port}",
+                "application_id": ns.application_id,
+                "devices": {d.device_id: d.model for d in self.devices.values() if not d.nbiot},
             }
         return out
 
@@ -286,7 +333,7 @@ class ScenarioRunner:
         assert step.slave is not None
         return _Values(self.buses[step.bus].slave(step.slave))
 
-    async def _ramp(self, target: _Values, values: dict[str, Any], over_s: float) -> None:
+    async def _ramp(self, target: _Settable, values: dict[str, Any], over_s: float) -> None:
         start = {name: target.get(name) for name in values}
         begin = self.now()
         while (elapsed := self.now() - begin) < over_s:
@@ -297,7 +344,7 @@ class ScenarioRunner:
         for name, value in values.items():
             target.set(name, value)
 
-    async def _pulse(self, target: _Values, values: dict[str, Any], for_s: float) -> None:
+    async def _pulse(self, target: _Settable, values: dict[str, Any], for_s: float) -> None:
         before = {name: target.get(name) for name in values}
         for name, value in values.items():
             target.set(name, value)
@@ -325,6 +372,9 @@ class ScenarioRunner:
         if self._on_step is not None:
             self._on_step(step)
         log.info("scenario %s", step.describe())
+        if step.device is not None:
+            self._apply_device(step, self.devices[step.device])
+            return
         match step.action:
             case Action.SET:
                 target = self._target(step)
@@ -359,6 +409,73 @@ class ScenarioRunner:
                 assert isinstance(link, RadioLink)
                 link.send_raw(self._noise(step.noise_bytes, link.spec.dialect))
 
+    # --- commercial sensors ---
+
+    def _apply_device(self, step: Step, device: SimDevice) -> None:
+        match step.action:
+            case Action.SET:
+                for name, value in step.values.items():
+                    device.set(name, value)
+            case Action.RAMP:
+                self._spawn(self._ramp(device, step.values, step.for_s), "ramp")
+            case Action.PULSE:
+                self._spawn(self._pulse(device, step.values, step.for_s), "pulse")
+            case Action.REPORT:
+                self._spawn(self._device_report(device), f"report-{device.device_id}")
+            case Action.SILENCE | Action.RESUME:
+                device.silent = step.action is Action.SILENCE
+            case Action.RESET:
+                device.counter = 0
+                device.rejoin = not device.nbiot  # LoRaWAN: OTAA join, fCnt from 0
+            case Action.DROP:
+                device.drop_next += step.count
+            case Action.DUPLICATE:
+                device.duplicate_next += step.count
+
+    async def _device_loop(self, device: SimDevice, spec: DeviceSpec) -> None:
+        await self.sleep(self._rng.uniform(0.05, min(spec.report_interval_s, 1.0)))
+        while True:
+            await self._device_report(device)
+            await self.sleep(spec.report_interval_s)
+
+    async def _device_report(self, device: SimDevice) -> None:
+        """One uplink: through the network server (LoRaWAN) or as a datagram (NB-IoT)."""
+        if device.silent:
+            return
+        if device.nbiot:
+            frame = device.nb_frame()
+            if device.drop_next:
+                device.drop_next -= 1
+                return
+            spec = next(d for d in self.scenario.devices if d.device_id == device.device_id)
+            link = self.links[spec.link]
+            assert isinstance(link, UdpLink)
+            for _ in range(2 if device.duplicate_next else 1):
+                link.sock_send(frame)
+            device.duplicate_next = max(0, device.duplicate_next - 1)
+            return
+        ns = self.network_server
+        assert ns is not None
+        if device.rejoin:
+            device.rejoin = False
+            await ns.join(device.device_id, model=device.model)
+        f_cnt = device.next_counter()
+        if device.drop_next:
+            device.drop_next -= 1
+            return
+        f_port, data = device.uplink()
+        body = await ns.up(
+            device.device_id,
+            data,
+            f_port=f_port,
+            f_cnt=f_cnt,
+            model=device.model,
+            rx=[(round(device.rssi_dbm), device.snr_db)],
+        )
+        if device.duplicate_next:
+            device.duplicate_next -= 1
+            await ns.publish(device.device_id, "up", body)  # same deduplicationId
+
     def _noise(self, size: int, dialect: Dialect) -> bytes:
         """Line noise, salted with SYNC bytes and half frames so the framer must resync."""
         data = bytearray(self._rng.randbytes(size))
@@ -378,6 +495,9 @@ class ScenarioRunner:
         for spec in self.scenario.nodes:
             node = self.nodes[spec.node_id]
             self._spawn(self._node_loop(node, spec), f"node-{node.node_hex}")
+        for device_spec in self.scenario.devices:
+            device = self.devices[device_spec.device_id]
+            self._spawn(self._device_loop(device, device_spec), f"device-{device.device_id}")
         self._spawn(self._timeline(), "timeline")
         waiter = asyncio.ensure_future(self._sleep_until(self.scenario.duration_s))
         stopper = asyncio.ensure_future(stop.wait() if stop else asyncio.Event().wait())

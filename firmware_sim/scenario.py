@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.devices import DEVICE_FIELDS, LORAWAN_MODELS, NB_MODELS, is_imei
 from firmware_sim.dialects import Dialect
 from gateway.confcheck import Table, hostport
 from gateway.errors import ConfigError
@@ -84,6 +85,28 @@ class BusSpec:
     baudrate: int = 9600
 
 
+NETWORK_SERVER = "network_server"  # a device's link: the simulated ChirpStack
+
+
+@dataclass(frozen=True)
+class NetworkServerSpec:
+    """The simulated ChirpStack: where it publishes (``--ns-broker`` overrides)."""
+
+    broker: tuple[str, int] | None = None
+    application_id: str = "0b0f6a2c-1d63-4a8e-9a57-3c1f0e4d2b10"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A commercial sensor: LoRaWAN through the network server, or NB-IoT over a udp link."""
+
+    model: str
+    device_id: str
+    link: str
+    report_interval_s: float = 600.0
+    initial: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Step:
     """One timeline entry; which target fields are set depends on the action."""
@@ -103,10 +126,13 @@ class Step:
     retries: int = 0
     reset_cause: ResetCauseCode = ResetCauseCode.POWER_ON
     noise_bytes: int = 64
+    device: str | None = None
 
     def describe(self) -> str:
         target = (
-            f"node {self.node:08X}"
+            f"device {self.device}"
+            if self.device is not None
+            else f"node {self.node:08X}"
             if self.node is not None
             else f"slave {self.bus}/{self.slave}"
             if self.bus is not None
@@ -129,6 +155,8 @@ class Scenario:
     nodes: tuple[NodeSpec, ...]
     buses: tuple[BusSpec, ...]
     timeline: tuple[Step, ...]
+    network_server: NetworkServerSpec | None = None
+    devices: tuple[DeviceSpec, ...] = ()
 
 
 def parse_node_id(value: object) -> int:
@@ -187,9 +215,97 @@ def _parse_node(t: Table, node_id: int, links: set[str]) -> NodeSpec:
     )
 
 
-def _parse_step(t: Table, nodes: set[int], buses: dict[str, set[int]], radios: set[str]) -> Step:
+_DEVICE_ACTIONS = (
+    Action.SET,
+    Action.RAMP,
+    Action.PULSE,
+    Action.REPORT,
+    Action.SILENCE,
+    Action.RESUME,
+    Action.RESET,
+    Action.DROP,
+    Action.DUPLICATE,
+)
+
+
+def _parse_device_step(t: Table, action: Action, at_s: float, device: str) -> Step:
+    """A timeline entry for a commercial sensor (``device = "<DevEUI or IMEI>"``)."""
+    if action not in _DEVICE_ACTIONS:
+        raise ConfigError(t.key("do"), f"{action.value} does not apply to a device")
+    values = _device_values(t)
+    if action in (Action.SET, Action.RAMP, Action.PULSE) and not values:
+        raise ConfigError(t.path, f"{action.value} needs at least one value to change")
+    step = Step(
+        at_s=at_s,
+        action=action,
+        device=device,
+        values=values,
+        for_s=t.number("for_s", 0.0, lo=0),
+        count=t.integer("count", 1, lo=1),
+    )
+    t.done()
+    return step
+
+
+def _device_values(t: Table) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in sorted(DEVICE_FIELDS):
+        if t.has(name):
+            out[name] = t.convert(name, _triple) if name == "tilt_deg" else t.number(name)
+    return out
+
+
+def _triple(value: object) -> tuple[float, float, float]:
+    if (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        return float(value[0]), float(value[1]), float(value[2])
+    raise ValueError(f"must be [x, y, z] in degrees, got {value!r}")
+
+
+def _parse_device(t: Table, udp_links: set[str], network_server: bool) -> DeviceSpec:
+    model = t.text("model")
+    device_id = t.text("id")
+    if is_imei(device_id):
+        if model not in NB_MODELS:
+            raise ConfigError(t.key("model"), f"NB-IoT (an IMEI id) is one of {NB_MODELS}")
+        link = t.text("link")
+        if link not in udp_links:
+            raise ConfigError(t.key("link"), f"an NB-IoT device needs a udp link, not {link!r}")
+    else:
+        if model not in LORAWAN_MODELS:
+            raise ConfigError(t.key("model"), f"must be one of {', '.join(LORAWAN_MODELS)}")
+        if len(device_id) != 16 or any(c not in "0123456789abcdef" for c in device_id.lower()):
+            raise ConfigError(t.key("id"), "a DevEUI (16 hex digits) or an IMEI (15 digits)")
+        device_id = device_id.lower()
+        link = t.text("link", NETWORK_SERVER)
+        if link != NETWORK_SERVER or not network_server:
+            raise ConfigError(t.key("link"), "a LoRaWAN device needs [network_server]")
+    return DeviceSpec(
+        model=model,
+        device_id=device_id,
+        link=link,
+        report_interval_s=t.number("report_interval_s", 600.0, lo=0.05),
+        initial=_device_values(t),
+    )
+
+
+def _parse_step(
+    t: Table,
+    nodes: set[int],
+    buses: dict[str, set[int]],
+    radios: set[str],
+    devices: set[str] | None = None,
+) -> Step:
     action = t.choice("do", Action)
     at_s = t.number("at_s", lo=0)
+    device = t.text("device", None)
+    if device is not None:
+        if device.lower() not in (devices or set()):
+            raise ConfigError(t.key("device"), f"no device {device} in this scenario")
+        return _parse_device_step(t, action, at_s, device.lower())
     node = t.convert("node", parse_node_id, None)
     bus = t.text("bus", None)
     slave = t.integer("slave", None, lo=0, hi=247)
@@ -257,6 +373,27 @@ def load_scenario(path: Path) -> Scenario:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), f"not valid TOML: {err}") from err
     return parse_scenario(data)
+
+
+def _parse_devices(
+    root: Table, udp_links: set[str]
+) -> tuple[NetworkServerSpec | None, list[DeviceSpec]]:
+    network_server = None
+    if root.has("network_server"):
+        nt = root.table("network_server")
+        network_server = NetworkServerSpec(
+            broker=nt.convert("broker", hostport, None),
+            application_id=nt.text("application_id", NetworkServerSpec.application_id),
+        )
+        nt.done()
+    devices = []
+    for t in root.tables("devices"):
+        devices.append(_parse_device(t, udp_links, network_server is not None))
+        t.done()
+    device_ids = [d.device_id for d in devices]
+    if len(set(device_ids)) != len(device_ids):
+        raise ConfigError("devices", "device ids repeat")
+    return network_server, devices
 
 
 def parse_scenario(data: dict[str, Any]) -> Scenario:
@@ -329,9 +466,15 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
             BusSpec(t.text("name"), tuple(slaves), baudrate=t.integer("baudrate", 9600, lo=1200))
         )
         t.done()
+    network_server, devices = _parse_devices(root, {u.name for u in udp})
+    device_ids = [d.device_id for d in devices]
+
     bus_slaves = {b.name: {s.address for s in b.slaves} for b in buses}
     radio_names = {r.name for r in radios}
-    timeline = [_parse_step(t, set(ids), bus_slaves, radio_names) for t in root.tables("timeline")]
+    timeline = [
+        _parse_step(t, set(ids), bus_slaves, radio_names, set(device_ids))
+        for t in root.tables("timeline")
+    ]
     scenario = Scenario(
         name=head.text("name"),
         description=head.text("description", ""),
@@ -342,6 +485,8 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         nodes=tuple(nodes),
         buses=tuple(buses),
         timeline=tuple(sorted(timeline, key=lambda s: s.at_s)),
+        network_server=network_server,
+        devices=tuple(devices),
     )
     head.done()
     root.done()

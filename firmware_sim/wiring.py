@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.runner import Endpoints
-from firmware_sim.scenario import Scenario
+from firmware_sim.scenario import NETWORK_SERVER, Scenario
 
 OWNERS = (
     "drainage",
@@ -45,6 +45,7 @@ def gateway_config(
     registry = tmp / "covers.csv"
     registry.write_text(registry_csv, encoding="utf-8")
     models = {(b.name, s.address): s.model for b in scenario.buses for s in b.slaves}
+    nb_links = {d.link for d in scenario.devices if d.link != NETWORK_SERVER}
     return {
         "gateway": {"id": gateway_id, "state_dir": str(tmp / "state"), "registry": str(registry)},
         "uplink": {
@@ -68,7 +69,16 @@ def gateway_config(
             }
             for name, r in endpoints.radios.items()
         ],
-        "udp": [{"name": name, "bind": f"127.0.0.1:{udp_port}"} for name in endpoints.udp],
+        "udp": [
+            {
+                "name": name,
+                "bind": f"127.0.0.1:{udp_port}",
+                # A link the scenario's NB-IoT devices use carries Milesight cellular frames.
+                "format": "milesight-nb" if name in nb_links else "scn1",
+            }
+            for name in endpoints.udp
+        ],
+        "lorawan": _lorawan(endpoints),
         "modbus": [
             {
                 "name": name,
@@ -87,6 +97,23 @@ def gateway_config(
     }
 
 
+def _lorawan(endpoints: Endpoints) -> list[dict[str, Any]]:
+    """The simulated ChirpStack's broker as a ``[[lorawan]]`` input (none without one)."""
+    if not endpoints.network_server:
+        return []
+    host, _, port = endpoints.network_server["broker"].rpartition(":")
+    return [
+        {
+            "name": "chirpstack",
+            "host": host,
+            "port": int(port),
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 1.0,
+            "application_id": endpoints.network_server["application_id"],
+        }
+    ]
+
+
 COLUMNS = (
     "cover_id",
     "name",
@@ -98,6 +125,8 @@ COLUMNS = (
     "node_id",
     "modbus",
     "sensor_depth_mm",
+    "device",
+    "device_id",
 )
 
 
@@ -140,4 +169,20 @@ def census(scenario: Scenario, *, prefix: str = "HZ-XH") -> str:
                     "sensor_depth_mm": "2500" if slave.model == "qdy30a_level" else "",
                 }
             )
+    for device in scenario.devices:
+        n += 1
+        road = ROADS[n % len(ROADS)]
+        writer.writerow(
+            {
+                "cover_id": f"{prefix}-{n:06d}",
+                "name": f"{road} {device.model} {n}",
+                "owner_unit": "drainage",
+                "cover_kind": "rainwater",
+                "address": f"{road} {n} 号",
+                "latitude": f"{30.27 + n * 1e-4:.5f}",
+                "longitude": f"{120.15 + n * 1e-4:.5f}",
+                "device": device.model,
+                "device_id": device.device_id,
+            }
+        )
     return out.getvalue()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -22,31 +23,41 @@ from typing import Any
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 from gateway.commands import CommandHandler
-from gateway.config import GatewayConfig, SlaveConfig, load_config
+from gateway.config import GatewayConfig, SlaveConfig
 from gateway.console import Console
 from gateway.control import ControlServer
+from gateway.downlinks import Downlinks
 from gateway.drivers.base import Driver
+from gateway.drivers.lorawan import LorawanInput
 from gateway.drivers.modbus import ModbusBus, SlaveError
 from gateway.drivers.serial_radio import SerialRadio
+from gateway.drivers.tcp import TcpListener
 from gateway.drivers.udp import UdpListener
+from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StartupError, TransportError
 from gateway.events import Input
-from gateway.metrics import StatsCollector
-from gateway.metrics import serve as serve_metrics
+from gateway.metrics import MetricsServer, StatsCollector
+from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
-from gateway.registry import Registry, load_registry
+from gateway.registry import Registry
 from gateway.sdnotify import Notifier
+from gateway.supervisor import Supervisor
 from gateway.tap import Heard, Tap
+from gateway.tools import busscan
+from gateway.tools.board import NodeBoard, attention, cover_rows
 from gateway.tools.status import status_line
-from gateway.uplink import Uplink
+from gateway.tools.tailing import TailFilter, Watch, tail_record
+from gateway.uplink import Uplink, UplinkState
+from gateway.validation import read_registry, validate
 
 log = logging.getLogger(__name__)
 
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 TICK_S = 1.0
-STATE_KEY = "engine"
+STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
+UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
 
 
 @dataclass
@@ -91,24 +102,73 @@ class Gateway:
             kind_thresholds=config.kind_thresholds,
             slaves=slave_map(config),
             started_at=self.started_at,
+            limits=config.limits,
         )
+        # Engine state rows taken but not yet committed (a failed write keeps them).
+        self._pending_state: dict[str, str | None] = {}
         self.tap = Tap()
+        self.downlinks = Downlinks(
+            gateway_id=config.gateway_id,
+            topic_root=config.topic_root,
+            registry=lambda: self.engine.registry,
+            emit=self.emit,
+        )
+        lorawan = [
+            LorawanInput(
+                lw,
+                self.submit,
+                lookup=self.device_lookup,
+                on_outcome=self.downlinks.outcome,
+                clock=clock,
+            )
+            for lw in config.lorawan
+        ]
+        self.downlinks.inputs = lorawan
+        self.board = NodeBoard()
+        self.watch = Watch(self.tap, self.board, clock)
         self.drivers: list[Driver] = [
             *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
-            *(UdpListener(u, self.submit, clock=clock, tap=self._heard) for u in config.udp),
+            *(
+                UdpListener(u, self.submit, clock=clock, tap=self._heard, lookup=self.device_lookup)
+                for u in config.udp
+            ),
             *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
+            *lorawan,
+            *(
+                TcpListener(t, self.submit, lookup=self.device_lookup, clock=clock)
+                for t in config.tcp
+            ),
         ]
-        self.commands = CommandHandler(self, gateway_id=config.gateway_id, clock=clock)
         if config.console is not None:
             self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))
         self.queue = DurableQueue(config.queue_path, max_bytes=config.queue.max_bytes, clock=clock)
+        self.commands = CommandHandler(
+            self,
+            gateway_id=config.gateway_id,
+            clock=clock,
+            limits=config.commands,
+            store=self.queue,
+            secrets=lambda: [self.config.uplink.password or ""],
+        )
         self.uplink: Uplink | None = None
         self.metrics = StatsCollector() if config.metrics.enabled else None
+        self.metrics_server = (
+            MetricsServer(
+                self.metrics,
+                config.metrics.host,
+                config.metrics.port,
+                max_clients=config.metrics.max_clients,
+            )
+            if self.metrics is not None
+            else None
+        )
+        self.supervisor = Supervisor(clock=clock)
+        self.control: ControlServer | None = None
 
     def _load_registry(self) -> tuple[Registry, list[str]]:
         if self.config.registry is None:
             return Registry(), []
-        registry, errors = load_registry(self.config.registry)
+        registry, errors = read_registry(self.config.registry)
         log.info("registry: %d covers (%d rows refused)", len(registry.covers), len(errors))
         return registry, [str(e) for e in errors]
 
@@ -116,9 +176,11 @@ class Gateway:
 
     def _heard(self, source: str, at: float, item: Item) -> None:
         self.tap.publish(Heard(source, at, item))
+        self.watch.frame(source, at, item)
 
     def submit(self, event: Input, critical: bool) -> None:
         """Never blocks a reader; sheds telemetry under overload, never an alarm."""
+        self.watch.input(event)
         if critical:
             self._critical.append(event)
         else:
@@ -129,57 +191,136 @@ class Gateway:
                 return
         self._input_ready.set()
 
+    def device_lookup(self, device_id: str) -> tuple[DeviceRef, str | None] | None:
+        """A LoRaWAN DevEUI or NB-IoT IMEI → its registered device and cover (reloads included)."""
+        found = self.engine.registry.device(device_id)
+        return None if found is None else (found[0], found[1].cover_id)
+
+    def emit(self, message: Outgoing) -> None:
+        """A message rendered outside the engine (a downlink outcome), for the next flush."""
+        self._pending.append(message)
+        self._input_ready.set()
+
+    def device_downlink(self, args: dict[str, Any], *, request_id: str | None) -> dict[str, Any]:
+        """The ``device_downlink`` command (see gateway/downlinks.py)."""
+        return self.downlinks.request(args, request_id=request_id)
+
     # --- running ---
 
     async def run(self, stop: asyncio.Event) -> None:
-        with self.queue:
-            saved = self.queue.get_state(STATE_KEY)
-            if saved:
-                self.engine.restore(json.loads(saved))
-            self.uplink = Uplink(
-                self.config.uplink,
-                topic_root=self.config.topic_root,
-                queue=self.queue,
-                wakeup=self._wakeup,
-                birth=self.birth,
-                stats_payload=self.stats_payload,
-                stats_interval_s=self.config.uplink.stats_interval_s,
-                on_command=self.commands.handle,
-            )
-            drivers_stop = asyncio.Event()
-            pipeline_stop = asyncio.Event()
-            uplink_stop = asyncio.Event()
-            control = ControlServer(
-                self.config.control_path,
-                {"status": self.local_status},
-                {"tail": self.tail_lines},
-            )
-            if self.metrics is not None:
-                self.metrics.snapshot = self.stats_payload()
-                serve_metrics(self.metrics, self.config.metrics.host, self.config.metrics.port)
-            async with control, asyncio.TaskGroup() as tasks:
-                for driver in self.drivers:
-                    tasks.create_task(driver.run(drivers_stop), name=f"driver-{driver.name}")
-                pipeline = tasks.create_task(self._pipeline(pipeline_stop), name="pipeline")
-                uplink = tasks.create_task(self.uplink.run(uplink_stop), name="uplink")
-                await asyncio.sleep(0)  # drivers and uplink have started
-                self.notifier.ready()
-                log.info("covergw %s running as %s", __version__, self.config.gateway_id)
-                await stop.wait()
-                self.notifier.stopping()
-                log.info("stopping: draining inputs and committing the queue")
-                drivers_stop.set()
-                await asyncio.sleep(0)
-                pipeline_stop.set()
-                await pipeline
-                uplink_stop.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.shield(uplink), self.config.uplink.publish_timeout_s
-                    )
-                if not uplink.done():
-                    uplink.cancel()
+        """Start every part, serve until ``stop``, then end in order within ``STOP_BUDGET_S``.
+
+        What the daemon cannot run without (the state dir, the queue, its UDP
+        ports, the control socket, the metrics port) is taken before READY; a
+        failure there raises ``StartupError``. After that every part runs under
+        the supervisor: a failing part is restarted, never the end of the daemon.
+        """
+        self._open_queue()
+        try:
+            await self._serve(stop)
+        finally:
+            self.queue.close()
         log.info("stopped")
+
+    def _open_queue(self) -> None:
+        state_dir = self.config.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            probe = state_dir / ".covergw-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StartupError(
+                "gateway.state_dir", f"{state_dir} is not writable: {err.strerror or err}"
+            ) from err
+        try:
+            self.queue.open()
+        except (QueueError, OSError, sqlite3.Error) as err:
+            where = self.config.queue_path
+            raise StartupError("gateway.state_dir", f"queue {where}: {err}") from err
+
+    async def _take_ports(self, control: ControlServer) -> None:
+        """Bind what others reach us on before READY, so a port in use ends the start."""
+        try:
+            await control.start()
+            for driver in self.drivers:
+                if isinstance(driver, UdpListener):
+                    await driver.bind()
+            if self.metrics_server is not None:
+                await self.metrics_server.start()
+        except TransportError as err:
+            await control.close()
+            raise StartupError("ports", str(err)) from err
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        self._restore_engine()
+        self.commands.restore()
+        self.uplink = Uplink(
+            self.config.uplink,
+            topic_root=self.config.topic_root,
+            queue=self.queue,
+            wakeup=self._wakeup,
+            birth=self.birth,
+            stats_payload=self.stats_payload,
+            stats_interval_s=self.config.uplink.stats_interval_s,
+            on_command=self.commands,  # answers whatever a handler does (``internal`` at worst)
+        )
+        drivers_stop = asyncio.Event()
+        pipeline_stop = asyncio.Event()
+        uplink_stop = asyncio.Event()
+        self.control = ControlServer(
+            self.config.control_path,
+            {"status": self.local_status},
+            {"tail": self.tail_lines, "modbus": self.modbus_lines},
+            max_clients=self.config.control_max_clients,
+        )
+        if self.metrics is not None:
+            self.metrics.snapshot = self.stats_payload()
+        await self._take_ports(self.control)
+        supervise = self.supervisor.run
+        async with asyncio.TaskGroup() as tasks:
+            for driver in self.drivers:
+                name = f"driver-{driver.name}"
+                tasks.create_task(supervise(name, driver.run, drivers_stop), name=name)
+            tasks.create_task(
+                supervise("control", self.control.serve, drivers_stop), name="control"
+            )
+            if self.metrics_server is not None:
+                tasks.create_task(
+                    supervise("metrics", self.metrics_server.serve, drivers_stop), name="metrics"
+                )
+            pipeline = tasks.create_task(
+                supervise("pipeline", self._pipeline, pipeline_stop), name="pipeline"
+            )
+            uplink = tasks.create_task(
+                supervise("uplink", self.uplink.run, uplink_stop), name="uplink"
+            )
+            await asyncio.sleep(0)  # drivers and uplink have started
+            self.notifier.ready()
+            log.info("covergw %s running as %s", __version__, self.config.gateway_id)
+            await stop.wait()
+            deadline = time.monotonic() + STOP_BUDGET_S
+            self.notifier.stopping()
+            log.info("stopping: draining inputs and committing the queue")
+            drivers_stop.set()
+            await asyncio.sleep(0)
+            pipeline_stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pipeline), deadline - time.monotonic())
+            uplink_stop.set()
+            budget = min(self.config.uplink.publish_timeout_s, deadline - time.monotonic())
+            if self.uplink.stats.state is not UplinkState.CONNECTED:
+                budget = min(
+                    budget, UNCONNECTED_STOP_S
+                )  # nothing to deliver: do not wait on a connect
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(uplink), max(0.0, budget))
+            for task in (pipeline, uplink):
+                if not task.done():
+                    log.warning("stopping: %s did not finish in time; cancelled", task.get_name())
+                    task.cancel()
+        # An uplink cut short (mid-connect) is stopped all the same.
+        self.uplink.stats.state = UplinkState.STOPPED
 
     async def _pipeline(self, stop: asyncio.Event) -> None:
         """The only writer: engine → pending → one commit per batch."""
@@ -235,24 +376,36 @@ class Gateway:
                 break
         return events
 
+    def _restore_engine(self) -> None:
+        """State rows; or, once, the whole-state blob an earlier version wrote."""
+        self.engine.load_state(self.queue.state_items(engine_state.PREFIX))
+        legacy = self.queue.get_state(engine_state.LEGACY_KEY)
+        if legacy:
+            try:
+                self.engine.restore(json.loads(legacy))
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("the saved engine state is unreadable, starting afresh: %s", err)  # noqa: TRY400
+            self._pending_state[engine_state.LEGACY_KEY] = None  # written as rows at the next flush
+
     def _flush(self) -> bool:
-        state = None
-        if self.engine.dirty:
-            state = {STATE_KEY: json.dumps(self.engine.snapshot())}
+        # Rows changed since the last commit go with the messages they belong to.
+        self._pending_state.update(self.engine.take_state())
+        state = self._pending_state
         if not self._pending and not state:
             return True
         try:
             self.queue.put_many(self._pending, state=state)
+            self.watch.committed(self._pending)
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
             self.stats.queue_write_errors += 1
-            self.engine.dirty = True
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
             self._trim_backlog()
             return False
         self._pending.clear()
+        self._pending_state = {}
         self._wakeup.set()
         return True
 
@@ -288,11 +441,12 @@ class Gateway:
             self.last_reload = {"ok": False, "at": at, "reason": "started without a config file"}
             return
         try:
-            new = load_config(self.config_path)
-            registry, errors = load_registry(new.registry) if new.registry else (Registry(), [])
-        except (ConfigError, OSError) as err:
-            log.error("reload refused, the configuration in force stays: %s", err)  # noqa: TRY400
-            self.last_reload = {"ok": False, "at": at, "reason": str(err)}
+            validated = validate(self.config_path)
+            new, registry, errors = validated.config, validated.registry, validated.registry_errors
+        except ConfigError as err:
+            reason = self.commands.mask(str(err))  # the retained status must not show a secret
+            log.error("reload refused, the configuration in force stays: %s", reason)  # noqa: TRY400
+            self.last_reload = {"ok": False, "at": at, "reason": reason}
         else:
             restart = [
                 name
@@ -304,6 +458,8 @@ class Gateway:
                     "radios",
                     "udp",
                     "modbus",
+                    "lorawan",
+                    "tcp",
                 )
                 if getattr(new, name) != getattr(self.config, name)
             ]
@@ -330,26 +486,43 @@ class Gateway:
     def local_status(self) -> dict[str, Any]:
         """For ``covergw status`` on the box: the stats, plus alarms and nodes by name."""
         seen = sorted(self.engine.frames_seen(), key=lambda item: item[1], reverse=True)
-        return {
+        active, acknowledged = self.commands.alarm_views()
+        status: dict[str, Any] = {
             "stats": self.stats_payload(),
             "config_digest": self.config.digest,
-            "active_alarms": self.engine.active_alarms(),
+            "active_alarms": active,  # acknowledged ones are not repeated here
+            "acknowledged_alarms": acknowledged,  # kept until they clear
+            "overrides": self.commands.overrides(),
             "nodes_last_seen": [{"node": node, "at": iso(at)} for node, at in seen[:50]],
             "nodes_seen": len(seen),
             "last_reload": self.last_reload,
         }
+        status["registry_errors"] = self.registry_errors[:20]
+        status["covers"] = cover_rows(
+            self.engine.registry.covers.values(),
+            self.board,
+            status["active_alarms"],
+            self.engine.maintenance_until,
+            self.clock(),
+        )
+        status["attention"] = attention(status)
+        return status
 
     def covers(self) -> list[dict[str, Any]]:
         out = []
         for cover in self.engine.registry.covers.values():
             sensors = [f"{cover.node_id:08X}"] if cover.node_id is not None else []
             sensors += [f"{bus}:{slave}" for bus, slave in cover.modbus]
+            sensors += [str(device) for device in cover.devices]
             out.append({**cover.identity(), "sensor": " ".join(sensors) or "-"})
         return out
 
     def run_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """The same path as the platform's commands: validated, idempotent, logged."""
-        answer: dict[str, Any] = json.loads(self.commands.handle(json.dumps(request).encode()))
+        raw = self.commands.handle(json.dumps(request).encode())
+        if raw is None:  # dropped under a command flood
+            return {"ok": False, "error": {"code": "busy", "message": "too many commands"}}
+        answer: dict[str, Any] = json.loads(raw)
         return answer
 
     async def modbus_read(self, bus: str, slave: int) -> dict[str, float]:
@@ -358,15 +531,24 @@ class Gateway:
                 return await driver.read_now(slave)
         raise SlaveError(f"no bus named {bus!r}")
 
+    def modbus_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        """``covergw diag modbus`` through the daemon: probes run between the bus's own polls."""
+        buses = [d for d in self.drivers if isinstance(d, ModbusBus)]
+        return busscan.serve(buses, request)
+
     async def tail_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
-        """Everything the ports hear, as it is heard (``{"node": "00C0FFEE", "raw": true}``)."""
-        node = str(request.get("node") or "").upper() or None
-        raw = bool(request.get("raw"))
+        """Radio frames, Modbus readings and alarm decisions, as they happen.
+
+        ``{"node": "00C0FFEE" | "BUS:ADDR", "cover": "HZ-1", "bus": "rs485-0",
+        "raw": true, "json": true}``; the filters combine (all must match).
+        """
+        wanted = TailFilter.from_request(request, self.engine.registry)
+        raw, as_json = bool(request.get("raw")), bool(request.get("json"))
         async with self.tap.listen() as heard:
             while True:
                 item = await heard.get()
-                if node is None or item.node_hex == node:
-                    yield item.line(raw=raw)
+                if wanted.matches(item):
+                    yield json.dumps(tail_record(item)) if as_json else item.line(raw=raw)
 
     def birth(self) -> dict[str, Any]:
         return {
@@ -378,6 +560,15 @@ class Gateway:
             "registry_errors": self.registry_errors[:20],
             **({"reload": self.last_reload} if self.last_reload else {}),
         }
+
+    def supervision_stats(self) -> dict[str, Any]:
+        """Restarts per supervised part, and what the local servers refused."""
+        out: dict[str, Any] = {"parts": self.supervisor.stats()}
+        if self.control is not None:
+            out["control"] = self.control.stats()
+        if self.metrics_server is not None:
+            out["metrics"] = self.metrics_server.stats()
+        return out
 
     def stats_payload(self) -> dict[str, Any]:
         q = self.queue.stats()
@@ -394,6 +585,12 @@ class Gateway:
                 "lost_frames": edge.lost_frames,
                 "lost_frames_by_node": dict(edge.lost_by_node.most_common(50)),
                 "unregistered_frames": edge.unregistered_frames,
+                "sequence_anomalies": edge.sequence_anomalies,
+                "wrong_input": edge.wrong_input,
+                "rate_limited": edge.rate_limited,
+                "partial_readings": edge.partial_readings,
+                "devices_tracked": len(self.engine.devices),
+                "unregistered_forgotten": self.engine.devices.forgotten,
                 "shed_telemetry": self.stats.shed_telemetry,
                 "active_alarms": len(self.engine.active_alarms()),
             },
@@ -408,6 +605,8 @@ class Gateway:
                 "dropped_unwritten": self.stats.dropped_unwritten,
                 "pending_in_memory": len(self._pending),
             },
+            "commands": self.commands.stats_payload(),
+            "supervision": self.supervision_stats(),
             "uplink": {
                 "state": uplink.state.value if uplink else "stopped",
                 "connects": uplink.connects if uplink else 0,

@@ -92,6 +92,41 @@ class ConfigError(GatewayError):
         self.path = path
         self.reason = reason
 
+    def lines(self) -> list[str]:
+        """One line per error (``InvalidConfigError`` has several)."""
+        return [str(self)]
+
+
+class InvalidConfigError(ConfigError):
+    """Every error found in one pass over a configuration, in file order."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        flat: list[ConfigError] = []
+        for err in errors:
+            flat += err.errors if isinstance(err, InvalidConfigError) else [err]
+        reason = flat[0].reason if len(flat) == 1 else "; ".join(str(e) for e in flat)
+        super().__init__(flat[0].path, reason)
+        self.errors: tuple[ConfigError, ...] = tuple(flat)
+
+    def __str__(self) -> str:
+        return "; ".join(str(e) for e in self.errors)
+
+    def lines(self) -> list[str]:
+        return [str(e) for e in self.errors]
+
 
 class TransportError(GatewayError):
     """A port, socket or bus failed; the driver reopens it with backoff."""
+
+
+class StartupError(GatewayError):
+    """Something the daemon needs at start is unavailable (a port in use, a state dir not
+    writable): running would be pointless, and restarting at once would not help.
+
+    ``what`` names the part or key (``udp.nbiot0``, ``gateway.state_dir``).
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason

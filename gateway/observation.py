@@ -79,6 +79,15 @@ class Quantities:
     device_alarms: frozenset[str] = frozenset()
 
 
+class Purpose(StrEnum):
+    """Why the device sent this message, which decides what the rules make of it."""
+
+    REPORT = "report"  # a routine measurement: judged; a normal one may set a baseline and
+    # end what the device raised (cover opened, tamper, its own fault)
+    EVENT = "event"  # sent because something happened: judged, never a baseline
+    STATUS = "status"  # heartbeat, boot, network status: battery and liveness only
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceRef:
     """Which device: its model and its id in that model's id space.
@@ -112,5 +121,18 @@ class Observation:
     partial: str | None = None
     raw: bytes = b""
     # Model-specific values shown in telemetry but used by no rule
-    # (firmware version, frame type, sensor flags).
+    # (firmware version, frame type, sensor flags). ``extra["source"]``, when
+    # given, replaces the reading's generic source block; other entries are
+    # added to the reading as they are (keep them JSON-ready).
     extra: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    purpose: Purpose = Purpose.REPORT
+    # A polled sensor (readings seconds apart) is debounced by time and its
+    # telemetry thinned; a reporting device is debounced by report count.
+    polled: bool = False
+    # The device sends its own cover opened/closed events; without them the
+    # gateway infers an opening from a large tilt or ``cover_displaced``.
+    judges_opening: bool = False
+    # What makes two receptions the same message (a retransmission flag and
+    # CRC left out); empty: ``raw``. Same counter, other bytes: an anomaly.
+    fingerprint: bytes = b""
+    counter_modulus: int = 1 << 16  # where ``counter`` wraps (SCN-1 16 bits, fCnt 32)

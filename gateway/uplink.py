@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from gateway import __version__
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.buffer.queue import DurableQueue, Lane, Queued, QueueError
+from gateway.commands import Answer, Delivery
 from gateway.config import MqttProtocol, UplinkConfig
 from gateway.edge.engine import iso
 
@@ -67,6 +68,18 @@ def _report_command_task(task: asyncio.Task[None]) -> None:
     if task.cancelled() or isinstance(task.exception(), aiomqtt.MqttError):
         return
     log.error("command handling stopped", exc_info=task.exception())
+
+
+ANSWER_BACKLOG = 1000  # answers waiting to be published; past it an answer is dropped, logged
+
+
+class CommandSink(Protocol):
+    """The command handler as the uplink sees it (``gateway.commands.CommandHandler``)."""
+
+    changed: asyncio.Event  # set when the retained overrides need publishing again
+
+    def answer(self, payload: bytes, delivery: Delivery | None = None) -> Answer | None: ...
+    def overrides_message(self) -> bytes: ...
 
 
 def batch_units(rows: list[Queued], *, max_count: int, max_bytes: int) -> list[Unit]:
@@ -114,7 +127,7 @@ class Uplink:
         birth: Callable[[], dict[str, Any]],
         stats_payload: Callable[[], dict[str, Any]],
         stats_interval_s: float,
-        on_command: Callable[[bytes], bytes] | None = None,
+        on_command: CommandSink | None = None,
     ) -> None:
         self.config = config
         self.topic_root = topic_root
@@ -252,21 +265,89 @@ class Uplink:
                 await commands
 
     async def _commands(self, client: aiomqtt.Client) -> None:
-        """Answer each command on its response topic (MQTT 5) or the documented fallback."""
-        assert self._on_command is not None
-        async for message in client.messages:
-            if not isinstance(message.payload, bytes | bytearray):
-                continue
-            answer = self._on_command(bytes(message.payload))
-            request = message.properties
-            topic = getattr(request, "ResponseTopic", None) or f"{self.command_topic}/response"
-            properties = None
-            correlation = getattr(request, "CorrelationData", None)
-            if self.config.protocol is MqttProtocol.V5:
-                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                if correlation is not None:
-                    properties.CorrelationData = correlation
-            await client.publish(topic, answer, qos=1, properties=properties)
+        """Answer each command, only ever under our own root; no request can end this loop.
+
+        The answer goes to the request's MQTT 5 Response Topic (with its
+        Correlation Data) when that lies under our root, else to
+        ``<root>/cmd/response``. The retained overrides are published on
+        every connect and after every change.
+        """
+        handler = self._on_command
+        assert handler is not None
+        fallback = f"{self.command_topic}/response"
+        retained = asyncio.create_task(self._publish_overrides(client, handler), name="overrides")
+        answers: asyncio.Queue[tuple[str, bytes, Properties | None]] = asyncio.Queue(ANSWER_BACKLOG)
+        sender = asyncio.create_task(self._send_answers(client, answers), name="answers")
+        try:
+            async for message in client.messages:
+                if not message.topic.matches(self.command_topic):
+                    continue
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                request = message.properties
+                reply_to = getattr(request, "ResponseTopic", None)
+                foreign = reply_to if reply_to and not self._own_reply_topic(reply_to) else None
+                expiry = getattr(request, "MessageExpiryInterval", None)
+                delivery = Delivery(
+                    expires_at=time.time() + expiry if isinstance(expiry, int) else None,
+                    foreign_reply_topic=foreign,
+                )
+                answer = handler.answer(bytes(payload), delivery)
+                if answer is None:
+                    continue  # a flood past the busy answers: counted, not answered
+                if foreign is not None:
+                    log.warning(
+                        "command answered on %s: response topic %r refused", fallback, foreign
+                    )
+                # An unreadable request goes to the default topic, where anyone can see why.
+                topic = fallback
+                if isinstance(reply_to, str) and foreign is None and not answer.unreadable:
+                    topic = reply_to
+                properties = None
+                correlation = getattr(request, "CorrelationData", None)
+                if self.config.protocol is MqttProtocol.V5:
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    if correlation is not None:
+                        properties.CorrelationData = correlation
+                # Published by another task: the next request is read while this answer waits
+                # for its PUBACK, so a flood is counted and dropped as it arrives.
+                try:
+                    answers.put_nowait((topic, answer.payload, properties))
+                except asyncio.QueueFull:
+                    log.warning(
+                        "command answer to %s dropped: %d answers unsent", topic, ANSWER_BACKLOG
+                    )
+                self.wakeup.set()  # audit events the command queued
+                if sender.done():
+                    sender.result()  # a lost connection ends the loop
+        finally:
+            for task in (retained, sender):
+                task.cancel()
+            await asyncio.gather(retained, sender, return_exceptions=True)
+
+    def _own_reply_topic(self, topic: str) -> bool:
+        """Under our root, not a filter, not the command topic itself."""
+        return (
+            topic.startswith(f"{self.topic_root}/")
+            and not any(c in topic for c in "+#\0")
+            and topic != self.command_topic
+            and len(topic) <= 512
+        )
+
+    @staticmethod
+    async def _send_answers(
+        client: aiomqtt.Client, answers: asyncio.Queue[tuple[str, bytes, Properties | None]]
+    ) -> None:
+        while True:
+            topic, payload, properties = await answers.get()
+            await client.publish(topic, payload, qos=1, properties=properties)
+
+    async def _publish_overrides(self, client: aiomqtt.Client, handler: CommandSink) -> None:
+        while True:
+            handler.changed.clear()
+            await client.publish(
+                f"{self.topic_root}/overrides", handler.overrides_message(), qos=1, retain=True
+            )
+            await handler.changed.wait()
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         next_stats = time.monotonic()

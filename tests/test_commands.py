@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from gateway.protocol.messages import Event, EventCode, Frame, FrameFlags, Messa
 from tests.harness import VALIDATORS, Collector
 
 REGISTRY = "cover_id,owner_unit,cover_kind,node_id\nC-1,drainage,rain,00C0FFEE\n"
+REPLIES = "covers/gw-c/platform-1/response"  # answers go only under the gateway's root
 
 
 @asynccontextmanager
@@ -51,14 +53,16 @@ async def running(tmp_path: Path, broker: Broker, protocol: str = "5") -> AsyncI
 class Platform:
     """The platform side: an MQTT 5 client that asks with a response topic and correlation data."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(self, client: aiomqtt.Client, reply_to: str = REPLIES) -> None:
         self.client = client
+        self.reply_to = reply_to
         self.answers: dict[bytes, dict[str, Any]] = {}
+        self.last_topic = ""
 
     async def ask(self, request: dict[str, Any] | bytes) -> dict[str, Any]:
         correlation = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "platform/replies"
+        props.ResponseTopic = self.reply_to
         props.CorrelationData = correlation
         payload = request if isinstance(request, bytes) else json.dumps(request)
         await self.client.publish("covers/gw-c/cmd", payload, qos=1, properties=props)
@@ -66,6 +70,7 @@ class Platform:
             async for message in self.client.messages:
                 assert message.properties is not None
                 if message.properties.CorrelationData == correlation:
+                    self.last_topic = str(message.topic)
                     assert isinstance(message.payload, bytes)
                     answer: dict[str, Any] = json.loads(message.payload)
                     assert list(VALIDATORS["response"].iter_errors(answer)) == []
@@ -87,7 +92,7 @@ def opened() -> FrameHeard:
         FrameFlags.NODE_ALARM,
         (Event(EventCode.COVER_OPENED, 0, 0), Tilt(40, 0)),
     )
-    return FrameHeard("lora0", 1.8e9, Received(frame, bytes.fromhex("A55A")))
+    return FrameHeard("lora0", time.time(), Received(frame, bytes.fromhex("A55A")))
 
 
 async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
@@ -96,7 +101,8 @@ async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
         aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
         Collector(broker.port) as collector,
     ):
-        await client.subscribe("platform/replies", qos=1)
+        await client.subscribe(REPLIES, qos=1)
+        await client.subscribe("covers/gw-c/cmd/response", qos=1)  # unreadable requests
         platform = Platform(client)
 
         pong = await platform.ask({"request_id": "r1", "cmd": "ping"})
@@ -130,13 +136,15 @@ async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
         assert missing["error"]["code"] == "not_found"
         unknown = await platform.ask({"request_id": "r5", "cmd": "self_destruct"})
         assert unknown["error"]["code"] == "invalid"
+        assert platform.last_topic == REPLIES
         garbage = await platform.ask(b"\xff not json")
         assert garbage["error"]["code"] == "invalid"
+        assert platform.last_topic == "covers/gw-c/cmd/response"  # unreadable: the default topic
 
         on = {
             "request_id": "r6",
             "cmd": "maintenance",
-            "args": {"cover_id": "C-1", "on": True, "until": "2099-01-01T00:00:00.000Z"},
+            "args": {"cover_id": "C-1", "on": True},
         }
         first = await platform.ask(on)
         again = await platform.ask(on)  # the same request id: same answer, carried out once
@@ -152,9 +160,7 @@ async def test_commands_over_mqtt5(tmp_path: Path, broker: Broker) -> None:
         status = await platform.ask({"request_id": "r8", "cmd": "status"})
         assert status["result"]["active_alarms"][0]["kind"] == "cover_open"
         reload = await platform.ask({"request_id": "r9", "cmd": "reload"})
-        assert (
-            reload["error"]["code"] == "failed"
-        )  # started without a file: said so, nothing changed
+        assert reload["error"]["code"] == "refused"  # started without a file: nothing changed
     assert collector.errors == []
 
 
@@ -175,3 +181,85 @@ async def test_commands_over_mqtt311_answer_on_the_fallback_topic(
                 answer = json.loads(message.payload)
                 break
     assert (answer["request_id"], answer["ok"]) == ("x1", True)
+
+
+async def test_a_foreign_response_topic_is_refused_on_the_default_topic(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with (
+        running(tmp_path, broker) as gateway,
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+    ):
+        await client.subscribe("covers/gw-c/cmd/response", qos=1)
+        await client.subscribe("elsewhere/#", qos=1)
+        request = {
+            "request_id": "f1",
+            "cmd": "set_thresholds",
+            "args": {"cover_id": "C-1", "thresholds": {"tilt_deg": 5}},
+        }
+        platform = Platform(client, reply_to="elsewhere/replies")
+        correlation = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = platform.reply_to
+        props.CorrelationData = correlation
+        await client.publish("covers/gw-c/cmd", json.dumps(request), qos=1, properties=props)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert str(message.topic) == "covers/gw-c/cmd/response"
+                assert isinstance(message.payload, bytes)
+                answer = json.loads(message.payload)
+                assert message.properties is not None
+                assert message.properties.CorrelationData == correlation
+                break
+        assert (answer["request_id"], answer["error"]["code"]) == ("f1", "refused")
+        assert gateway.commands.overrides()["cover"] == {}  # not carried out
+
+
+async def test_overrides_retained_audited_and_acks_reach_the_platform(
+    tmp_path: Path, broker: Broker
+) -> None:
+    async with (
+        running(tmp_path, broker) as gateway,
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        Collector(broker.port) as collector,
+    ):
+        await client.subscribe(REPLIES, qos=1)
+        platform = Platform(client)
+        await collector.wait_for(lambda: bool(collector.of("overrides")))
+        assert collector.of("overrides")[-1]["overrides"]["cover"] == {}
+        ok = await platform.ask(
+            {
+                "request_id": "o1",
+                "cmd": "set_thresholds",
+                "args": {"cover_id": "C-1", "thresholds": {"tilt_deg": 6}},
+            }
+        )
+        assert ok["ok"]
+        await collector.wait_for(
+            lambda: collector.of("overrides")[-1]["overrides"]["cover"] == {"C-1": {"tilt_deg": 6}}
+        )
+        await collector.wait_for(lambda: bool(collector.of("event")))
+        assert collector.of("event")[0]["new"] == {"tilt_deg": 6}
+
+        gateway.submit(opened(), critical=True)
+        await collector.wait_for(lambda: bool(collector.alarms()))
+        alarm_id = collector.alarms()[0]["alarm_id"]
+        listed = await platform.ask({"request_id": "o2", "cmd": "active_alarms"})
+        assert [a["alarm_id"] for a in listed["result"]["alarms"]] == [alarm_id]
+        ack = await platform.ask(
+            {
+                "request_id": "o3",
+                "cmd": "ack_alarm",
+                "args": {"alarm_id": alarm_id, "by": "dispatcher-7", "work_order": "WO-1"},
+            }
+        )
+        assert ack["ok"]
+        await collector.wait_for(
+            lambda: any(a["state"] == "acknowledged" for a in collector.alarms())
+        )
+        cleared = await platform.ask(
+            {"request_id": "o4", "cmd": "clear_thresholds", "args": {"cover_id": "C-1"}}
+        )
+        assert cleared["result"]["cleared"] == ["tilt_deg"]
+        await collector.wait_for(lambda: collector.of("overrides")[-1]["overrides"]["cover"] == {})
+    assert collector.errors == []

@@ -64,7 +64,7 @@ def refused(patch: dict[str, Any], tmp_path: Path) -> ConfigError:
             "modbus[0].slaves[0].address",
             "must be 1–247",
         ),
-        ({"alarms": {"tilt_deg": -1}}, "alarms.tilt_deg", "at least 0"),
+        ({"alarms": {"tilt_deg": -1}}, "alarms.tilt_deg", "must be 0.5–90.0"),
         ({"alarms": {"kind": {"rain": {"tilt_dg": 3}}}}, "alarms.kind.rain.tilt_dg", "unknown key"),
         (
             {"uplink": {"tls": {"enabled": True, "ca_file": "missing.pem"}}},
@@ -135,4 +135,4 @@ def test_registry_chinese_text_aliases_and_row_errors() -> None:
 def test_registry_example_loads() -> None:
     registry, errors = parse_registry((DEPLOY / "covers.example.csv").read_text(encoding="utf-8"))
     assert errors == []
-    assert len(registry.covers) == 4
+    assert len(registry.covers) == 6

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from firmware_sim.broker import Broker
@@ -93,8 +97,36 @@ async def test_console_session(tmp_path: Path, make_scenario: Callable[..., Scen
             alarms_out = await term.run("alarms")
             assert "C-1" in alarms_out
             assert "1 active alarms" in alarms_out
-            assert '"maintenance": true' in await term.run("maintenance C-1 on")
+            before = time.time()
+            hour = await term.run("maintenance C-1")  # default: one hour
+            until = re.search(r"maintenance until (\S+)", hour)
+            assert until is not None, hour
+            ends = datetime.fromisoformat(until.group(1).replace("Z", "+00:00")).timestamp()
+            assert before + 3590 < ends < time.time() + 3610
+            assert "maintenance until" in await term.run("maintenance C-1 30m")
+            assert "at most 24h" in await term.run("maintenance C-1 25h")  # capped
+            assert "maintenance over" in await term.run("maintenance C-1 off")
             assert "refused: no cover 'C-9'" in await term.run("maintenance C-9 on")
+
+            frames = await term.run("frames 00c0ffee 5")
+            assert "EVENT" in frames
+            assert "1 frames from 00C0FFEE" in frames
+            status = json.loads((await term.run("status json")).splitlines()[1])  # after the echo
+            assert status["stats"]["gateway"] == "gw-con"
+
+            await term.type("rezero C-1\r")
+            await term.wait_for("Sure? [y/N] ")
+            assert "left as it was" in await term.run("n")
+            await term.type("rezero C-1\r")
+            await term.wait_for("Sure? [y/N] ")
+            assert "baseline will be the next normal reading" in await term.run("y")
+
+            checks = await term.run("selftest")
+            assert "[  ok] port lora0" in checks
+            assert "[  ok] slave rs485-0:1" in checks
+            assert "[  ok] broker" in checks
+            assert "checks, 0 failed" in checks
+            assert "None" not in await term.run("queue")  # never "oldest None s"
 
             await term.type("tail 00C0FFEE\r")
             await term.wait_for("any key stops")

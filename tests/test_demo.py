@@ -33,11 +33,18 @@ def test_demo_shows_alarms_and_ctrl_c_leaves_nothing_running() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a terminal of its own: Ctrl-C goes to the whole group
     )
-    time.sleep(6)  # the cover is opened at t=3 s of scenario time, i.e. 0.75 s in
-    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "RAISED" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()  # the alarm reached the broker
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal does on Ctrl-C: every process
     out, err = proc.communicate(timeout=30)
+    out = seen + out
     assert proc.returncode == 0, err
+    assert "ERROR" not in err  # the daemon stopped before its broker did
     assert "cover_open" in out
     assert "RAISED" in out
     assert "summary" in out

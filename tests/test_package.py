@@ -109,7 +109,7 @@ def test_package_ships_unit_config_and_docs(scratch: Path, tmp_path: Path) -> No
     )
     checked = run(scratch, "check-config", str(config))
     assert checked.returncode == 0, checked.stderr
-    assert "4 covers" in checked.stdout
+    assert "6 covers" in checked.stdout
 
 
 def test_control_fields_resolve_with_apt(host_deb: Path) -> None:

@@ -109,6 +109,8 @@ def gateway(tmp: Path, port: int, pki: Path, *, ca: str, cert: bool = True) -> G
             "reconnect_min_s": 0.1,
             "reconnect_max_s": 0.3,
             "stats_interval_s": 0.5,
+            # A refused client certificate shows only as a CONNACK that never comes.
+            "publish_timeout_s": 3,
         },
     }
     return Gateway(parse_config(data, base_dir=tmp))
@@ -124,6 +126,17 @@ async def run_for(gw: Gateway, seconds: float) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
     await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def run_until_refused(gw: Gateway) -> None:
+    """Run until the uplink has failed once (a stop cuts an unconnected attempt short)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    async with asyncio.timeout(15):
+        while gw.uplink is None or gw.uplink.stats.last_error is None:
+            await asyncio.sleep(0.05)  # the uplink's state has no event to wait on
     stop.set()
     await asyncio.wait_for(task, 10)
 
@@ -152,7 +165,7 @@ async def test_refused_tls_never_falls_back_to_plaintext(
     with tls_broker(tmp_path, pki) as broker:
         async with Collector(broker.port, tls_context=platform_tls(pki)) as collector:
             gw = gateway(tmp_path, broker.port, pki, ca=ca, cert=cert)
-            await run_for(gw, 1.5)
+            await run_until_refused(gw)
             await asyncio.sleep(0.3)
     assert gw.uplink is not None
     assert gw.uplink.stats.connects == 0, why

@@ -1,56 +1,82 @@
-"""The edge engine: inputs in, messages for the platform out.
+"""The edge engine: observations in, messages for the platform out.
 
-Every frame or reading becomes telemetry; alarm machines decide what becomes
-an alarm. The engine does no I/O: the pipeline stores what it returns (and
-``snapshot()`` when ``dirty``) in one commit, so an alarm and the state that
-raised it are never out of step, across crashes included.
+Every input hands it an ``Observation`` (the older SCN-1 and Modbus forms are
+adapted at the door, ``gateway.edge.adapters``). The engine tracks devices
+(``devices``), asks the rules (``rules/``) what the quantities mean, applies
+their verdicts to the alarm machines (``alarm``), and renders what the
+platform receives (``render``). It does no I/O: the pipeline stores what it
+returns together with ``take_state()`` in one commit, so an alarm and the
+state that raised it are never out of step, across crashes included.
+
+Bounds of the per-key state (what happens at each is said beside it):
+
+- devices not in the registry: ``[limits] unregistered_nodes`` (default 256);
+  the least recently heard is forgotten with its alarms and baselines, and
+  its state row deleted. Registered devices: one each.
+- per device: ``seqtrack.MAX_RECENT`` (16) remembered (counter, fingerprint)
+  pairs within ``DUPLICATE_WINDOW_S`` (600 s); older ones are forgotten.
+- alarm machines and tilt baselines: per tracked subject, at most one per
+  alarm kind and sensor (gas: one per gas kind with a threshold).
+- overrides and maintenance: one per cover in the registry and per cover
+  kind (the command layer refuses unknown covers).
+- frame history for ``frames``: ``[limits] recent_frames_bytes`` (2 MiB) in
+  all, oldest dropped first.
+- offline deadlines: one heap entry per registered radio device.
+- readings forwarded per device: ``[limits] device_frames_per_minute`` (60);
+  above it readings are still judged by the rules (an alarm is never held
+  back) but not forwarded, and counted as ``rate_limited``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.buffer.queue import Lane, Outgoing
-from gateway.config import LEVEL_UNITS_MM, SlaveConfig, SlaveRole, Thresholds
-from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, Debounce, Transition
-from gateway.edge.seqtrack import SeqTracker
-from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
-from gateway.protocol.messages import (
-    Battery,
-    Event,
-    EventCode,
-    Frame,
-    FrameFlags,
-    Gas,
-    GasKind,
-    MessageType,
-    Tilt,
-    WaterDepth,
+from gateway.config import LimitsConfig, SlaveConfig, Thresholds
+from gateway.edge import adapters, state
+from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, AlarmState, Debounce, Transition
+from gateway.edge.devices import Deadlines, DeviceState, DeviceTable, device_key, parse_device_key
+from gateway.edge.overrides import Overrides
+from gateway.edge.recent import Heard, RecentFrames
+from gateway.edge.render import Subject, alarm_source, device_source, iso
+from gateway.edge.render import alarm as render_alarm
+from gateway.edge.render import reading as render_reading
+from gateway.edge.rules import (
+    Check,
+    Force,
+    Verdict,
+    battery,
+    clears,
+    events,
+    fault,
+    gas,
+    offline,
+    opening,
+    tilt,
+    water,
 )
-from gateway.protocol.render import flags_to_dict, record_to_dict
+from gateway.edge.rules.battery import LOW_BATTERY_BITS
+from gateway.edge.seqtrack import digest
+from gateway.edge.state import StateLog
+from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
+from gateway.observation import DeviceEventKind, DeviceRef, Observation, Purpose
 from gateway.registry import Cover, Registry
 
 log = logging.getLogger(__name__)
 
-SLAVE_TELEMETRY_INTERVAL_S = 60.0
-RECENT_FRAMES = 50
-RECENT_NODES = 10_000
+__all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
+POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
+SLAVE_TELEMETRY_INTERVAL_S = POLLED_TELEMETRY_INTERVAL_S
+_RESTARTS = frozenset({DeviceEventKind.BOOT, DeviceEventKind.REJOINED})
 
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _dumps(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+MachineKey = tuple[AlarmKind, str]
 
 
 @dataclass
@@ -58,16 +84,37 @@ class EdgeStats:
     duplicates: int = 0
     lost_frames: int = 0
     unregistered_frames: int = 0
+    sequence_anomalies: int = 0  # a used counter with other content: forged or confused
+    wrong_input: int = 0  # a device heard on an input it is not bound to: refused
+    rate_limited: int = 0  # readings judged but not forwarded (device over its rate)
+    partial_readings: int = 0
     lost_by_node: Counter[str] = field(default_factory=Counter)
 
+    def __post_init__(self) -> None:
+        self._lost_limit = 1000  # distinct devices named in lost_by_node
 
-@dataclass(frozen=True)
-class Subject:
-    """Who an alarm is about: a registered cover, or a node/slave not in the registry."""
+    def count_lost(self, device: str, lost: int) -> None:
+        self.lost_frames += lost
+        if device in self.lost_by_node or len(self.lost_by_node) < self._lost_limit:
+            self.lost_by_node[device] += lost
 
-    key: str
-    cover: Cover | None
-    source: dict[str, Any]
+
+def alarm_sub(device: DeviceRef) -> str:
+    """A cover's own SCN-1 node speaks for the cover; any other sensor is named by its id."""
+    return "" if device.model == adapters.SCN1 else device.device_id
+
+
+def fault_sub(device: DeviceRef) -> str:
+    return "node" if device.model == adapters.SCN1 else device.device_id
+
+
+def _unregistered_key(device: DeviceRef) -> str:
+    match device.model:
+        case adapters.SCN1:
+            return f"node:{device.device_id}"
+        case adapters.MODBUS:
+            return f"modbus:{device.device_id}"
+    return f"{device.model}:{device.device_id}"
 
 
 class EdgeEngine:
@@ -81,28 +128,25 @@ class EdgeEngine:
         slaves: dict[tuple[str, int], SlaveConfig],
         started_at: float,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.topic_root = f"covers/{gateway_id}"
         self.slaves = slaves
+        self.limits = limits or LimitsConfig()
         self.stats = EdgeStats()
-        self.dirty = False
-        self._new_id = new_id
-        self._seq = SeqTracker()
-        self._machines: dict[str, AlarmMachine] = {}
-        self._baselines: dict[str, tuple[float, float]] = {}
-        self._last_seen: dict[int, float] = {}
-        self._slave_telemetry_at: dict[tuple[str, int], float] = {}
-        self._started_at = started_at
-        self._base_thresholds = thresholds
-        self._kind_thresholds = kind_thresholds
         self.registry = registry
-        self._thresholds: dict[str, Thresholds] = {}
-        # Set by the platform's commands; kept with the alarm state across restarts.
-        self.kind_overrides: dict[str, dict[str, Any]] = {}
-        self.cover_overrides: dict[str, dict[str, Any]] = {}
-        self.maintenance_until: dict[str, float] = {}
-        self._recent: OrderedDict[int, deque[dict[str, Any]]] = OrderedDict()
+        self._new_id = new_id
+        self._started_at = started_at
+        self._log = StateLog()
+        self.overrides = Overrides(thresholds, kind_thresholds, self._log)
+        self.devices = DeviceTable(self.limits.unregistered_nodes)
+        self._deadlines = Deadlines()
+        self._machines: dict[str, dict[MachineKey, AlarmMachine]] = {}
+        self._baselines: dict[str, tuple[float, ...]] = {}  # subject|sub → orientation
+        self._polled_telemetry_at: dict[DeviceRef, float] = {}
+        self._recent = RecentFrames(self.limits.recent_frames_bytes)
+        self._watch_registered()
 
     # --- configuration that may change at run time (SIGHUP) ---
 
@@ -114,501 +158,428 @@ class EdgeEngine:
         slaves: dict[tuple[str, int], SlaveConfig],
     ) -> None:
         self.registry = registry
-        self._base_thresholds = thresholds
-        self._kind_thresholds = kind_thresholds
+        self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
-        self._thresholds.clear()
+        for device in self.devices.regroup(lambda d: registry.cover_for(d) is not None):
+            self._forget(device)
+        self._watch_registered()
+
+    def _watch_registered(self) -> None:
+        """Every registered radio device gets a deadline (rebuilt when thresholds change)."""
+        self._deadlines.clear()
+        for device, cover in self.registry.radio_devices():
+            known = self.devices.get(device)
+            last = known.last_seen if known and known.last_seen is not None else self._started_at
+            self._deadlines.watch(device, last + self.thresholds(cover).offline_after_s)
 
     def thresholds(self, cover: Cover | None) -> Thresholds:
-        if cover is None:
-            return self._base_thresholds
-        cached = self._thresholds.get(cover.cover_id)
-        if cached is None:
-            cached = (
-                self._base_thresholds.merged(self._kind_thresholds.get(cover.cover_kind, {}))
-                .merged(self.kind_overrides.get(cover.cover_kind, {}))
-                .merged(cover.overrides)
-                .merged(self.cover_overrides.get(cover.cover_id, {}))
-            )
-            self._thresholds[cover.cover_id] = cached
-        return cached
+        return self.overrides.thresholds(cover)
+
+    @property
+    def kind_overrides(self) -> dict[str, dict[str, Any]]:
+        return self.overrides.kind
+
+    @property
+    def cover_overrides(self) -> dict[str, dict[str, Any]]:
+        return self.overrides.cover
+
+    @property
+    def maintenance_until(self) -> dict[str, float]:
+        return self.overrides.maintenance_until
 
     def set_thresholds(
         self, *, cover_id: str | None, cover_kind: str | None, values: dict[str, Any]
     ) -> None:
-        target = self.cover_overrides if cover_id else self.kind_overrides
-        key = cover_id or cover_kind or ""
-        target[key] = {**target.get(key, {}), **values}
-        self._thresholds.clear()
-        self.dirty = True
+        self.overrides.set_thresholds(cover_id=cover_id, cover_kind=cover_kind, values=values)
+        self._watch_registered()  # offline_after_s may have changed
+
+    def clear_thresholds(
+        self, *, cover_id: str | None, cover_kind: str | None, keys: list[str] | None
+    ) -> list[str]:
+        """Remove overrides ``set_thresholds`` made (``keys`` None: all); returns those removed."""
+        removed = self.overrides.clear_thresholds(
+            cover_id=cover_id, cover_kind=cover_kind, keys=keys
+        )
+        self._watch_registered()  # offline_after_s may have changed
+        return removed
 
     def set_maintenance(self, cover_id: str, until: float | None) -> None:
         """``until`` None ends it; a time in the past ends it too."""
-        if until is None:
-            self.maintenance_until.pop(cover_id, None)
-        else:
-            self.maintenance_until[cover_id] = until
-        self.dirty = True
+        self.overrides.set_maintenance(cover_id, until)
 
     def in_maintenance(self, cover: Cover | None, at: float) -> bool:
-        if cover is None:
-            return False
-        return cover.maintenance or self.maintenance_until.get(cover.cover_id, 0.0) > at
+        return self.overrides.in_maintenance(cover, at)
+
+    def rezero(self, subject_key: str) -> None:
+        """Forget a cover's tilt baselines; each sensor's next normal reading is the new one."""
+        for key in [k for k in self._baselines if k.split("|", 1)[0] == subject_key]:
+            del self._baselines[key]
+            self._log.delete(state.BASELINE + key)
 
     # --- inputs ---
 
     def handle(self, event: Input) -> list[Outgoing]:
-        if isinstance(event, FrameHeard):
-            return self._frame(event)
-        if isinstance(event, SlaveRead):
-            return self._slave_read(event)
-        if isinstance(event, SlaveFailed):
-            return self._slave_failed(event)
-        return []  # Observation: taken by the device-neutral engine (issue 9)
+        match event:
+            case FrameHeard():
+                return self.observe(adapters.from_frame(event))
+            case SlaveRead():
+                slave = self.slaves.get((event.bus, event.address))
+                return self.observe(adapters.from_slave_read(event, slave))
+            case SlaveFailed():
+                return self.observe(adapters.from_slave_failed(event))
+        return self.observe(event)
 
-    def tick(self, now: float) -> list[Outgoing]:
-        """Time passing: nodes not heard from within their offline timeout."""
-        out: list[Outgoing] = []
-        watched = set(self._last_seen) | set(self.registry.by_node)
-        for node_id in watched:
-            cover = self.registry.by_node.get(node_id)
-            last = self._last_seen.get(node_id, self._started_at)
-            silent_s = now - last
-            limit = self.thresholds(cover).offline_after_s
-            if silent_s > limit:
-                subject = self._node_subject(node_id, cover, None)
-                machine = self._machine(subject, AlarmKind.NODE_OFFLINE)
-                transition = machine.force(active=True, at=now)
-                if transition:
-                    out.append(
-                        self._alarm(
-                            subject,
-                            AlarmKind.NODE_OFFLINE,
-                            "",
-                            machine,
-                            transition,
-                            now,
-                            value=round(silent_s, 1),
-                            unit="s",
-                            threshold=limit,
-                            extra={"last_seen": iso(last) if node_id in self._last_seen else None},
-                        )
-                    )
+    def _subject(self, device: DeviceRef) -> Subject:
+        cover = self.registry.cover_for(device)
+        key = cover.cover_id if cover else _unregistered_key(device)
+        return Subject(key, cover, device)
+
+    def observe(self, obs: Observation) -> list[Outgoing]:
+        """One observation: tracked, judged, rendered."""
+        subject = self._subject(obs.device)
+        failure = [e for e in obs.events if "failures" in e.detail]
+        if obs.raw:
+            self._remember(obs)
+        forward = True
+        if not failure:
+            accepted = self._track(obs, subject)
+            if accepted is None:
+                return []
+            forward = accepted
+        thr = self.thresholds(subject.cover)
+        sub, fsub = alarm_sub(obs.device), fault_sub(obs.device)
+        rule = (
+            Debounce(hold_s=thr.hold_s, count=1)
+            if obs.polled
+            else Debounce(hold_s=0.0, count=thr.report_count)
+        )
+        verdicts: list[Verdict] = []
+        if failure:
+            verdicts += filter(None, (fault.from_failures(e, thr, fsub) for e in failure))
+        else:
+            verdicts.append(offline.heard(sub))
+            if obs.polled:
+                verdicts.append(fault.answered(fsub))
+        verdicts += events.forces(obs.events, sub=sub, fault_sub=fsub, iso=iso)
+        out = self._apply(subject, obs, verdicts)
+        derived: dict[str, Any] = {}
+        out += self._judge(subject, obs, thr, rule, derived)
+        if forward and not failure and self._telemetry_due(obs, bool(out)):
+            reading_id = self._new_id()
+            payload = render_reading(obs, reading_id, subject, derived)
+            out.insert(
+                0, Outgoing(reading_id, Lane.TELEMETRY, f"{self.topic_root}/telemetry", payload)
+            )
         return out
 
-    # --- radio frames ---
+    def _judge(
+        self,
+        subject: Subject,
+        obs: Observation,
+        thr: Thresholds,
+        rule: Debounce,
+        derived: dict[str, Any],
+    ) -> list[Outgoing]:
+        """The quantities against the thresholds; fills ``derived`` for the reading."""
+        q = obs.quantities
+        sub, fsub = alarm_sub(obs.device), fault_sub(obs.device)
+        judged = obs.purpose is not Purpose.STATUS
+        in_alarm = bool(q.device_alarms - LOW_BATTERY_BITS)
+        out: list[Outgoing] = []
+        opened = self._active(subject, AlarmKind.COVER_OPEN, "")
+        rel_tilt = None
+        now = tilt.orientation(q)
+        if now is not None:
+            # Only a normal report may become the baseline: never an opened cover's angle.
+            normal = obs.purpose is Purpose.REPORT and not in_alarm and not opened
+            rel_tilt = self._relative_tilt(subject, sub, now, may_record=normal)
+            derived["tilt_deg"] = round(rel_tilt, 2)
+        distance = water.distance_mm(q, subject.cover.sensor_depth_mm if subject.cover else None)
+        if q.water_level_mm is not None:
+            derived["water_level_mm"] = round(q.water_level_mm, 1)
+        if q.distance_mm is not None or q.distance_no_echo:
+            derived["water_distance_mm"] = q.distance_mm
+        elif distance is not None:
+            derived["water_distance_mm"] = round(distance, 1)
+        verdicts = []
+        if judged:
+            if not obs.judges_opening:
+                verdicts += opening.verdicts(
+                    displaced=q.cover_displaced,
+                    tilt=rel_tilt,
+                    routine=obs.purpose is Purpose.REPORT,
+                    thr=thr,
+                    rule=rule,
+                )
+            out += self._apply(subject, obs, verdicts)
+            verdicts = []
+            # An opened cover is tilted by definition: one alarm for one incident.
+            if rel_tilt is not None and not self._active(subject, AlarmKind.COVER_OPEN, ""):
+                verdicts.append(tilt.check(rel_tilt, thr, rule, sub))
+            if distance is not None:
+                verdicts += water.checks(distance, thr, rule, sub)
+            verdicts += gas.checks(q.gas, thr, rule)
+        if obs.purpose is Purpose.REPORT and not in_alarm and not obs.polled:
+            verdicts += clears.after_normal_report(
+                rel_tilt, thr, fault_sub=fsub, judges_opening=obs.judges_opening
+            )
+        low = battery.check(q, thr, rule, sub)
+        if low is not None:
+            verdicts.append(low)
+        out += self._apply(subject, obs, verdicts)
+        return out
 
-    def _node_subject(self, node_id: int, cover: Cover | None, event: FrameHeard | None) -> Subject:
-        source: dict[str, Any] = {"type": "node", "node": f"{node_id:08X}"}
-        if event is not None:
-            source.update(port=event.source, seq=event.received.frame.seq)
-        key = cover.cover_id if cover else f"node:{node_id:08X}"
-        return Subject(key, cover, source)
+    def _telemetry_due(self, obs: Observation, alarmed: bool) -> bool:
+        if not obs.polled:
+            return True
+        last = self._polled_telemetry_at.get(obs.device)
+        if alarmed or last is None or obs.at - last >= POLLED_TELEMETRY_INTERVAL_S:
+            self._polled_telemetry_at[obs.device] = obs.at
+            return True
+        return False
 
-    def _remember(self, event: FrameHeard) -> None:
-        """The last frames heard from each node, duplicates included, for a technician."""
-        node = event.received.frame.node_id
-        recent = self._recent.pop(node, None) or deque(maxlen=RECENT_FRAMES)
-        self._recent[node] = recent
-        if len(self._recent) > RECENT_NODES:
-            self._recent.popitem(last=False)
-        frame, received = event.received.frame, event.received
-        recent.append(
-            {
-                "time": iso(event.at),
-                "port": event.source,
-                "seq": frame.seq,
-                "msg_type": frame.msg_type.name,
-                "rx_rssi_dbm": received.rssi_dbm,
-                "rx_snr_db": received.snr_db,
-                "raw_hex": received.raw.hex(" ").upper(),
-            }
+    def _track(self, obs: Observation, subject: Subject) -> bool | None:
+        """Liveness, input binding, duplicates, rate: None refuses, False holds back telemetry."""
+        device_state, forgotten = self.devices.touch(
+            obs.device, registered=subject.cover is not None
+        )
+        for device in forgotten:
+            self._forget(device)
+        restart = any(e.kind in _RESTARTS for e in obs.events)
+        if obs.counter is not None or obs.message_id is not None:
+            by_id = obs.message_id is not None
+            content = (
+                obs.message_id.encode()
+                if obs.message_id is not None
+                else obs.fingerprint or obs.raw
+            )
+            verdict = device_state.counters.observe(
+                obs.counter,
+                digest(content),
+                obs.at,
+                restart=restart,
+                by_message_id=by_id,
+                modulus=obs.counter_modulus,
+            )
+            if verdict.duplicate:
+                self.stats.duplicates += 1
+                return None
+        else:
+            verdict = None
+        allowed = subject.cover.inputs if subject.cover is not None else ()
+        if allowed:
+            bound_ok = obs.source in allowed
+        else:
+            bound_ok = device_state.bound_input in (None, obs.source)
+        if not bound_ok:
+            self.stats.wrong_input += 1
+            log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
+            return None
+        if device_state.bound_input is None and not obs.polled:
+            device_state.bound_input = obs.source
+        if verdict is not None:
+            if verdict.anomaly:
+                self.stats.sequence_anomalies += 1
+                log.warning("%s: counter %s reused with other content", obs.device, obs.counter)
+            if verdict.lost:
+                self.stats.count_lost(obs.device.device_id, verdict.lost)
+        if subject.cover is None:
+            self.stats.unregistered_frames += 1
+        device_state.last_seen = obs.at
+        if not obs.polled:
+            self._log.put(
+                state.DEVICE + device_key(obs.device), device_state.to_json(), urgent=False
+            )
+            if subject.cover is not None and self.registry.cover_for(obs.device) is not None:
+                self._deadlines.watch(
+                    obs.device, obs.at + self.thresholds(subject.cover).offline_after_s
+                )
+        if obs.partial:
+            self.stats.partial_readings += 1
+        if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
+            self.stats.rate_limited += 1
+            return False
+        return True
+
+    def _forget(self, device: DeviceRef) -> None:
+        """An unregistered device pushed out: its state and alarms go with it."""
+        self._log.delete(state.DEVICE + device_key(device), urgent=False)
+        key = _unregistered_key(device)
+        if self.registry.cover_for(device) is not None:
+            return
+        for mkey in self._machines.pop(key, {}):
+            self._log.delete(state.MACHINE + self._key(key, *mkey))
+        for bkey in [k for k in self._baselines if k.split("|", 1)[0] == key]:
+            del self._baselines[bkey]
+            self._log.delete(state.BASELINE + bkey)
+        self._polled_telemetry_at.pop(device, None)
+
+    def _remember(self, obs: Observation) -> None:
+        """The last frames heard, duplicates included, for a technician."""
+        source = obs.extra.get("source")
+        msg_type = source.get("msg_type") if isinstance(source, dict) else None
+        self._recent.add(
+            Heard(
+                device=device_key(obs.device),
+                at=obs.at,
+                port=obs.source,
+                counter=obs.counter,
+                msg_type=str(msg_type or obs.purpose.name),
+                rssi_dbm=obs.link.rssi_dbm,
+                snr_db=obs.link.snr_db,
+                raw=obs.raw,
+            )
         )
 
     def recent_frames(self, node_id: int, last: int) -> list[dict[str, Any]]:
-        return list(self._recent.get(node_id, ()))[-last:]
+        return self._recent.last(device_key(adapters.scn1_device(node_id)), last, iso)
 
-    def _frame(self, event: FrameHeard) -> list[Outgoing]:
-        frame = event.received.frame
-        self._remember(event)
-        verdict = self._seq.observe(
-            frame.node_id, frame.seq, event.at, boot=frame.msg_type is MessageType.BOOT
-        )
-        if verdict.duplicate:
-            self.stats.duplicates += 1
-            return []
-        if verdict.lost:
-            self.stats.lost_frames += verdict.lost
-            self.stats.lost_by_node[frame.node_hex] += verdict.lost
-        cover = self.registry.by_node.get(frame.node_id)
-        if cover is None:
-            self.stats.unregistered_frames += 1
-        subject = self._node_subject(frame.node_id, cover, event)
-        self._last_seen[frame.node_id] = event.at
-        out: list[Outgoing] = []
-        offline = self._machines.get(self._key(subject, AlarmKind.NODE_OFFLINE, ""))
-        if offline is not None and offline.active:
-            transition = offline.force(active=False, at=event.at)
-            if transition:
-                out.append(
-                    self._alarm(subject, AlarmKind.NODE_OFFLINE, "", offline, transition, event.at)
-                )
-        thr = self.thresholds(cover)
-        derived: dict[str, Any] = {}
-        tilt = frame.first(Tilt)
-        rel_tilt = None
-        cover_open = self._machine(subject, AlarmKind.COVER_OPEN)  # read again after events
-        opened = cover_open.active
-        if tilt is not None:
-            # Only a normal report may become the baseline: never an opened cover's angle.
-            normal = (
-                frame.msg_type is MessageType.REPORT
-                and FrameFlags.NODE_ALARM not in frame.flags
-                and not opened
-            )
-            rel_tilt = self._relative_tilt(subject, tilt.x_deg, tilt.y_deg, may_record=normal)
-            derived["tilt_deg"] = round(rel_tilt, 2)
-        water = frame.first(WaterDepth)
-        if water is not None:
-            derived["water_distance_mm"] = water.distance_mm
-        out.append(self._frame_telemetry(event, subject, derived))
-        if frame.msg_type is MessageType.EVENT:
-            out += self._node_events(subject, frame, event.at, thr)
-        rule = Debounce(hold_s=0.0, count=thr.report_count)
-        if frame.msg_type in (MessageType.REPORT, MessageType.EVENT):
-            # An opened cover is tilted by definition: one alarm for one incident.
-            opened = cover_open.active  # this frame's own EVENT may just have opened it
-            if rel_tilt is not None and not opened:
-                out += self._tilt(subject, rel_tilt, event.at, thr, rule)
-            if water is not None:
-                distance = math.inf if water.distance_mm is None else float(water.distance_mm)
-                out += self._water(subject, distance, event.at, thr, rule)
-            for gas in frame.all(Gas):
-                out += self._gas(subject, gas, event.at, thr, rule)
-        if frame.msg_type is MessageType.REPORT:
-            out += self._report_clears(subject, frame, rel_tilt, event.at, thr)
-        battery = frame.first(Battery)
-        if battery is not None or FrameFlags.LOW_BATTERY in frame.flags:
-            out += self._battery(subject, frame, battery, event.at, thr, rule)
-        return out
-
-    def _relative_tilt(self, subject: Subject, x: float, y: float, *, may_record: bool) -> float:
-        """Tilt against the installed angle: the registry's, else the first normal reading's.
+    def _relative_tilt(
+        self, subject: Subject, sub: str, now: tuple[float, ...], *, may_record: bool
+    ) -> float:
+        """Tilt against the installed orientation: the registry's, else the first normal reading's.
 
         Until a baseline exists, tilt is taken against level.
         """
-        baseline = self._baselines.get(subject.key)
-        if baseline is None and subject.cover is not None and subject.cover.baseline_deg:
+        key = f"{subject.key}|{sub}"
+        baseline = self._baselines.get(key)
+        if (
+            baseline is None
+            and subject.cover is not None
+            and subject.cover.baseline_deg
+            and len(now) == 2
+        ):
             baseline = subject.cover.baseline_deg
         if baseline is None and may_record:
-            baseline = (x, y)
-            self._baselines[subject.key] = baseline
-            self.dirty = True
-            log.info("tilt baseline of %s recorded: %.2f, %.2f deg", subject.key, x, y)
-        bx, by = baseline or (0.0, 0.0)
-        return math.hypot(x - bx, y - by)
+            baseline = now
+            self._baselines[key] = baseline
+            self._log.put(state.BASELINE + key, list(baseline))
+            log.info("tilt baseline of %s recorded: %s deg", key, baseline)
+        return tilt.tilt_deg(now, baseline)
 
-    def rezero(self, subject_key: str) -> None:
-        """Forget a cover's tilt baseline; the next reading becomes the new one."""
-        self._baselines.pop(subject_key, None)
-        self.dirty = True
+    # --- time passing ---
 
-    def _node_events(
-        self, subject: Subject, frame: Frame, at: float, thr: Thresholds
-    ) -> list[Outgoing]:
+    def tick(self, now: float) -> list[Outgoing]:
+        """Registered devices not heard from within their offline timeout (what fell due only)."""
         out: list[Outgoing] = []
-        for event in frame.all(Event):
-            event_at = at - event.age_s
-            extra = {"event_time": iso(event_at), "node_event": event.code.name.lower()}
-            match event.code:
-                case EventCode.COVER_OPENED | EventCode.COVER_CLOSED:
-                    kind, active, sub = (
-                        AlarmKind.COVER_OPEN,
-                        event.code is EventCode.COVER_OPENED,
-                        "",
-                    )
-                case EventCode.TILT_ALARM:
-                    kind, active, sub = AlarmKind.TILT, True, ""
-                case EventCode.WATER_ALARM:
-                    kind, active, sub = AlarmKind.WATER_HIGH, True, ""
-                case EventCode.IMPACT_TAMPER:
-                    kind, active, sub = AlarmKind.TAMPER, True, ""
-                case EventCode.SENSOR_FAULT:
-                    kind, active, sub = AlarmKind.SENSOR_FAULT, True, "node"
-            machine = self._machine(subject, kind, sub)
-            transition = machine.force(active=active, at=event_at)
-            if transition:
-                out.append(
-                    self._alarm(
-                        subject,
-                        kind,
-                        sub,
-                        machine,
-                        transition,
-                        event_at,
-                        value=event.value,
-                        unit=event.value_unit,
-                        extra=extra,
-                    )
-                )
-        return out
-
-    def _report_clears(
-        self, subject: Subject, frame: Frame, rel_tilt: float | None, at: float, thr: Thresholds
-    ) -> list[Outgoing]:
-        """A normal REPORT (node not in alarm, cover lying flat) ends what the node raised."""
-        if FrameFlags.NODE_ALARM in frame.flags:
-            return []
-        flat = rel_tilt is None or rel_tilt < thr.tilt_deg - thr.tilt_clear_margin_deg
-        out: list[Outgoing] = []
-        for kind, sub, needs_flat in (
-            (AlarmKind.COVER_OPEN, "", True),
-            (AlarmKind.TAMPER, "", False),
-            (AlarmKind.SENSOR_FAULT, "node", False),
-        ):
-            machine = self._machines.get(self._key(subject, kind, sub))
-            if machine is None or not machine.active or (needs_flat and not flat):
+        for device in self._deadlines.due(now):
+            subject = self._subject(device)
+            if subject.cover is None:
+                continue  # left the registry
+            known = self.devices.get(device)
+            heard = known is not None and known.last_seen is not None
+            last = (
+                known.last_seen
+                if known is not None and known.last_seen is not None
+                else self._started_at
+            )
+            limit = self.thresholds(subject.cover).offline_after_s
+            if now - last <= limit:
+                self._deadlines.watch(device, last + limit)  # heard since: the next deadline
                 continue
-            transition = machine.force(active=False, at=at)
-            if transition:
-                value = None if rel_tilt is None else round(rel_tilt, 2)
-                out.append(self._alarm(subject, kind, sub, machine, transition, at, value=value))
-        return out
-
-    # --- shared evaluations ---
-
-    def _observe(
-        self,
-        subject: Subject,
-        kind: AlarmKind,
-        sub: str,
-        *,
-        bad: bool,
-        good: bool,
-        at: float,
-        rule: Debounce,
-        value: float | None,
-        unit: str,
-        threshold: float,
-    ) -> list[Outgoing]:
-        machine = self._machine(subject, kind, sub)
-        before = machine.state
-        transition = machine.observe(bad=bad, good=good, at=at, rule=rule)
-        if machine.state is not before:
-            self.dirty = True
-        if transition is None:
-            return []
-        shown = None if value is None or math.isinf(value) else round(value, 2)
-        return [
-            self._alarm(
-                subject,
-                kind,
-                sub,
-                machine,
-                transition,
-                at,
-                value=shown,
-                unit=unit,
-                threshold=threshold,
+            verdict = offline.raised(
+                now - last,
+                self.thresholds(subject.cover),
+                alarm_sub(device),
+                iso(last) if heard else None,
             )
-        ]
-
-    def _tilt(  # noqa: PLR0917 - private; arguments follow the alarm key's order
-        self,
-        subject: Subject,
-        rel: float,
-        at: float,
-        thr: Thresholds,
-        rule: Debounce,
-        sub: str = "",
-    ) -> list[Outgoing]:
-        return self._observe(
-            subject,
-            AlarmKind.TILT,
-            sub,
-            bad=rel >= thr.tilt_deg,
-            good=rel < thr.tilt_deg - thr.tilt_clear_margin_deg,
-            at=at,
-            rule=rule,
-            value=rel,
-            unit="deg",
-            threshold=thr.tilt_deg,
-        )
-
-    def _water(  # noqa: PLR0917 - private; arguments follow the alarm key's order
-        self,
-        subject: Subject,
-        distance: float,
-        at: float,
-        thr: Thresholds,
-        rule: Debounce,
-        sub: str = "",
-    ) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        for kind, limit in (
-            (AlarmKind.WATER_HIGH, thr.water_high_mm),
-            (AlarmKind.WATER_OVERFLOW, thr.water_overflow_mm),
-        ):
-            out += self._observe(
-                subject,
-                kind,
-                sub,
-                bad=distance <= limit,
-                good=distance > limit + thr.water_clear_margin_mm,
-                at=at,
-                rule=rule,
-                value=distance,
-                unit="mm",
-                threshold=limit,
-            )
+            out += self._apply_one(subject, verdict, now, device_source(device))
         return out
 
-    def _gas(
-        self, subject: Subject, gas: Gas, at: float, thr: Thresholds, rule: Debounce
-    ) -> list[Outgoing]:
-        name = gas.kind.name
-        limit = thr.gas.get(name)
-        if limit is None:
-            return []
-        margin = thr.gas_clear_margin.get(name, 0.0)
-        low_side = gas.kind is GasKind.O2  # too little oxygen is the danger
-        bad = gas.value <= limit if low_side else gas.value >= limit
-        good = gas.value > limit + margin if low_side else gas.value < limit - margin
-        return self._observe(
-            subject,
-            AlarmKind.GAS,
-            name,
-            bad=bad,
-            good=good,
-            at=at,
-            rule=rule,
-            value=gas.value,
-            unit=gas.unit,
-            threshold=limit,
-        )
-
-    def _battery(  # noqa: PLR0917 - private; arguments follow the alarm key's order
-        self,
-        subject: Subject,
-        frame: Frame,
-        battery: Battery | None,
-        at: float,
-        thr: Thresholds,
-        rule: Debounce,
-    ) -> list[Outgoing]:
-        flagged = FrameFlags.LOW_BATTERY in frame.flags
-        mv = None if battery is None else battery.voltage_mv
-        bad = flagged or (mv is not None and mv < thr.low_battery_mv)
-        good = not flagged and mv is not None and mv >= thr.low_battery_clear_mv
-        return self._observe(
-            subject,
-            AlarmKind.LOW_BATTERY,
-            "",
-            bad=bad,
-            good=good,
-            at=at,
-            rule=rule,
-            value=None if mv is None else float(mv),
-            unit="mV",
-            threshold=thr.low_battery_mv,
-        )
-
-    # --- Modbus slaves ---
-
-    def _slave_subject(self, bus: str, address: int) -> Subject:
-        cover = self.registry.by_slave.get((bus, address))
-        key = cover.cover_id if cover else f"modbus:{bus}:{address}"
-        return Subject(key, cover, {"type": "modbus", "bus": bus, "slave": address})
-
-    def _slave_read(self, event: SlaveRead) -> list[Outgoing]:
-        subject = self._slave_subject(event.bus, event.address)
-        slave = self.slaves.get((event.bus, event.address))
-        thr = self.thresholds(subject.cover)
-        out: list[Outgoing] = []
-        fault = self._machines.get(
-            self._key(subject, AlarmKind.SENSOR_FAULT, self._slave_sub(event))
-        )
-        if fault is not None and fault.active:
-            transition = fault.force(active=False, at=event.at)
-            if transition:
-                out.append(
-                    self._alarm(
-                        subject,
-                        AlarmKind.SENSOR_FAULT,
-                        self._slave_sub(event),
-                        fault,
-                        transition,
-                        event.at,
-                    )
-                )
-        rule = Debounce(hold_s=thr.hold_s, count=1)
-        derived: dict[str, Any] = {}
-        if slave is not None and slave.role is SlaveRole.TILT:
-            roll, pitch = event.values["roll_deg"], event.values["pitch_deg"]
-            rel = self._relative_tilt(subject, roll, pitch, may_record=True)
-            derived["tilt_deg"] = round(rel, 2)
-            # A cover may carry a radio node and wired sensors: one alarm per sensor.
-            out += self._tilt(subject, rel, event.at, thr, rule, sub=self._slave_sub(event))
-        elif slave is not None and slave.role is SlaveRole.WATER_LEVEL:
-            level_mm = event.values["level"] * LEVEL_UNITS_MM[slave.unit]
-            derived["water_level_mm"] = round(level_mm, 1)
-            depth = subject.cover.sensor_depth_mm if subject.cover else None
-            if depth is not None:
-                distance = depth - level_mm
-                derived["water_distance_mm"] = round(distance, 1)
-                out += self._water(
-                    subject, distance, event.at, thr, rule, sub=self._slave_sub(event)
-                )
-        key = (event.bus, event.address)
-        last = self._slave_telemetry_at.get(key)
-        if out or last is None or event.at - last >= SLAVE_TELEMETRY_INTERVAL_S:
-            self._slave_telemetry_at[key] = event.at
-            out.insert(0, self._slave_telemetry(event, subject, derived))
-        return out
+    # --- alarm machines ---
 
     @staticmethod
-    def _slave_sub(event: SlaveRead | SlaveFailed) -> str:
-        return f"{event.bus}:{event.address}"
+    def _key(subject_key: str, kind: AlarmKind, sub: str) -> str:
+        return f"{subject_key}|{kind.value}|{sub}"
 
-    def _slave_failed(self, event: SlaveFailed) -> list[Outgoing]:
-        subject = self._slave_subject(event.bus, event.address)
-        thr = self.thresholds(subject.cover)
-        if event.consecutive < thr.fault_after_failures:
-            return []
-        sub = self._slave_sub(event)
-        machine = self._machine(subject, AlarmKind.SENSOR_FAULT, sub)
-        transition = machine.force(active=True, at=event.at)
-        if transition is None:
-            return []
-        return [
-            self._alarm(
-                subject,
-                AlarmKind.SENSOR_FAULT,
-                sub,
-                machine,
-                transition,
-                event.at,
-                value=float(event.consecutive),
-                unit="failures",
-                threshold=float(thr.fault_after_failures),
-                extra={"reason": event.reason},
-            )
-        ]
+    def _active(self, subject: Subject, kind: AlarmKind, sub: str) -> bool:
+        machine = self._machines.get(subject.key, {}).get((kind, sub))
+        return machine is not None and machine.active
 
-    # --- messages ---
-
-    @staticmethod
-    def _key(subject: Subject, kind: AlarmKind, sub: str) -> str:
-        return f"{subject.key}|{kind.value}|{sub}"
-
-    def _machine(self, subject: Subject, kind: AlarmKind, sub: str = "") -> AlarmMachine:
-        key = self._key(subject, kind, sub)
-        machine = self._machines.get(key)
+    def _machine(self, subject: Subject, kind: AlarmKind, sub: str) -> AlarmMachine:
+        machines = self._machines.setdefault(subject.key, {})
+        machine = machines.get((kind, sub))
         if machine is None:
-            machine = self._machines[key] = AlarmMachine()
+            machine = machines[(kind, sub)] = AlarmMachine()
         return machine
 
-    def _alarm(  # noqa: PLR0917 - private; arguments follow the alarm key's order
+    def _apply(
+        self, subject: Subject, obs: Observation, verdicts: Iterable[Verdict]
+    ) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        source = alarm_source(obs)
+        for verdict in verdicts:
+            out += self._apply_one(
+                subject, verdict, obs.at, source, evidence=obs.quantities.device_alarms
+            )
+        return out
+
+    def _apply_one(
+        self,
+        subject: Subject,
+        verdict: Verdict,
+        at: float,
+        source: dict[str, Any],
+        evidence: frozenset[str] = frozenset(),
+    ) -> list[Outgoing]:
+        if isinstance(verdict, Force) and verdict.only_if_active:
+            existing = self._machines.get(subject.key, {}).get((verdict.kind, verdict.sub))
+            if existing is None or not existing.active:
+                return []
+        machine = self._machine(subject, verdict.kind, verdict.sub)
+        before = machine.to_json()
+        extra = dict(verdict.extra)
+        if isinstance(verdict, Check):
+            transition = machine.observe(
+                bad=verdict.bad, good=verdict.good, at=at, rule=verdict.rule
+            )
+            value = None if verdict.value is None else round(verdict.value, 2)
+            unit: str | None = verdict.unit
+            threshold: float | None = verdict.threshold
+            when = at
+        else:
+            when = verdict.at if verdict.at is not None else at
+            transition = machine.force(active=verdict.active, at=when)
+            value, unit, threshold = verdict.value, verdict.unit, verdict.threshold
+        out: list[Outgoing] = []
+        if transition is not None:
+            if transition is Transition.RAISED or machine.alarm_id is None:
+                machine.alarm_id = self._new_id()
+            if (
+                evidence - LOW_BATTERY_BITS
+                and verdict.kind is not AlarmKind.NODE_OFFLINE
+                and subject.device.model != adapters.SCN1
+            ):
+                extra.setdefault("evidence", {})["device_alarms"] = sorted(evidence)
+            out.append(
+                self._alarm(
+                    subject,
+                    verdict.kind,
+                    verdict.sub,
+                    machine,
+                    transition,
+                    when,
+                    source,
+                    value,
+                    unit,
+                    threshold,
+                    extra,
+                )
+            )
+        if machine.to_json() != before:
+            self._save_machine(subject.key, verdict.kind, verdict.sub, machine)
+        return out
+
+    def _save_machine(
+        self, subject_key: str, kind: AlarmKind, sub: str, machine: AlarmMachine
+    ) -> None:
+        key = state.MACHINE + self._key(subject_key, kind, sub)
+        if machine.state is AlarmState.NORMAL:
+            self._log.delete(key)
+        else:
+            self._log.put(key, machine.to_json())
+
+    def _alarm(  # noqa: PLR0917 - private; arguments follow the alarm message's order
         self,
         subject: Subject,
         kind: AlarmKind,
@@ -616,37 +587,31 @@ class EdgeEngine:
         machine: AlarmMachine,
         transition: Transition,
         at: float,
-        *,
-        value: float | None = None,
-        unit: str | None = None,
-        threshold: float | None = None,
-        extra: dict[str, Any] | None = None,
+        source: dict[str, Any],
+        value: float | None,
+        unit: str | None,
+        threshold: float | None,
+        extra: dict[str, Any],
     ) -> Outgoing:
-        self.dirty = True
-        if transition is Transition.RAISED or machine.alarm_id is None:
-            machine.alarm_id = self._new_id()
         msg_id = self._new_id()
-        cover = subject.cover
-        payload: dict[str, Any] = {
-            "msg_id": msg_id,
-            "alarm_id": machine.alarm_id,
-            "gateway": self.gateway_id,
-            "kind": kind.value,
-            "sub": sub or None,
-            "state": transition.value,
-            "severity": SEVERITY[kind],
-            "time": iso(at),
-            "raised_at": iso(machine.raised_at) if machine.raised_at is not None else None,
-            "registered": cover is not None,
-            "cover": cover.identity() if cover else None,
-            "maintenance": self.in_maintenance(cover, at),
-            "source": subject.source,
-            "value": value,
-            "unit": unit,
-            "threshold": threshold,
-        }
-        if extra:
-            payload.update(extra)
+        payload = render_alarm(
+            msg_id=msg_id,
+            alarm_id=machine.alarm_id or msg_id,
+            gateway=self.gateway_id,
+            kind=kind.value,
+            severity=SEVERITY[kind],
+            sub=sub,
+            state=transition.value,
+            at=at,
+            raised_at=machine.raised_at,
+            subject=subject,
+            maintenance=self.in_maintenance(subject.cover, at),
+            source=source,
+            value=value,
+            unit=unit,
+            threshold=threshold,
+            extra=extra,
+        )
         log.info(
             "alarm %s %s %s%s value=%s",
             transition.value,
@@ -655,90 +620,105 @@ class EdgeEngine:
             f" ({sub})" if sub else "",
             value,
         )
-        return Outgoing(msg_id, Lane.ALARM, f"{self.topic_root}/alarm", _dumps(payload))
+        return Outgoing(msg_id, Lane.ALARM, f"{self.topic_root}/alarm", payload)
 
-    def _frame_telemetry(
-        self, event: FrameHeard, subject: Subject, derived: dict[str, Any]
-    ) -> Outgoing:
-        frame = event.received.frame
-        reading_id = self._new_id()
-        reading = {
-            "reading_id": reading_id,
-            "time": iso(event.at),
-            "registered": subject.cover is not None,
-            "cover": subject.cover.identity() if subject.cover else None,
-            "source": {
-                "type": "node",
-                "port": event.source,
-                "node": frame.node_hex,
-                "seq": frame.seq,
-                "msg_type": frame.msg_type.name,
-                "flags": flags_to_dict(frame.flags),
-                "rx_rssi_dbm": event.received.rssi_dbm,
-                "rx_snr_db": event.received.snr_db,
-            },
-            "records": [record_to_dict(r) for r in frame.records],
-            "derived": derived,
-        }
-        return Outgoing(reading_id, Lane.TELEMETRY, f"{self.topic_root}/telemetry", _dumps(reading))
-
-    def _slave_telemetry(
-        self, event: SlaveRead, subject: Subject, derived: dict[str, Any]
-    ) -> Outgoing:
-        reading_id = self._new_id()
-        reading = {
-            "reading_id": reading_id,
-            "time": iso(event.at),
-            "registered": subject.cover is not None,
-            "cover": subject.cover.identity() if subject.cover else None,
-            "source": {"type": "modbus", "bus": event.bus, "slave": event.address},
-            "values": {k: round(v, 4) for k, v in event.values.items()},
-            "derived": derived,
-        }
-        return Outgoing(reading_id, Lane.TELEMETRY, f"{self.topic_root}/telemetry", _dumps(reading))
-
-    # --- state that survives a restart ---
+    # --- what people and the platform are told ---
 
     def active_alarms(self) -> list[dict[str, Any]]:
         out = []
-        for key, machine in self._machines.items():
-            if machine.active:
-                subject, kind, sub = key.split("|")
-                out.append(
-                    {
-                        "subject": subject,
-                        "kind": kind,
-                        "sub": sub or None,
-                        "alarm_id": machine.alarm_id,
-                        "raised_at": iso(machine.raised_at) if machine.raised_at else None,
-                    }
-                )
+        for subject_key, machines in self._machines.items():
+            for (kind, sub), machine in machines.items():
+                if machine.active:
+                    out.append(
+                        {
+                            "subject": subject_key,
+                            "kind": kind.value,
+                            "sub": sub or None,
+                            "alarm_id": machine.alarm_id,
+                            "raised_at": iso(machine.raised_at) if machine.raised_at else None,
+                        }
+                    )
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        self.dirty = False
-        return {
-            "machines": {
-                k: m.to_json() for k, m in self._machines.items() if m.state.value != "normal"
-            },
-            "baselines": {k: list(v) for k, v in self._baselines.items()},
-            "kind_overrides": self.kind_overrides,
-            "cover_overrides": self.cover_overrides,
-            "maintenance_until": self.maintenance_until,
-        }
-
-    def restore(self, data: dict[str, Any]) -> None:
-        self._machines = {k: AlarmMachine.from_json(v) for k, v in data.get("machines", {}).items()}
-        self._baselines = {
-            k: (float(v[0]), float(v[1])) for k, v in data.get("baselines", {}).items()
-        }
-        self.kind_overrides = dict(data.get("kind_overrides", {}))
-        self.cover_overrides = dict(data.get("cover_overrides", {}))
-        self.maintenance_until = {k: float(v) for k, v in data.get("maintenance_until", {}).items()}
-        self._thresholds.clear()
-        log.info(
-            "restored %d alarm states, %d tilt baselines", len(self._machines), len(self._baselines)
+    def frames_seen(self) -> Iterable[tuple[str, float]]:
+        return (
+            (d.device_id, s.last_seen)
+            for d, s in self.devices.items()
+            if s.last_seen is not None and d.model == adapters.SCN1
         )
 
-    def frames_seen(self) -> Iterable[tuple[str, float]]:
-        return ((f"{n:08X}", t) for n, t in self._last_seen.items())
+    # --- state that survives a restart ---
+
+    @property
+    def dirty(self) -> bool:
+        """State that should be committed now, messages or not (alarms, overrides, baselines)."""
+        return self._log.urgent
+
+    def take_state(self) -> dict[str, str | None]:
+        """The state rows changed since the last call: write them with the messages."""
+        return self._log.take()
+
+    def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
+        """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
+        machines = baselines = devices = 0
+        for key, text in rows:
+            value = json.loads(text)
+            if key.startswith(state.MACHINE):
+                subject_key, kind, sub = key.removeprefix(state.MACHINE).split("|")
+                self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = (
+                    AlarmMachine.from_json(value)
+                )
+                machines += 1
+            elif key.startswith(state.BASELINE):
+                self._baselines[key.removeprefix(state.BASELINE)] = tuple(float(v) for v in value)
+                baselines += 1
+            elif key.startswith(state.DEVICE):
+                device = parse_device_key(key.removeprefix(state.DEVICE))
+                registered = self.registry.cover_for(device) is not None
+                for gone in self.devices.load(
+                    device, DeviceState.from_json(value), registered=registered
+                ):
+                    self._forget(gone)
+                devices += 1
+            else:
+                self.overrides.load(key, value)
+        self._watch_registered()
+        log.info(
+            "restored %d alarm states, %d tilt baselines, %d devices", machines, baselines, devices
+        )
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """The whole-state blob of earlier versions: read once, then written as rows."""
+        for key, value in data.get("machines", {}).items():
+            subject_key, kind, sub = key.split("|")
+            machine = AlarmMachine.from_json(value)
+            self._machines.setdefault(subject_key, {})[(AlarmKind(kind), sub)] = machine
+            self._save_machine(subject_key, AlarmKind(kind), sub, machine)
+        for key, value in data.get("baselines", {}).items():
+            self._baselines[f"{key}|"] = tuple(float(v) for v in value)
+            self._log.put(f"{state.BASELINE}{key}|", [float(v) for v in value])
+        for key, values in data.get("kind_overrides", {}).items():
+            self.overrides.kind[key] = dict(values)
+        for key, values in data.get("cover_overrides", {}).items():
+            self.overrides.cover[key] = dict(values)
+        for key, until in data.get("maintenance_until", {}).items():
+            self.overrides.maintenance_until[key] = float(until)
+        self.overrides.save_all()
+        self.overrides.reconfigure(self.overrides.base, self.overrides.kind_thresholds)
+        self._watch_registered()
+        log.info("migrated the engine's state blob: %d alarm states", len(data.get("machines", {})))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every state row as it would be written now (tests, and moving state between engines)."""
+        return {
+            "machines": {
+                self._key(s, k, sub): m.to_json()
+                for s, ms in self._machines.items()
+                for (k, sub), m in ms.items()
+                if m.state is not AlarmState.NORMAL
+            },
+            "baselines": {k: list(v) for k, v in self._baselines.items()},
+            "kind_overrides": self.overrides.kind,
+            "cover_overrides": self.overrides.cover,
+            "maintenance_until": self.overrides.maintenance_until,
+        }

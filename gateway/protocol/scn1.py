@@ -18,8 +18,6 @@ one definition; the test suite checks both forms agree on arbitrary bytes.
 from __future__ import annotations
 
 import binascii
-import struct
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -40,6 +38,8 @@ from construct import (
     len_,
     this,
 )
+
+from gateway.protocol.layout import FixedLayout, fixed_layout
 
 SYNC = b"\xa5\x5a"
 VERSION = 1
@@ -113,42 +113,6 @@ ENVELOPE = Struct(
     "body" / Bytes(this.length),
     "crc" / Checksum(Int16ub, crc16_ccitt_false, lambda ctx: bytes((ctx.length,)) + ctx.body),
 )
-
-
-class LayoutError(TypeError):
-    """A construct definition that is not a fixed run of integer fields."""
-
-
-@dataclass(frozen=True, slots=True)
-class FixedLayout:
-    """A fixed-size Struct of integer fields as one ``struct`` format.
-
-    ``length`` is the value of a leading ``length`` Const (the TLV's L byte),
-    checked by the caller and not part of ``fields``.
-    """
-
-    length: int | None
-    fields: struct.Struct
-    names: tuple[str, ...]
-
-
-def fixed_layout(definition: Any) -> FixedLayout:
-    """Derive the ``struct`` layout of a construct Struct of FormatFields."""
-    length: int | None = None
-    order = ""
-    codes = ""
-    names: list[str] = []
-    for renamed in definition.subcons:
-        field = renamed.subcon
-        if renamed.name == "length" and type(field).__name__ == "Const" and not names:
-            length = int(field.value)
-            continue
-        fmt = getattr(field, "fmtstr", None)
-        if not isinstance(fmt, str) or fmt[0] not in "<>" or (order and fmt[0] != order):
-            raise LayoutError(f"field {renamed.name!r} is not a fixed integer field: {field!r}")
-        order, codes = fmt[0], codes + fmt[1:]
-        names.append(renamed.name)
-    return FixedLayout(length, struct.Struct(order + codes), tuple(names))
 
 
 HEADER_LAYOUT = fixed_layout(HEADER)

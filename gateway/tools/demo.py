@@ -116,6 +116,8 @@ async def _watch(host: str, port: int, board: Board, ready: asyncio.Event) -> No
                 await client.subscribe("covers/#", qos=1)
                 ready.set()
                 async for message in client.messages:
+                    if message.topic.matches("covers/+/cmd"):
+                        continue  # requests are anyone's bytes, not the gateway's JSON
                     if isinstance(message.payload, bytes):
                         board.take(str(message.topic), json.loads(message.payload))
         except aiomqtt.MqttError:
@@ -155,7 +157,13 @@ async def demo(
             f"broker {host}:{port}, {duration:.0f} s (Ctrl-C to stop)"
         )
         print(f"  {scenario.description}\n")
-        async with ScenarioRunner(scenario, speed=speed, udp_target=("127.0.0.1", udp_port)) as sim:
+        async with ScenarioRunner(
+            # The demo's broker doubles as the simulated ChirpStack's.
+            scenario,
+            speed=speed,
+            udp_target=("127.0.0.1", udp_port),
+            ns_broker=(host, port),
+        ) as sim:
             data = gateway_config(
                 tmp,
                 broker_port=port,

@@ -43,10 +43,50 @@ def status_line(stats: dict[str, Any]) -> str:
     )
 
 
+def _battery(row: dict[str, Any]) -> str:
+    if row.get("battery_pct") is not None:
+        return f"{row['battery_pct']:.0f}%"
+    if row.get("battery_mv"):
+        return f"{row['battery_mv'] / 1000:.2f} V"
+    return "-"
+
+
+def _covers(reply: dict[str, Any], out: TextIO, limit: int = 50) -> None:
+    rows = reply.get("covers") or []
+    print(f"\ncovers: {sum(r['registered'] for r in rows)} registered", file=out)
+    if not rows:
+        return
+    # Covers with an alarm or a silent device first: what the technician came for.
+    ordered = sorted(rows, key=lambda r: (not r["active_alarms"], r["last_heard"] is not None))
+    table = [["COVER", "DEVICES", "LAST HEARD", "BATTERY", "LINK", "ALARMS", "MAINTENANCE"]]
+    for row in ordered[:limit]:
+        devices = " ".join(
+            d["device"].split(":", 1)[1] + ("!" if d.get("failing") else "") for d in row["devices"]
+        )
+        age = min((d["age_s"] for d in row["devices"] if d["age_s"] is not None), default=None)
+        maintenance = row["maintenance_until"] or ("yes" if row["maintenance"] else "-")
+        table.append(
+            [
+                row["cover_id"] or "(unregistered)",
+                devices or "-",
+                f"{_age(age)} ago" if age is not None else "never",
+                _battery(row),
+                row["link"] or "-",
+                ", ".join(row["active_alarms"]) or "-",
+                maintenance,
+            ]
+        )
+    _table(table, out)
+    if len(rows) > limit:
+        print(f"... and {len(rows) - limit} more (--json for all)", file=out)
+
+
 def render(reply: dict[str, Any], out: TextIO) -> None:
     stats = reply["stats"]
     up, q = stats["uplink"], stats["queue"]
     uptime = _age(stats["uptime_s"])
+    for problem in reply.get("attention") or []:
+        print(f"!! {problem}", file=out)
     print(f"covergw {stats['gateway']}  up {uptime}  config {reply['config_digest']}", file=out)
     print(
         f"uplink   {up['state']}  (connects {up['connects']}, reconnects {up['reconnects']}, "
@@ -106,16 +146,13 @@ def render(reply: dict[str, Any], out: TextIO) -> None:
             ],
             out,
         )
-    seen = reply["nodes_last_seen"]
-    print(f"\nnodes heard: {reply['nodes_seen']} (most recent first)", file=out)
-    if seen:
-        _table([["NODE", "LAST SEEN"]] + [[n["node"], n["at"]] for n in seen[:15]], out)
+    _covers(reply, out)
 
 
 def run(socket_path: Path, *, as_json: bool) -> int:
     try:
         reply = asyncio.run(request(socket_path, "status"))
-    except (OSError, TimeoutError) as err:
+    except (OSError, TimeoutError, ValueError) as err:
         print(f"covergw is not answering on {socket_path}: {err}", file=sys.stderr)
         return 1
     if as_json:
@@ -125,11 +162,21 @@ def run(socket_path: Path, *, as_json: bool) -> int:
     return 0
 
 
-def tail(socket_path: Path, *, node: str | None, raw: bool) -> int:
-    """Print what the daemon's ports hear, live, until Ctrl-C."""
+def tail(
+    socket_path: Path,
+    *,
+    node: str | None,
+    raw: bool,
+    cover: str | None = None,
+    bus: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """Print radio frames, Modbus readings and alarm decisions, live, until Ctrl-C."""
+    request = {"cmd": "tail", "node": node, "raw": raw, "cover": cover, "bus": bus,
+               "json": as_json}  # fmt: skip
 
     async def follow_all() -> None:
-        async for line in follow(socket_path, {"cmd": "tail", "node": node, "raw": raw}):
+        async for line in follow(socket_path, request):
             print(line, flush=True)
 
     try:

@@ -25,6 +25,7 @@ from gateway.protocol.devices.base import (
     DownlinkFn,
     check_range,
 )
+from gateway.protocol.layout import fast_parser
 
 NAME = "dds75-lb"
 BATTERY_MASK = 0x3FFF  # bits 14-15 are flags, not millivolts
@@ -64,11 +65,13 @@ STATUS = Struct(
 )
 DISTANCE = Struct("mm" / Int16ub)
 
-_PERIODIC = PERIODIC.compile()
-_MULTI_TAIL = MULTI_TAIL.compile()
-_DATALOG = DATALOG_RECORD.compile()
-_STATUS = STATUS.compile()
+_PERIODIC = fast_parser(PERIODIC)
+_MULTI_TAIL = fast_parser(MULTI_TAIL)
+_DATALOG = fast_parser(DATALOG_RECORD)
+_STATUS = fast_parser(STATUS)
 _DATALOG_SIZE = DATALOG_RECORD.sizeof()
+_PERIODIC_SIZE = PERIODIC.sizeof()  # construct works sizes out on every call: once here
+_STATUS_SIZE = STATUS.sizeof()
 
 SENSOR_MODELS = {0x27: "DDS75-LB"}
 BANDS = {
@@ -119,8 +122,8 @@ def _fault(flag: int, at: float) -> tuple[DeviceEvent, ...]:
 def _periodic(payload: bytes, at: float) -> Decoded:
     if payload and payload[0] & MULTI_FLAG:
         return _multi(payload, at)
-    _refuse_length(payload, PERIODIC.sizeof(), "an fPort-2 uplink")
-    c = _PERIODIC.parse(payload)
+    _refuse_length(payload, _PERIODIC_SIZE, "an fPort-2 uplink")
+    c = _PERIODIC(payload)
     battery_mv = c.bat_raw & BATTERY_MASK
     temperature = c.temp_raw / 10
     fields: dict[str, Any] = {
@@ -154,7 +157,7 @@ def _multi(payload: bytes, at: float) -> Decoded:
         )
     battery_mv = int.from_bytes(payload[0:2], "big") & MULTI_BATTERY_MASK
     distances = [int.from_bytes(payload[i : i + 2], "big") for i in range(8, size - 4, 2)]
-    tail = _MULTI_TAIL.parse(payload[-4:])
+    tail = _MULTI_TAIL(payload, len(payload) - 4)
     temperature = tail.temp_raw / 10
     fields = {
         "battery_mv": battery_mv,
@@ -186,7 +189,7 @@ def _datalog(payload: bytes, at: float) -> Decoded:
         )
     readings = []
     for pos in range(0, size, _DATALOG_SIZE):
-        c = _DATALOG.parse(payload[pos : pos + _DATALOG_SIZE])
+        c = _DATALOG(payload, pos)
         battery_mv = c.bat_raw & BATTERY_MASK
         temperature = c.temp_raw / 10
         fields = {
@@ -219,8 +222,8 @@ def _datalog(payload: bytes, at: float) -> Decoded:
 
 
 def _status(payload: bytes, at: float) -> Decoded:
-    _refuse_length(payload, STATUS.sizeof(), "an fPort-5 status")
-    c = _STATUS.parse(payload)
+    _refuse_length(payload, _STATUS_SIZE, "an fPort-5 status")
+    c = _STATUS(payload)
     firmware = f"{c.fw_major & 0x0F}.{c.fw_minor >> 4}.{c.fw_minor & 0x0F}"
     info = {
         "sensor_model": SENSOR_MODELS.get(c.sensor_model),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from construct import Bytes, FlagsEnum, Int8ub, Int16sl, Int16ul, Struct
+from construct import Bytes, Int8ub, Int16sl, Int16ul, Struct
 
 from gateway.protocol.devices import milesight
 from gateway.protocol.devices.base import (
@@ -27,17 +27,18 @@ ANGLE = Struct(
     "x" / Int16sl,
     "y" / Int16sl,
     "z" / Int16sl,
-    "status" / FlagsEnum(Int8ub, x_alarm=1, y_alarm=2, z_alarm=4),  # bits 3-7 ignored
+    "status" / Int8ub,  # the device's own alarm per axis: ALARM_BITS; bits 3-7 ignored
 )
+ALARM_BITS = {"x": 0x01, "y": 0x02, "z": 0x04}
 
 
 def _angle(c: Any, acc: Acc) -> None:
     status = c.status
-    for axis in ("x", "y", "z"):
-        deg = c[axis] / 100
+    for axis, bit in ALARM_BITS.items():
+        deg = getattr(c, axis) / 100
         acc.q[f"tilt_{axis}_deg"] = deg
         acc.fields[f"tilt_{axis}_deg"] = deg
-        alarm = bool(status[f"{axis}_alarm"])
+        alarm = bool(status & bit)
         acc.fields[f"device_alarm_{axis}"] = alarm
         if alarm:
             acc.alarms.add(f"tilt_{axis}")
@@ -116,7 +117,7 @@ def build_reading(
         records.append(("battery", {"battery_pct": battery_pct}))
     if tilt_deg is not None:
         x, y, z = (round(v * 100) for v in tilt_deg)
-        status = {f"{a}_alarm": f"tilt_{a}" in alarms for a in AXES}
+        status = sum(bit for a, bit in ALARM_BITS.items() if f"tilt_{a}" in alarms)
         records.append(("angle", {"x": x, "y": y, "z": z, "status": status}))
     return milesight.build(TABLE, records)
 

@@ -5,8 +5,8 @@ length byte (spec real-sensors.md section 1): the size of the value is known
 only from the (id, type) pair, so the table of pairs *is* the schema. Each
 model module declares its table with ``record``/``config_echo`` and the walk
 here does the rest. It cannot share SCN-1's TLV loop (that one reads a length
-byte); it shares its approach: compiled construct bodies, one dict lookup per
-record.
+byte); it shares its approach: ``struct`` layouts derived from the construct
+bodies (``gateway/protocol/layout.py``), one dict lookup per record.
 
 Stricter than the vendor decoder, as the spec's quirk notes ask: a truncated
 record refuses the whole payload; an unknown pair ends the walk, keeps what
@@ -24,6 +24,7 @@ from construct import Bytes, ConstructError, Int8ub, Struct
 
 from gateway.observation import DeviceEvent, DeviceEventKind, Quantities
 from gateway.protocol.devices.base import Decoded, DeviceDecodeError, DeviceReason
+from gateway.protocol.layout import fast_parser
 
 FPORT = 85  # Milesight uplinks and downlinks (LoRaObject.md)
 
@@ -77,7 +78,7 @@ class Record:
     channel: int
     type: int
     body: Any  # construct Struct, fixed size: used to build
-    parse: Callable[[bytes], Any]  # the same body compiled: used to decode
+    parse: Callable[..., Any]  # the same body, derived: parse(data, offset)
     size: int
     apply: Apply
 
@@ -87,7 +88,7 @@ class Record:
 
 
 def record(name: str, channel: int, type_: int, body: Any, apply: Apply) -> Record:
-    return Record(name, channel, type_, body, body.compile().parse, body.sizeof(), apply)
+    return Record(name, channel, type_, body, fast_parser(body), body.sizeof(), apply)
 
 
 Table = Mapping[int, Record]
@@ -153,7 +154,7 @@ def walk(
                 acc = Acc(at)
             prev = low
         try:
-            value = rec.parse(payload[pos + 2 : stop])
+            value = rec.parse(payload, pos + 2)
         except ConstructError as err:  # pragma: no cover - sizes are checked above
             raise DeviceDecodeError(DeviceReason.TRUNCATED, str(err), offset=pos) from err
         rec.apply(value, acc)
@@ -288,7 +289,7 @@ def constant(setting: str) -> Callable[[Any], tuple[str, Mapping[str, Any]]]:
 
 
 def one(setting: str, key: str) -> Callable[[Any], tuple[str, Mapping[str, Any]]]:
-    return lambda c: (setting, {key: c[key]})
+    return lambda c: (setting, {key: getattr(c, key)})
 
 
 ONE_BYTE = Struct("raw" / Int8ub)

@@ -21,6 +21,7 @@ from gateway.protocol.devices.base import (
     DeviceModel,
     DeviceReason,
 )
+from gateway.protocol.layout import fast_parser
 
 START_FLAG = 0x02
 HEADER_SIZE = 86
@@ -46,7 +47,7 @@ HEADER = Struct(
     "data_length" / Int16ub,
 )
 FRAME = Struct("header" / HEADER, "data" / Bytes(this.header.data_length))
-_HEADER_FAST = HEADER.compile()
+_HEADER_FAST = fast_parser(HEADER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ def decode_nb_frame(data: bytes, *, at: float, model: str = em400.MUD) -> NbFram
         raise DeviceDecodeError(
             DeviceReason.TRUNCATED, f"{size} bytes, the header alone is {HEADER_SIZE}"
         )
-    header = _HEADER_FAST.parse(data)
+    header = _HEADER_FAST(data)
     if header.start_flag != START_FLAG:
         raise DeviceDecodeError(
             DeviceReason.BAD_START_FLAG,

@@ -1,0 +1,180 @@
+"""The older input forms turned into ``Observation``s, at the edge engine's door.
+
+SCN-1 frames and Modbus reads keep their wire shape upstream (the records and
+the register values go into ``extra``), so the platform sees what it always
+saw; the rules see only the quantities.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from gateway.config import LEVEL_UNITS_MM, SlaveConfig, SlaveRole
+from gateway.events import FrameHeard, SlaveFailed, SlaveRead
+from gateway.observation import (
+    DeviceEvent,
+    DeviceEventKind,
+    DeviceRef,
+    Link,
+    Observation,
+    Purpose,
+    Quantities,
+)
+from gateway.protocol.messages import (
+    Battery,
+    Event,
+    EventCode,
+    FrameFlags,
+    Gas,
+    MessageType,
+    Temperature,
+    Tilt,
+    WaterDepth,
+)
+from gateway.protocol.render import flags_to_dict, record_to_dict
+
+SCN1 = "scn1"
+MODBUS = "modbus"
+
+_EVENT_KINDS = {
+    EventCode.COVER_OPENED: DeviceEventKind.COVER_OPENED,
+    EventCode.COVER_CLOSED: DeviceEventKind.COVER_CLOSED,
+    EventCode.TILT_ALARM: DeviceEventKind.TILT_ALARM,
+    EventCode.WATER_ALARM: DeviceEventKind.WATER_ALARM,
+    EventCode.IMPACT_TAMPER: DeviceEventKind.TAMPER,
+    EventCode.SENSOR_FAULT: DeviceEventKind.SENSOR_FAULT,
+}
+_PURPOSE = {
+    MessageType.REPORT: Purpose.REPORT,
+    MessageType.EVENT: Purpose.EVENT,
+    MessageType.HEARTBEAT: Purpose.STATUS,
+    MessageType.BOOT: Purpose.STATUS,
+}
+_FLAGS_OFFSET = 11  # SYNC 2, LEN 1, VER 1, TYPE 1, NODE 4, SEQ 2
+NODE_ALARM = "node_alarm"  # SCN-1's FLAGS bit 0, as a device alarm bit
+LOW_BATTERY = "low_battery"  # SCN-1's FLAGS bit 2
+
+
+def scn1_device(node_id: int) -> DeviceRef:
+    return DeviceRef(SCN1, f"{node_id:08X}")
+
+
+def modbus_device(bus: str, address: int) -> DeviceRef:
+    return DeviceRef(MODBUS, f"{bus}:{address}")
+
+
+def _fingerprint(raw: bytes) -> bytes:
+    """The frame without its CRC and with the retransmission bit cleared: a retry is the same."""
+    if len(raw) <= _FLAGS_OFFSET + 2:
+        return raw
+    flags = raw[_FLAGS_OFFSET] & ~int(FrameFlags.RETRANSMISSION)
+    return raw[:_FLAGS_OFFSET] + bytes([flags]) + raw[_FLAGS_OFFSET + 1 : -2]
+
+
+def from_frame(event: FrameHeard) -> Observation:
+    received = event.received
+    frame = received.frame
+    tilt = frame.first(Tilt)
+    water = frame.first(WaterDepth)
+    battery = frame.first(Battery)
+    temperature = frame.first(Temperature)
+    alarms = set()
+    if FrameFlags.NODE_ALARM in frame.flags:
+        alarms.add(NODE_ALARM)
+    if FrameFlags.LOW_BATTERY in frame.flags:
+        alarms.add(LOW_BATTERY)
+    quantities = Quantities(
+        tilt_x_deg=None if tilt is None else tilt.x_deg,
+        tilt_y_deg=None if tilt is None else tilt.y_deg,
+        distance_mm=None if water is None or water.distance_mm is None else water.distance_mm,
+        distance_no_echo=water is not None and water.distance_mm is None,
+        battery_mv=None if battery is None else float(battery.voltage_mv),
+        temperature_c=None if temperature is None else temperature.celsius,
+        gas=MappingProxyType({g.kind.name: (g.value, g.unit) for g in frame.all(Gas)}),
+        device_alarms=frozenset(alarms),
+    )
+    events: list[DeviceEvent] = []
+    if frame.msg_type is MessageType.EVENT:
+        # Only an EVENT frame's events are news; any other frame's are history.
+        events = [
+            DeviceEvent(
+                _EVENT_KINDS[e.code],
+                event.at - e.age_s,
+                e.value,
+                e.value_unit,
+                MappingProxyType({"node_event": e.code.name.lower()}),
+            )
+            for e in frame.all(Event)
+        ]
+    elif frame.msg_type is MessageType.BOOT:
+        events = [DeviceEvent(DeviceEventKind.BOOT, event.at)]
+    source: dict[str, Any] = {
+        "type": "node",
+        "port": event.source,
+        "node": frame.node_hex,
+        "seq": frame.seq,
+        "msg_type": frame.msg_type.name,
+        "flags": flags_to_dict(frame.flags),
+        "rx_rssi_dbm": received.rssi_dbm,
+        "rx_snr_db": received.snr_db,
+    }
+    return Observation(
+        device=scn1_device(frame.node_id),
+        source=event.source,
+        at=event.at,
+        quantities=quantities,
+        events=tuple(events),
+        link=Link(rssi_dbm=received.rssi_dbm, snr_db=received.snr_db),
+        counter=frame.seq,
+        raw=received.raw,
+        extra=MappingProxyType(
+            {
+                "source": source,
+                "records": [record_to_dict(r) for r in frame.records],
+            }
+        ),
+        purpose=_PURPOSE[frame.msg_type],
+        judges_opening=True,
+        fingerprint=_fingerprint(received.raw),
+    )
+
+
+def from_slave_read(event: SlaveRead, slave: SlaveConfig | None) -> Observation:
+    q = Quantities()
+    if slave is not None and slave.role is SlaveRole.TILT:
+        q = Quantities(tilt_x_deg=event.values["roll_deg"], tilt_y_deg=event.values["pitch_deg"])
+    elif slave is not None and slave.role is SlaveRole.WATER_LEVEL:
+        q = Quantities(water_level_mm=event.values["level"] * LEVEL_UNITS_MM[slave.unit])
+    return Observation(
+        device=modbus_device(event.bus, event.address),
+        source=event.bus,
+        at=event.at,
+        quantities=q,
+        extra=MappingProxyType(
+            {
+                "source": {"type": "modbus", "bus": event.bus, "slave": event.address},
+                "values": {k: round(v, 4) for k, v in event.values.items()},
+            }
+        ),
+        polled=True,
+    )
+
+
+def from_slave_failed(event: SlaveFailed) -> Observation:
+    """A failed poll: the gateway's own count of failures, judged by the fault rule."""
+    fault = DeviceEvent(
+        DeviceEventKind.SENSOR_FAULT,
+        event.at,
+        float(event.consecutive),
+        "failures",
+        MappingProxyType({"reason": event.reason, "failures": event.consecutive}),
+    )
+    return Observation(
+        device=modbus_device(event.bus, event.address),
+        source=event.bus,
+        at=event.at,
+        events=(fault,),
+        purpose=Purpose.STATUS,
+        polled=True,
+    )

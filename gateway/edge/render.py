@@ -1,0 +1,154 @@
+"""Alarms and readings as the platform sees them (docs/mqtt-api.md, gateway/schemas/).
+
+The wire shape of SCN-1 and Modbus readings predates the device-neutral
+engine and stays as it was: their adapters hand over the source block and
+records in ``Observation.extra``. Other devices get a generic source block
+and their quantities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.observation import DeviceRef, Observation, Quantities
+from gateway.registry import Cover
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who an alarm is about: a registered cover, or a device not in the registry."""
+
+    key: str
+    cover: Cover | None
+    device: DeviceRef
+
+
+def device_source(device: DeviceRef) -> dict[str, Any]:
+    """The smallest source block naming a device (offline alarms, slave faults)."""
+    match device.model:
+        case "scn1":
+            return {"type": "node", "node": device.device_id}
+        case "modbus":
+            bus, _, address = device.device_id.rpartition(":")
+            return {"type": "modbus", "bus": bus, "slave": int(address)}
+    return {"type": "device", "model": device.model, "device_id": device.device_id}
+
+
+def alarm_source(obs: Observation) -> dict[str, Any]:
+    source = device_source(obs.device)
+    if source["type"] == "modbus":
+        return source
+    source["port"] = obs.source
+    if obs.counter is not None:
+        source["seq" if source["type"] == "node" else "counter"] = obs.counter
+    return source
+
+
+def quantities_dict(q: Quantities) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(q):
+        value = getattr(q, f.name)
+        if value is None or value == () or (f.name == "distance_no_echo" and not value):
+            continue
+        if f.name == "gas":
+            if value:
+                out["gas"] = {k: {"value": v, "unit": u} for k, (v, u) in value.items()}
+        elif f.name == "device_alarms":
+            if value:
+                out["device_alarms"] = sorted(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[str, Any]) -> bytes:
+    cover = subject.cover
+    body: dict[str, Any] = {
+        "reading_id": reading_id,
+        "time": iso(obs.at),
+        "registered": cover is not None,
+        "cover": cover.identity() if cover else None,
+    }
+    source = obs.extra.get("source")
+    if source is None:
+        body["source"] = {
+            **device_source(obs.device),
+            "port": obs.source,
+            "counter": obs.counter,
+            "rx_rssi_dbm": obs.link.rssi_dbm,
+            "rx_snr_db": obs.link.snr_db,
+            "csq": obs.link.csq,
+        }
+        body["quantities"] = quantities_dict(obs.quantities)
+        if obs.events:
+            body["events"] = [
+                {
+                    "kind": e.kind.value,
+                    "time": iso(e.at),
+                    "value": e.value,
+                    "unit": e.unit,
+                    **dict(e.detail),
+                }
+                for e in obs.events
+            ]
+        if obs.partial:
+            body["partial"] = obs.partial
+    else:
+        body["source"] = source
+    body.update((k, v) for k, v in obs.extra.items() if k != "source")
+    body["derived"] = derived
+    return dumps(body)
+
+
+def alarm(
+    *,
+    msg_id: str,
+    alarm_id: str,
+    gateway: str,
+    kind: str,
+    severity: str,
+    sub: str,
+    state: str,
+    at: float,
+    raised_at: float | None,
+    subject: Subject,
+    maintenance: bool,
+    source: dict[str, Any],
+    value: float | None,
+    unit: str | None,
+    threshold: float | None,
+    extra: dict[str, Any],
+) -> bytes:
+    cover = subject.cover
+    payload: dict[str, Any] = {
+        "msg_id": msg_id,
+        "alarm_id": alarm_id,
+        "gateway": gateway,
+        "kind": kind,
+        "sub": sub or None,
+        "state": state,
+        "severity": severity,
+        "time": iso(at),
+        "raised_at": iso(raised_at) if raised_at is not None else None,
+        "registered": cover is not None,
+        "cover": cover.identity() if cover else None,
+        "maintenance": maintenance,
+        "source": source,
+        "value": None if value is None or math.isinf(value) else value,
+        "unit": unit,
+        "threshold": threshold,
+    }
+    payload.update(extra)
+    return dumps(payload)

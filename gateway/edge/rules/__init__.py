@@ -1,0 +1,48 @@
+"""The alarm rules: small functions of quantities and state, one kind per module.
+
+A rule never touches an alarm machine. It returns what it concluded: a
+``Check`` (a condition judged against a threshold, which the gateway's own
+debounce turns into an alarm or not) or a ``Force`` (the device, or the
+gateway's own count, says so outright). The engine applies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from gateway.edge.alarm import AlarmKind, Debounce
+
+Iso = Callable[[float], str]  # a time as the wire shows it
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    kind: AlarmKind
+    sub: str
+    bad: bool  # past the raise threshold
+    good: bool  # past the clear margin
+    rule: Debounce
+    value: float | None
+    unit: str
+    threshold: float
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class Force:
+    kind: AlarmKind
+    sub: str
+    active: bool
+    at: float | None = None  # when it happened, if not the observation's time
+    value: float | None = None
+    unit: str | None = None
+    threshold: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    only_if_active: bool = False  # a clear that must not create a machine
+
+
+Verdict = Check | Force

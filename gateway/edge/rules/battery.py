@@ -1,0 +1,41 @@
+"""Battery: low by voltage, by percentage, or by the device's own low-battery bit."""
+
+from __future__ import annotations
+
+from gateway.config import Thresholds
+from gateway.edge.alarm import AlarmKind, Debounce
+from gateway.edge.rules import Check
+from gateway.observation import Quantities
+
+LOW_BATTERY_BITS = frozenset({"low_battery"})  # device alarm bits that mean "my battery is low"
+LOW_PCT = 15.0  # devices that report a percentage only (Milesight): raise below
+CLEAR_PCT = 20.0  # and clear at or above
+
+
+def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | None:
+    flagged = bool(q.device_alarms & LOW_BATTERY_BITS)
+    if q.battery_mv is not None or (flagged and q.battery_pct is None):
+        mv = q.battery_mv
+        return Check(
+            AlarmKind.LOW_BATTERY,
+            sub,
+            bad=flagged or (mv is not None and mv < thr.low_battery_mv),
+            good=not flagged and mv is not None and mv >= thr.low_battery_clear_mv,
+            rule=rule,
+            value=None if mv is None else float(mv),
+            unit="mV",
+            threshold=thr.low_battery_mv,
+        )
+    if q.battery_pct is not None:
+        pct = q.battery_pct
+        return Check(
+            AlarmKind.LOW_BATTERY,
+            sub,
+            bad=flagged or pct < LOW_PCT,
+            good=not flagged and pct >= CLEAR_PCT,
+            rule=rule,
+            value=pct,
+            unit="%",
+            threshold=LOW_PCT,
+        )
+    return None

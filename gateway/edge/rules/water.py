@@ -1,0 +1,44 @@
+"""Water: high and overflow, from the distance between the sensor and the water.
+
+A smaller distance is higher water. No echo means nothing in range: no water.
+A level transmitter's level becomes a distance through the cover's
+``sensor_depth_mm`` in the registry; without it there is nothing to judge.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gateway.config import Thresholds
+from gateway.edge.alarm import AlarmKind, Debounce
+from gateway.edge.rules import Check
+from gateway.observation import Quantities
+
+
+def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
+    if q.distance_mm is not None:
+        return q.distance_mm
+    if q.distance_no_echo:
+        return math.inf
+    if q.water_level_mm is not None and sensor_depth_mm is not None:
+        return sensor_depth_mm - q.water_level_mm
+    return None
+
+
+def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[Check]:
+    return [
+        Check(
+            kind,
+            sub,
+            bad=distance <= limit,
+            good=distance > limit + thr.water_clear_margin_mm,
+            rule=rule,
+            value=distance,
+            unit="mm",
+            threshold=limit,
+        )
+        for kind, limit in (
+            (AlarmKind.WATER_HIGH, thr.water_high_mm),
+            (AlarmKind.WATER_OVERFLOW, thr.water_overflow_mm),
+        )
+    ]
