@@ -132,7 +132,10 @@ class Gw:
         db = self.workdir / "state" / "queue.db"
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            return [(int(a), str(b)) for a, b in conn.execute("SELECT lane, topic FROM outbox")]
+            rows = conn.execute(
+                "SELECT lane, topics.topic FROM outbox JOIN topics ON topics.id = outbox.topic"
+            )
+            return [(int(a), str(b)) for a, b in rows]
         finally:
             conn.close()
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.control import follow, request
+from gateway.edge.alarm import SEVERITY, AlarmKind
+
+_KINDS = {k.value for k in AlarmKind}
 
 
 def _age(seconds: float | None) -> str:
@@ -52,13 +55,25 @@ def _battery(row: dict[str, Any]) -> str:
     return "-"
 
 
+_RANK = {"critical": 0, "major": 1, "minor": 2}
+
+
+def _gravity(alarms: list[str]) -> int:
+    """0 for a cover with a critical alarm … 3 for none ("cover_open", "sensor_fault rs485:2")."""
+    ranks = [_RANK[SEVERITY[AlarmKind(a.split()[0])]] for a in alarms if a.split()[0] in _KINDS]
+    return min(ranks, default=2 if alarms else 3)
+
+
 def _covers(reply: dict[str, Any], out: TextIO, limit: int = 50) -> None:
     rows = reply.get("covers") or []
     print(f"\ncovers: {sum(r['registered'] for r in rows)} registered", file=out)
     if not rows:
         return
-    # Covers with an alarm or a silent device first: what the technician came for.
-    ordered = sorted(rows, key=lambda r: (not r["active_alarms"], r["last_heard"] is not None))
+    # Covers with an alarm first, the gravest first, then silent ones: what the technician
+    # came for.
+    ordered = sorted(
+        rows, key=lambda r: (_gravity(r["active_alarms"]), r["last_heard"] is not None)
+    )
     table = [["COVER", "DEVICES", "LAST HEARD", "BATTERY", "LINK", "ALARMS", "MAINTENANCE"]]
     for row in ordered[:limit]:
         devices = " ".join(

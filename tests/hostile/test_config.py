@@ -61,8 +61,8 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     (
         "misspelt key",
-        {"uplink": {"hots": "127.0.0.1"}},
-        "uplink.hots: unknown key (did you mean 'host'?)",
+        {"uplink": {"keepalive": 30}},
+        "uplink.keepalive: unknown key (did you mean 'keepalive_s'?)",
     ),
     ("gbk registry", lambda tmp: {"gateway": {"registry": gbk_registry(tmp)}}, "gateway.registry:"),
     (

@@ -92,7 +92,16 @@ def write_config(tmp: Path, broker_port: int, udp_port: int, **extra: Any) -> Pa
             "reconnect_max_s": 0.5,
         },
         "queue": {"flush_interval_s": 0.05},
-        "udp": [{"name": "udp0", "bind": f"127.0.0.1:{udp_port}"}],
+        # One flooding source stands for the many a real flood comes from: the per-source
+        # limit (tests/hostile/test_ingress.py) is lifted so the engine's own bounds are tried.
+        "udp": [
+            {
+                "name": "udp0",
+                "bind": f"127.0.0.1:{udp_port}",
+                "source_rate": 100_000.0,  # the most the config takes
+                "source_burst": 1_000_000,
+            }
+        ],
         **extra,
     }
     config = tmp / "gw.toml"

@@ -121,6 +121,9 @@ async def test_disk_full_with_broker_down_loses_no_alarm_and_counts_every_readin
                         "publish_timeout_s": 3,
                     },
                     "queue": {"flush_interval_s": 0.05, "max_bytes": 3 << 20},
+                    # A few nodes stand for many: the per-device rate limit is lifted so
+                    # every reading is either delivered or counted by the queue.
+                    "limits": {"device_frames_per_minute": 1_000_000},
                     # One trusted source sends everything here: no per-source limit.
                     "udp": [
                         {
