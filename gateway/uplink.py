@@ -56,6 +56,10 @@ LOG_EVERY_S = 60.0  # a persisting connect failure is logged at WARNING at most 
 STOP_GRACE_S = 5.0  # on stop, what is queued gets this long to be acknowledged
 GOODBYE_S = 2.0  # then the clean "offline" and DISCONNECT get this long
 SESSION_KEY = "uplink.session"  # queue state row: the session counter, across restarts
+# MQTT 5 Maximum Packet Size we announce: a broker drops anything larger meant for us,
+# so a huge "command" never reaches the box's memory (under it, commands over
+# commands.max_payload_bytes are answered "invalid"; 3.1.1 has no such property).
+MAX_INCOMING_PACKET = 1 << 20
 
 
 class UplinkState(StrEnum):
@@ -271,6 +275,7 @@ class Uplink:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = c.session_expiry_s
+            properties.MaximumPacketSize = MAX_INCOMING_PACKET
         tls_context = None
         if c.tls is not None:
             tls_context = ssl.create_default_context(cafile=str(c.tls.ca_file))

@@ -222,10 +222,18 @@ async def test_every_command_finding_is_answered_and_the_next_ping_too(tmp_path:
             )
             assert foreign["error"]["code"] == "refused"
 
-            big = b'{"request_id":"h6","cmd":"ping","pad":"' + b"x" * 2_000_000 + b'"}'
+            big = b'{"request_id":"h6","cmd":"ping","pad":"' + b"x" * 200_000 + b'"}'
             answer = await p.ask(big, "h6")
             assert answer["error"]["code"] == "invalid"
             await p.ping("after-big")
+            # Far over the Maximum Packet Size the gateway announced (MQTT 5): the broker
+            # drops it, so it never reaches the box's memory; the gateway goes on serving.
+            rss_before_huge = gw.rss_kb()
+            huge = b'{"request_id":"h7","cmd":"ping","pad":"' + b"x" * 20_000_000 + b'"}'
+            await p.client.publish(CMD, huge, qos=1)
+            await p.ping("after-huge")
+            assert not [r for r in collector.of("response") if r.get("request_id") == "h7"]
+            assert gw.rss_kb() - rss_before_huge < 20_000  # a 20 MB payload was never read
 
             rss_before = gw.rss_kb()
             for n in range(3000):
