@@ -40,26 +40,14 @@ from typing import Any
 import aiomqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_e2e import opened, report
 from bench_framer import reports as mixed_frames
 
 from firmware_sim.broker import Broker
 from firmware_sim.ptys import PtyPort
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing
 from gateway.control import request as control_request
-from gateway.protocol.codec import encode_frame
 from gateway.protocol.framing import StreamFramer
-from gateway.protocol.messages import (
-    Battery,
-    Event,
-    EventCode,
-    Frame,
-    FrameFlags,
-    Link,
-    MessageType,
-    Temperature,
-    Tilt,
-    WaterDepth,
-)
 
 GW = "gw-bench"
 DAEMON = (sys.executable, "-m", "gateway.cli", "--log-level", "ERROR", "run")
@@ -124,30 +112,6 @@ def cmd(key: str) -> str:
 
 
 # --- frames ---
-
-
-def report(node: int, seq: int) -> bytes:
-    return encode_frame(
-        Frame(
-            node,
-            seq & 0xFFFF,
-            MessageType.REPORT,
-            FrameFlags.NONE,
-            (Tilt(0.3, -0.2), WaterDepth(1800), Battery(3600), Temperature(15.5), Link(-90, 8)),
-        )
-    )
-
-
-def opened(node: int, seq: int) -> bytes:
-    return encode_frame(
-        Frame(
-            node,
-            seq & 0xFFFF,
-            MessageType.EVENT,
-            FrameFlags.NODE_ALARM,
-            (Event(EventCode.COVER_OPENED, 0, 4520), Tilt(45.2, -1.1)),
-        )
-    )
 
 
 def percentile(values: list[float], p: float) -> float:
