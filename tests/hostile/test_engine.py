@@ -261,8 +261,21 @@ def engine_rows(db: Path) -> int:
 async def test_a_flood_of_random_node_ids_stays_bounded(tmp_path: Path) -> None:
     udp_port = free_udp_port()
     with Broker(tmp_path / "broker") as broker:
+        # One source floods: the input's per-source rate limit (tested in test_ingress.py)
+        # is opened wide so the flood reaches the engine, whose bound is what is tested.
+        udp0 = {
+            "name": "udp0",
+            "bind": f"127.0.0.1:{udp_port}",
+            "source_rate": 100_000.0,
+            "source_burst": 1_000_000,
+        }
         config = write_config(
-            tmp_path, broker.port, udp_port, input="udp0", limits={"unregistered_nodes": 256}
+            tmp_path,
+            broker.port,
+            udp_port,
+            input="udp0",
+            limits={"unregistered_nodes": 256},
+            udp=[udp0],
         )
         async with Collector(broker.port) as collector:
             with (
