@@ -39,7 +39,7 @@ from gateway.protocol.messages import (
     Tilt,
 )
 from gateway.protocol.scn1 import crc16_ccitt_false
-from tests.harness import Broker, Collector, free_udp_port, to_toml
+from tests.harness import Broker, Collector, free_udp_port, spawn_daemon, to_toml
 
 NODE = 0x00C0FFEE
 REGISTRY = "cover_id,owner_unit,node_id,input\nHZ-0001,drainage,00C0FFEE,{input}\n"
@@ -102,11 +102,7 @@ def write_config(tmp: Path, broker_port: int, udp_port: int, **extra: Any) -> Pa
 
 @contextmanager
 def daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
+    proc = spawn_daemon(config, log)
     try:
         yield proc
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from gateway.control import request
 from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import Battery, Event, EventCode, Frame, FrameFlags, MessageType
-from tests.harness import Broker, Collector, free_udp_port, to_toml
+from tests.harness import Broker, Collector, free_udp_port, spawn_daemon, to_toml
 from tests.smallfs import fill, small_fs
 
 COVERS = {f"HZ-{i:04d}": 0x00A00000 + i for i in range(1, 6)}
@@ -30,23 +29,6 @@ REGISTRY = "cover_id,owner_unit,node_id\n" + "".join(
     f"{cover},drainage,{node:08X}\n" for cover, node in COVERS.items()
 )
 READING_NODES = [0x00B00000 + i for i in range(40)]
-
-
-def daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--log-level",
-            "INFO",
-            "run",
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
 
 
 class Radio:
@@ -137,7 +119,7 @@ async def test_disk_full_with_broker_down_loses_no_alarm_and_counts_every_readin
         sock = state / "control.sock"
         radio = Radio(udp_port)
         async with Collector(broker.port) as collector:
-            proc = daemon(config, log)
+            proc = spawn_daemon(config, log)
             try:
                 await collector.wait_for(lambda: bool(collector.of("status")), timeout=20)
                 broker.stop()  # from now on everything stays on the box
