@@ -146,12 +146,7 @@ class _FcntTracker:
 
 
 def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
-    if tls is None:
-        return None
-    context = ssl.create_default_context(cafile=str(tls.ca_file))
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
+    return None if tls is None else tls.context()
 
 
 class LorawanInput:
