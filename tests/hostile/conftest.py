@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -331,6 +332,17 @@ async def launch(
 async def gw(launch: Launch) -> Daemon:
     """The default daemon, online and answering."""
     return await launch()
+
+
+def check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    """``covergw check-config`` as an operator runs it: its status and both streams."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> Path:
