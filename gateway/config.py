@@ -36,6 +36,7 @@ class Dialect(StrEnum):
 
 
 class MqttProtocol(StrEnum):
+    AUTO = "auto"  # MQTT 5 first, 3.1.1 when the broker refuses the version
     V5 = "5"
     V311 = "3.1.1"
 
@@ -70,7 +71,7 @@ class TlsConfig:
 class UplinkConfig:
     host: str = "127.0.0.1"
     port: int = 1883
-    protocol: MqttProtocol = MqttProtocol.V5
+    protocol: MqttProtocol = MqttProtocol.AUTO
     client_id: str = ""
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in logs
@@ -84,6 +85,13 @@ class UplinkConfig:
     telemetry_batch_bytes: int = 64 * 1024
     stats_interval_s: float = 60.0
     tls: TlsConfig | None = None
+    # Broker addresses to fail over between (a cluster's nodes); empty: (host, port) only.
+    hosts: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Where to connect, in the order tried: ``hosts``, or ``host``/``port``."""
+        return self.hosts or ((self.host, self.port),)
 
 
 @dataclass(frozen=True)
@@ -342,10 +350,13 @@ def _uplink(t: Table, gateway_id: str, base_dir: Path) -> UplinkConfig:
     tls = _tls_table(t.table("tls"), base_dir)
     password = _password(t, base_dir)
     reconnect_min = t.number("reconnect_min_s", 1.0, lo=0.01, hi=3600)
+    hosts = t.convert("hosts", _host_list, ())
+    if hosts and (t.has("host") or t.has("port")):
+        raise ConfigError(t.key("hosts"), "give host/port or hosts, not both")
     config = UplinkConfig(
         host=t.text("host", "127.0.0.1"),
         port=t.integer("port", 8883 if tls else 1883, lo=1, hi=65535),
-        protocol=t.choice("protocol", MqttProtocol, MqttProtocol.V5),
+        protocol=t.choice("protocol", MqttProtocol, MqttProtocol.AUTO),
         client_id=t.text("client_id", f"covergw-{gateway_id}"),
         username=t.text("username", None),
         password=password,
@@ -359,6 +370,7 @@ def _uplink(t: Table, gateway_id: str, base_dir: Path) -> UplinkConfig:
         telemetry_batch_bytes=t.integer("telemetry_batch_bytes", 64 * 1024, lo=1024, hi=2**27),
         stats_interval_s=t.number("stats_interval_s", 60.0, lo=0.1, hi=86400),
         tls=tls,
+        hosts=hosts,
     )
     t.done()
     return config
@@ -408,6 +420,15 @@ def ip_hostport(value: object) -> tuple[str, int]:
             f"must be IP:PORT (an address to bind, not a name), got {value!r}"
         ) from None
     return host, port
+
+
+def _host_list(value: object) -> tuple[tuple[str, int], ...]:
+    """``["host:port", ...]``: a broker cluster's nodes, one to fail over to after another."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'must be a non-empty list of "host:port", got {value!r}')
+    if len(value) > 64:
+        raise ValueError(f"at most 64 addresses, got {len(value)}")
+    return tuple(hostport(v) for v in value)
 
 
 def _existing(value: object, base_dir: Path) -> Path:

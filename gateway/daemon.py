@@ -36,7 +36,7 @@ from gateway.drivers.udp import UdpListener
 from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError, StartupError, TransportError
-from gateway.events import Input
+from gateway.events import Input, origin
 from gateway.metrics import MetricsServer, StatsCollector
 from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
@@ -90,8 +90,11 @@ class Gateway:
         self.started_at = clock()
         self.stats = PipelineStats()
         self.notifier = notifier or Notifier(None)
-        self._inputs: asyncio.Queue[Input] = asyncio.Queue(maxsize=INPUT_QUEUE)
-        self._critical: deque[Input] = deque()
+        # (arrival number, input): alarms jump the queue, but never ahead of what
+        # the same device said before them (a flat REPORT must not clear a later EVENT).
+        self._inputs: deque[tuple[int, Input]] = deque()
+        self._critical: deque[tuple[int, Input]] = deque()
+        self._arrivals = 0
         self._input_ready = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._pending: list[Outgoing] = []
@@ -187,14 +190,14 @@ class Gateway:
     def submit(self, event: Input, critical: bool) -> None:
         """Never blocks a reader; sheds telemetry under overload, never an alarm."""
         self.watch.input(event)
+        self._arrivals += 1
         if critical:
-            self._critical.append(event)
+            self._critical.append((self._arrivals, event))
+        elif len(self._inputs) >= INPUT_QUEUE:
+            self.stats.shed_telemetry += 1
+            return
         else:
-            try:
-                self._inputs.put_nowait(event)
-            except asyncio.QueueFull:
-                self.stats.shed_telemetry += 1
-                return
+            self._inputs.append((self._arrivals, event))
         self._input_ready.set()
 
     def device_lookup(self, device_id: str) -> tuple[DeviceRef, str | None] | None:
@@ -360,7 +363,7 @@ class Gateway:
             owed = self.engine.dirty or bool(self._pending_state)  # state rows not yet on disk
             if (urgent or due or full or owed) and await self._flush():
                 first_pending = None
-            if stop.is_set() and self._inputs.empty() and not self._critical:
+            if stop.is_set() and not self._inputs and not self._critical:
                 if not await self._flush() and self._pending:
                     alarms = sum(m.lane is Lane.ALARM for m in self._pending)
                     log.error(
@@ -370,7 +373,7 @@ class Gateway:
                     )
                 return
             self._input_ready.clear()
-            if self._inputs.empty() and not self._critical and not stop.is_set():
+            if not self._inputs and not self._critical and not stop.is_set():
                 wait = flush_every if self._pending else TICK_S
                 if self.notifier.watchdog_interval_s is not None:
                     wait = min(wait, self.notifier.watchdog_interval_s)
@@ -380,15 +383,24 @@ class Gateway:
                 await asyncio.sleep(0)
 
     def _take(self, limit: int = 1000) -> list[Input]:
+        """Alarms first, each after what its own device said before it; then the rest."""
         events: list[Input] = []
         while self._critical and len(events) < limit:
-            events.append(self._critical.popleft())
-        while len(events) < limit:
-            try:
-                events.append(self._inputs.get_nowait())
-            except asyncio.QueueEmpty:
-                break
+            arrived, event = self._critical.popleft()
+            events += self._earlier_from(origin(event), arrived)
+            events.append(event)
+        while self._inputs and len(events) < limit:
+            events.append(self._inputs.popleft()[1])
         return events
+
+    def _earlier_from(self, device: object, before: int) -> list[Input]:
+        """Take out of the queue what DEVICE said before arrival BEFORE (rare: one scan)."""
+        earlier = [e for n, e in self._inputs if n < before and origin(e) == device]
+        if earlier:
+            self._inputs = deque(
+                (n, e) for n, e in self._inputs if not (n < before and origin(e) == device)
+            )
+        return earlier
 
     def _restore_engine(self) -> None:
         """State rows; or, once, the whole-state blob an earlier version wrote."""
@@ -669,11 +681,7 @@ class Gateway:
             },
             "commands": self.commands.stats_payload(),
             "supervision": self.supervision_stats(),
-            "uplink": {
-                "state": uplink.state.value if uplink else "stopped",
-                "connects": uplink.connects if uplink else 0,
-                "reconnects": uplink.reconnects if uplink else 0,
-                "published_messages": uplink.published_messages if uplink else 0,
-                "published_rows": uplink.published_rows if uplink else 0,
-            },
+            "uplink": uplink.report()
+            if uplink
+            else {"state": "stopped", "connects": 0, "reconnects": 0},
         }

@@ -39,3 +39,13 @@ class SlaveFailed:
 # An Observation is the device-neutral form every input converges on (see
 # gateway/observation.py); the other three are the older, input-specific forms.
 Input = FrameHeard | SlaveRead | SlaveFailed | Observation
+
+
+def origin(event: Input) -> object:
+    """Which device an input speaks for: its inputs must be judged in the order heard."""
+    match event:
+        case FrameHeard():
+            return ("scn1", event.received.frame.node_id)
+        case SlaveRead() | SlaveFailed():
+            return ("modbus", event.bus, event.address)
+    return event.device

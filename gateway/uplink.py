@@ -1,40 +1,61 @@
 """The MQTT uplink: drains the durable queue to the broker, QoS 1, and nothing else.
 
-A message leaves the queue only when the broker has acknowledged it (PUBACK);
-until then it is published again after every reconnect, under the same id.
-Alarms go one per message, ahead of any backlog; telemetry rows go in
-batches bounded by count and bytes. The connection is an explicit state
-machine with capped, jittered exponential backoff.
+A message leaves the queue only when the broker has acknowledged it with a
+success code (PUBACK); a refusal (MQTT 5 reason code ≥ 0x80) leaves it queued,
+as an outage would. Until then it is published again, under the same id.
+
+Each lane has its own path on the connection: an alarm is published the
+moment it is committed, with in-flight slots of its own, whatever telemetry
+round is under way; telemetry rows go in rounds of batches bounded by count
+and bytes. Within a lane, messages are published in queue order.
+
+The connection is an explicit state machine with capped, jittered backoff
+over one or more broker addresses. ``protocol = "auto"`` tries MQTT 5 and
+falls back to 3.1.1 for a broker that refuses the version. A clean stop says
+``offline`` itself; any other end (an exception anywhere, cancellation) drops
+the socket without DISCONNECT, so the broker publishes the last will.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway import __version__
-from gateway.backoff import Backoff, sleep_or_stop
+from gateway.backoff import Backoff
 from gateway.buffer.queue import DurableQueue, Lane, Queued, QueueError
 from gateway.commands import Answer, Delivery
 from gateway.config import MqttProtocol, UplinkConfig
 from gateway.edge.engine import iso
+from gateway.mqtt_client import (
+    VERSION_REFUSED,
+    ConnectClosedError,
+    PublishRefusedError,
+    UplinkClient,
+)
 
 log = logging.getLogger(__name__)
 
-ROUND_ROWS = 2000  # rows taken from the queue per publishing round
+ROUND_ROWS = 2000  # telemetry rows taken from the queue per publishing round
+ALARM_ROUND = 100  # alarm rows read per look at the queue (each is published on its own)
+LOG_EVERY_S = 60.0  # a persisting connect failure is logged at WARNING at most this often
+STOP_GRACE_S = 5.0  # on stop, what is queued gets this long to be acknowledged
+GOODBYE_S = 2.0  # then the clean "offline" and DISCONNECT get this long
+SESSION_KEY = "uplink.session"  # queue state row: the session counter, across restarts
 
 
 class UplinkState(StrEnum):
@@ -52,6 +73,34 @@ class UplinkStats:
     published_messages: int = 0
     published_rows: int = 0
     last_error: str | None = None
+    session: int = 0  # this run of the gateway, counted across restarts
+    protocol: str | None = None  # the MQTT version of the current (last) connection
+    broker: str | None = None  # host:port of the current (last) connection
+    connect_failures: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # publishes refused, by reason
+    refusing: str | None = None  # the broker's reason while it refuses what we publish
+
+    @property
+    def problem(self) -> str | None:
+        """One line for people: why nothing leaves although connected."""
+        return f"uplink refused: {self.refusing}" if self.refusing else None
+
+    def report(self) -> dict[str, Any]:
+        """The ``uplink`` part of the stats message."""
+        return {
+            "state": self.state.value,
+            "connects": self.connects,
+            "reconnects": self.reconnects,
+            "published_messages": self.published_messages,
+            "published_rows": self.published_rows,
+            "session": self.session,
+            "protocol": self.protocol,
+            "broker": self.broker,
+            "connect_failures": self.connect_failures,
+            "last_error": self.last_error,
+            "refused": dict(self.refused),
+            "problem": self.problem,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,6 +165,43 @@ def batch_units(rows: list[Queued], *, max_count: int, max_bytes: int) -> list[U
     return units
 
 
+def windows(max_inflight: int) -> tuple[int, int]:
+    """(alarm, telemetry) in-flight slots out of ``max_inflight``.
+
+    Alarms get slots of their own (a quarter, at least one), so a full
+    telemetry window never holds one back; together they stay within
+    ``max_inflight``, which is what the broker is told to expect. With
+    ``max_inflight = 1`` both lanes share the one slot.
+    """
+    if max_inflight < 2:
+        return 1, 1
+    alarms = max(1, max_inflight // 4)
+    return alarms, max_inflight - alarms
+
+
+class _ConnectFailureLog:
+    """WARNING with the reason for the first failure, a new reason, or every LOG_EVERY_S."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last_reason: str | None = None
+        self._last_at = 0.0
+        self._quiet = 0
+
+    def failed(self, where: str, reason: str) -> None:
+        now = self._clock()
+        if reason != self._last_reason or now - self._last_at >= LOG_EVERY_S:
+            more = f" ({self._quiet} more failures since the last report)" if self._quiet else ""
+            log.warning("uplink to %s down: %s%s", where, reason, more)
+            self._last_reason, self._last_at, self._quiet = reason, now, 0
+        else:
+            self._quiet += 1
+            log.debug("uplink to %s down: %s", where, reason)
+
+    def connected(self) -> None:
+        self._last_reason, self._quiet = None, 0
+
+
 class Uplink:
     def __init__(
         self,
@@ -130,6 +216,7 @@ class Uplink:
         on_command: CommandSink | None = None,
     ) -> None:
         self.config = config
+        self.configured_protocol = config.protocol
         self.topic_root = topic_root
         self.queue = queue
         self.wakeup = wakeup
@@ -138,13 +225,21 @@ class Uplink:
         self.stats_interval_s = stats_interval_s
         self.stats = UplinkStats()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
-        self._announce = False
+        self._announce = asyncio.Event()
         self._on_command = on_command
+        self._address = 0  # index into config.addresses
+        # Under "auto": addresses whose broker refused MQTT 5 with a CONNACK code
+        # (kept), and those that only closed or timed out on it (a guess, revocable).
+        self._v5_refused: set[tuple[str, int]] = set()
+        self._learned: dict[tuple[str, int], MqttProtocol] = {}
+        self._failures = _ConnectFailureLog()
+        self._alarm_window, self._telemetry_window = windows(config.max_inflight)
+        self._ready = {lane: asyncio.Event() for lane in Lane}
+        self._warned: set[str] = set()  # refusal reasons already logged
 
     def announce(self) -> None:
         """Publish the status again (after a reload) as soon as connected."""
-        self._announce = True
-        self.wakeup.set()
+        self._announce.set()
 
     @property
     def status_topic(self) -> str:
@@ -154,9 +249,18 @@ class Uplink:
     def command_topic(self) -> str:
         return f"{self.topic_root}/cmd"
 
-    def _client_for(self) -> aiomqtt.Client:
+    # --- connecting ---
+
+    def _protocol_for(self, address: tuple[str, int]) -> MqttProtocol:
+        if self.configured_protocol is not MqttProtocol.AUTO:
+            return self.configured_protocol
+        if address in self._v5_refused:
+            return MqttProtocol.V311
+        return self._learned.get(address, MqttProtocol.V5)
+
+    def _client_for(self, address: tuple[str, int], protocol: MqttProtocol) -> UplinkClient:
         c = self.config
-        v5 = c.protocol is MqttProtocol.V5
+        v5 = protocol is MqttProtocol.V5
         will = aiomqtt.Will(
             self.status_topic,
             json.dumps({"state": "offline", "reason": "connection lost", **self._ident()}),
@@ -172,9 +276,9 @@ class Uplink:
             tls_context = ssl.create_default_context(cafile=str(c.tls.ca_file))
             if c.tls.cert_file is not None and c.tls.key_file is not None:
                 tls_context.load_cert_chain(str(c.tls.cert_file), str(c.tls.key_file))
-        client = aiomqtt.Client(
-            c.host,
-            c.port,
+        client = UplinkClient(
+            address[0],
+            address[1],
             username=c.username,
             password=c.password,
             identifier=c.client_id,
@@ -190,79 +294,215 @@ class Uplink:
             tls_context=tls_context,
             logger=logging.getLogger("gateway.uplink.mqtt"),
         )
-        # aiomqtt warns past 10 pending publishes; our window is deliberate.
-        client.pending_calls_threshold = c.max_inflight + 2
+        # aiomqtt warns past 10 pending publishes; our windows are deliberate.
+        client.pending_calls_threshold = c.max_inflight + 10
         return client
 
     def _ident(self) -> dict[str, Any]:
-        return {"gateway": self.birth().get("gateway"), "version": __version__}
+        return {
+            "gateway": self.birth().get("gateway"),
+            "version": __version__,
+            "session": self.stats.session,
+        }
+
+    def _next_session(self) -> int:
+        """Count this run of the gateway; persisted, so it only ever grows."""
+        try:
+            session = int(self.queue.get_state(SESSION_KEY) or 0) + 1
+            self.queue.put_many([], state={SESSION_KEY: str(session)})
+        except (QueueError, ValueError) as err:
+            log.warning("uplink: session counter not kept: %s", err)
+            session = self.stats.session + 1
+        return session
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, drain, reconnect, until ``stop`` is set."""
-        while not stop.is_set():
-            self.stats.state = UplinkState.CONNECTING
-            try:
-                async with self._client_for() as client:
-                    await self._on_connected(client)
-                    await self._serve(client, stop)
-                    await self._goodbye(client)
-                    break
-            except aiomqtt.MqttError as err:
-                self._on_failure(err)
-            except QueueError:
-                log.exception("queue failed under the uplink; retrying")
-                self._on_failure(None)
-            if stop.is_set():
-                break
-            self.stats.state = UplinkState.BACKOFF
-            delay = self._backoff.next_delay()
-            log.debug("uplink: reconnecting in %.1f s", delay)
-            await sleep_or_stop(stop, delay)
-        self.stats.state = UplinkState.STOPPED
+        """Connect, drain, reconnect, until ``stop`` is set.
 
-    def _on_failure(self, err: Exception | None) -> None:
-        text = str(err) if err else "queue error"
-        first = self.stats.last_error is None or self.stats.state is UplinkState.CONNECTED
-        level = logging.WARNING if first else logging.DEBUG
-        log.log(level, "uplink to %s:%d down: %s", self.config.host, self.config.port, text)
-        self.stats.last_error = text
+        Never swallows cancellation: a cancelled uplink drops its connection
+        without DISCONNECT (the broker sends the last will) and re-raises.
+        """
+        self.stats.session = self._next_session()
+        try:
+            while not stop.is_set():
+                if await self._attempt(stop):
+                    return
+                if stop.is_set():
+                    return
+                self.stats.state = UplinkState.BACKOFF
+                delay = self._backoff.next_delay()
+                log.debug("uplink: reconnecting in %.1f s", delay)
+                await _wait_any(stop, within=delay)
+        finally:
+            self.stats.state = UplinkState.STOPPED
 
-    async def _on_connected(self, client: aiomqtt.Client) -> None:
+    async def _attempt(self, stop: asyncio.Event) -> bool:
+        """One connection, from CONNECT to its end; True once stopped cleanly."""
+        addresses = self.config.addresses
+        address = addresses[self._address % len(addresses)]
+        protocol = self._protocol_for(address)
+        where = f"{address[0]}:{address[1]}"
+        self.stats.state = UplinkState.CONNECTING
+        client = self._client_for(address, protocol)
+        try:
+            if not await self._connect(client, stop):
+                return True
+        except aiomqtt.MqttError as err:
+            self._connect_failed(err, client, address, protocol)
+            return False
+        self._connected(address, protocol)
+        try:
+            await self._serve(client, stop)
+        except aiomqtt.MqttError as err:
+            client.abort()
+            self._lost(where, str(err))
+            return False
+        except QueueError as err:
+            client.abort()
+            log.exception("queue failed under the uplink; reconnecting")
+            self._lost(where, f"queue error: {err}")
+            return False
+        except BaseException:
+            client.abort()  # a crash or a cancel: no DISCONNECT, so the broker sends the will
+            raise
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                await self._goodbye(client)
+                await client.__aexit__(None, None, None)
+        except (aiomqtt.MqttError, TimeoutError) as err:
+            # The broker took too long: leave without DISCONNECT; the will says offline.
+            log.warning("uplink: no clean goodbye (%s); the broker sends the last will", err)
+            client.abort()
+        return True
+
+    async def _connect(self, client: UplinkClient, stop: asyncio.Event) -> bool:
+        """CONNECT, given up at once when ``stop`` is set; False if stopped first."""
+        entering = asyncio.ensure_future(client.__aenter__())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({entering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not entering.done():
+                entering.cancel()
+                await asyncio.wait({entering}, timeout=1.0)  # its end; ours still rises
+                client.abort()
+        if entering.cancelled() or (stop.is_set() and entering.exception() is not None):
+            return False
+        entering.result()  # raises the connect error
+        return True
+
+    def _connect_failed(
+        self,
+        err: aiomqtt.MqttError,
+        client: UplinkClient,
+        address: tuple[str, int],
+        protocol: MqttProtocol,
+    ) -> None:
+        where = f"{address[0]}:{address[1]}"
+        code = getattr(err, "rc", None)
+        code_value = getattr(code, "value", code)
+        version_refused = isinstance(err, MqttConnectError) and code_value in (VERSION_REFUSED)
+        # A broker that does not speak MQTT 5 may refuse it (0x84), close the
+        # socket, or say nothing: all three, once TCP is up, mean "try 3.1.1".
+        ambiguous = client.tcp_connected and (
+            version_refused
+            or isinstance(err, ConnectClosedError)
+            or not isinstance(err, MqttConnectError)
+        )
+        self.stats.connect_failures += 1
+        self.stats.last_error = str(err)
+        if self.configured_protocol is MqttProtocol.AUTO and ambiguous:
+            if protocol is MqttProtocol.V5:
+                log.warning("uplink to %s: MQTT 5 not accepted (%s); trying MQTT 3.1.1", where, err)
+                if version_refused:
+                    # Said outright, and a cluster's nodes run the same broker: for good.
+                    self._v5_refused.update(self.config.addresses)
+                else:
+                    self._learned[address] = MqttProtocol.V311
+                self._backoff.attempt = max(0, self._backoff.attempt - 1)
+                return  # the next attempt, at the same address, speaks 3.1.1
+            self._learned.pop(address, None)  # a guess, and 3.1.1 failed too: try 5 again
+        if version_refused:
+            self._failures.failed(where, f"{err} (the broker refuses MQTT {protocol.value})")
+        else:
+            self._failures.failed(where, str(err))
+        self._address += 1
+
+    def _connected(self, address: tuple[str, int], protocol: MqttProtocol) -> None:
         self.stats.state = UplinkState.CONNECTED
         self.stats.connects += 1
         if self.stats.connects > 1:
             self.stats.reconnects += 1
         self.stats.last_error = None
+        self.stats.protocol = protocol.value
+        self.stats.broker = f"{address[0]}:{address[1]}"
+        # The command intake reads config.protocol for what the connection speaks.
+        self.config = replace(self.config, protocol=protocol)
         self._backoff.reset()
-        log.info("uplink connected to %s:%d", self.config.host, self.config.port)
-        await self._publish_status(client)
+        self._failures.connected()
+        log.info(
+            "uplink connected to %s (MQTT %s, session %d, connection %d)",
+            self.stats.broker,
+            protocol.value,
+            self.stats.session,
+            self.stats.connects,
+        )
 
-    async def _publish_status(self, client: aiomqtt.Client) -> None:
-        self._announce = False
-        payload = {"state": "online", **self.birth()}
-        await client.publish(self.status_topic, json.dumps(payload), qos=1, retain=True)
+    def _lost(self, where: str, reason: str) -> None:
+        self.stats.last_error = reason
+        log.warning("uplink to %s lost: %s", where, reason)
+        self._address += 1  # a cluster: the next node may be the one still up
 
-    async def _goodbye(self, client: aiomqtt.Client) -> None:
+    async def _publish_status(self, client: UplinkClient) -> None:
+        self._announce.clear()
+        payload = {
+            "state": "online",
+            **self.birth(),
+            "session": self.stats.session,
+            "connection": self.stats.connects,
+            "protocol": self.stats.protocol,
+        }
+        await self._publish_control(client, self.status_topic, json.dumps(payload), retain=True)
+
+    async def _publish_control(
+        self, client: UplinkClient, topic: str, payload: str, *, retain: bool
+    ) -> None:
+        """Status and stats: a refusal is counted and logged, never retried."""
+        try:
+            await client.publish_acked(topic, payload, qos=1, retain=retain)
+        except PublishRefusedError as err:
+            self._refused(err, None)
+
+    async def _goodbye(self, client: UplinkClient) -> None:
         """A clean shutdown sends no will: say offline ourselves."""
         payload = {"state": "offline", "reason": "shutdown", **self._ident()}
         try:
-            await client.publish(self.status_topic, json.dumps(payload), qos=1, retain=True)
-        except aiomqtt.MqttError as err:
+            await client.publish_acked(self.status_topic, json.dumps(payload), retain=True)
+        except (aiomqtt.MqttError, PublishRefusedError) as err:
             log.debug("uplink: goodbye not delivered: %s", err)
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _serve(self, client: UplinkClient, stop: asyncio.Event) -> None:
+        # Subscribe before saying online: a platform that sends a command on
+        # seeing ``online`` must find the subscription in place.
+        if self._on_command is not None:
+            codes = await client.subscribe_acked(self.command_topic, qos=1)
+            if any(code >= 0x80 for code in codes):
+                log.warning(
+                    "uplink: the broker refuses our subscription to %s (0x%02X):"
+                    " commands cannot reach this gateway",
+                    self.command_topic,
+                    max(codes),
+                )
+        await self._publish_status(client)
         if self._on_command is None:
             await self._drain(client, stop)
             return
-        await client.subscribe(self.command_topic, qos=1)
         commands = asyncio.create_task(self._commands(client), name="uplink-commands")
         commands.add_done_callback(_report_command_task)
         try:
             await self._drain(client, stop)
         finally:
-            commands.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await commands
+            await _cancel_and_wait(commands)
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         """Answer each command, only ever under our own root; no request can end this loop.
@@ -349,52 +589,152 @@ class Uplink:
             )
             await handler.changed.wait()
 
-    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _drain(self, client: UplinkClient, stop: asyncio.Event) -> None:
+        """Both lanes and the housekeeping, side by side, until ``stop``."""
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                parts = {
+                    lanes.create_task(self._dispatch(stop), name="uplink-wakeups"),
+                    lanes.create_task(self._alarm_lane(client, stop), name="uplink-alarms"),
+                    lanes.create_task(self._telemetry_lane(client, stop), name="uplink-telemetry"),
+                    lanes.create_task(self._housekeeping(client, stop), name="uplink-status"),
+                }
+                lanes.create_task(self._stop_grace(stop, parts), name="uplink-stop-grace")
+        except* (aiomqtt.MqttError, QueueError) as errors:
+            raise _leaf(errors) from None
+
+    async def _stop_grace(self, stop: asyncio.Event, parts: set[asyncio.Task[None]]) -> None:
+        """Once stopping, the last publishes get STOP_GRACE_S; a broker that hangs loses them.
+
+        They stay in the queue (deleted only on PUBACK) for the next start.
+        """
+        await stop.wait()
+        _, pending = await asyncio.wait(parts, timeout=STOP_GRACE_S)
+        if pending:
+            raise aiomqtt.MqttError(f"no PUBACK within {STOP_GRACE_S} s of stopping")
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        """The pipeline sets one event per commit; each lane gets its own copy."""
+        for ready in self._ready.values():
+            ready.set()
+        while not stop.is_set():
+            if await _wait_any(stop, self.wakeup):
+                self.wakeup.clear()
+                for ready in self._ready.values():
+                    ready.set()
+        for ready in self._ready.values():
+            ready.set()
+
+    async def _housekeeping(self, client: UplinkClient, stop: asyncio.Event) -> None:
         next_stats = time.monotonic()
         while not stop.is_set():
-            if self._announce:
+            _checkpoint()
+            if self._announce.is_set():
                 await self._publish_status(client)
             if time.monotonic() >= next_stats:
                 await self._publish_stats(client)
                 next_stats = time.monotonic() + self.stats_interval_s
-            sent = await self._drain_round(client)
-            if sent:
-                continue
-            self.wakeup.clear()
-            timeout = max(0.0, min(1.0, next_stats - time.monotonic()))
-            waiter = asyncio.ensure_future(self.wakeup.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait(
-                    {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                waiter.cancel()
-                stopper.cancel()
-        await self._drain_round(client)  # what is already queued gets its chance before exit
+            await _wait_any(stop, self._announce, within=next_stats - time.monotonic())
 
-    async def _publish_stats(self, client: aiomqtt.Client) -> None:
+    async def _publish_stats(self, client: UplinkClient) -> None:
         payload = self.stats_payload()
-        await client.publish(f"{self.topic_root}/stats", json.dumps(payload), qos=1, retain=True)
+        await self._publish_control(
+            client, f"{self.topic_root}/stats", json.dumps(payload), retain=True
+        )
 
-    async def _drain_round(self, client: aiomqtt.Client) -> int:
-        rows = await self.queue.peek_async(ROUND_ROWS)  # off the loop: the writer thread
+    async def _alarm_lane(self, client: UplinkClient, stop: asyncio.Event) -> None:
+        """Each alarm published as soon as it is in the queue, on slots of its own.
+
+        Alarms are not taken in rounds: a new one is read and published while
+        earlier ones still await their PUBACK, and each is deleted on its own.
+        """
+        ready = self._ready[Lane.ALARM]
+        window = asyncio.Semaphore(self._alarm_window)
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        inflight: set[int] = set()
+        refused: list[bool] = []
+        last = 0
+
+        async def send(row: Queued) -> None:
+            try:
+                await client.publish_acked(row.message.topic, row.message.payload)
+            except PublishRefusedError as err:
+                self._refused(err, Lane.ALARM)
+                refused.append(True)
+                ready.set()  # the lane schedules the retry
+            else:
+                await self.queue.ack_async([row.seq])
+                self._delivered(Lane.ALARM, 1)
+            finally:
+                inflight.discard(row.seq)
+                window.release()
+
+        async with asyncio.TaskGroup() as sends:
+            while True:
+                _checkpoint()
+                finishing = stop.is_set()
+                ready.clear()
+                if refused and not inflight:
+                    # Refused rows stay queued; look at them again after a pause.
+                    refused.clear()
+                    await _wait_any(stop, within=backoff.next_delay())
+                    last = 0
+                    continue
+                rows = await self.queue.peek_lane_async(Lane.ALARM, ALARM_ROUND, after=last)
+                for row in rows:
+                    last = row.seq
+                    if row.seq in inflight:
+                        continue
+                    await window.acquire()
+                    inflight.add(row.seq)
+                    sends.create_task(send(row))
+                if rows and not refused:
+                    backoff.reset()
+                if finishing:
+                    return  # what was in the queue has been sent; the group awaits the acks
+                if not rows:
+                    await _wait_any(stop, ready)
+
+    async def _telemetry_lane(self, client: UplinkClient, stop: asyncio.Event) -> None:
+        """Rounds of batches, oldest first; a round is deleted when its PUBACKs are in."""
+        ready = self._ready[Lane.TELEMETRY]
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        while True:
+            _checkpoint()
+            finishing = stop.is_set()
+            ready.clear()
+            sent, refused = await self._telemetry_round(client)
+            if finishing:
+                return  # what is already queued had its chance before exit
+            if refused:
+                await _wait_any(stop, within=backoff.next_delay())
+            elif sent:
+                backoff.reset()
+            else:
+                await _wait_any(stop, ready)
+
+    async def _telemetry_round(self, client: UplinkClient) -> tuple[int, bool]:
+        rows = await self.queue.peek_lane_async(Lane.TELEMETRY, ROUND_ROWS)  # on the writer thread
         if not rows:
-            return 0
+            return 0, False
         units = batch_units(
             rows,
             max_count=self.config.telemetry_batch_max,
             max_bytes=self.config.telemetry_batch_bytes,
         )
-        window = asyncio.Semaphore(self.config.max_inflight)
+        window = asyncio.Semaphore(self._telemetry_window)
         acked: list[int] = []
+        refused: list[PublishRefusedError] = []
 
         async def send(unit: Unit) -> None:
             async with window:
-                await client.publish(unit.topic, unit.payload, qos=1)
+                try:
+                    await client.publish_acked(unit.topic, unit.payload)
+                except PublishRefusedError as err:
+                    refused.append(err)
+                    return
                 acked.extend(unit.seqs)
-                self.stats.published_messages += 1
-                self.stats.published_rows += len(unit.seqs)
+                self._delivered(Lane.TELEMETRY, len(unit.seqs))
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -402,6 +742,78 @@ class Uplink:
                     group.create_task(send(unit))
         except* aiomqtt.MqttError as errors:
             await self.queue.ack_async(acked)
-            raise errors.exceptions[0] from None
+            raise _leaf(errors) from None
         await self.queue.ack_async(acked)
-        return len(acked)
+        for err in refused:
+            self._refused(err, Lane.TELEMETRY)
+        return len(acked), bool(refused)
+
+    # --- counting ---
+
+    def _delivered(self, lane: Lane, rows: int) -> None:
+        self.stats.published_messages += 1
+        self.stats.published_rows += rows
+        if self.stats.refusing is not None and self._refusing_lane in (lane, None):
+            log.info("uplink: the broker accepts %s again", lane.name.lower())
+            self.stats.refusing = None
+
+    _refusing_lane: Lane | None = None
+
+    def _refused(self, err: PublishRefusedError, lane: Lane | None) -> None:
+        """Counted per reason, logged once per reason; the rows stay in the queue."""
+        self.stats.refused[err.reason] += 1
+        if lane is not None:
+            self.stats.refusing = err.reason
+            self._refusing_lane = lane
+        if err.reason not in self._warned:
+            self._warned.add(err.reason)
+            what = lane.name.lower() if lane is not None else "status"
+            log.warning(
+                "uplink: the broker refuses our %s: %s (0x%02X); kept in the queue, retried",
+                what,
+                err.reason,
+                err.code,
+            )
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it ends: 3.11's ``wait_for`` (in aiomqtt) can swallow one cancel.
+
+    Waits with ``asyncio.wait``, so a cancel of the caller still rises.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+
+
+def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first real error in a (nested) exception group: task groups nest here."""
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _checkpoint() -> None:
+    """Raise a cancellation that something below us swallowed (see ``_cancel_and_wait``)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _wait_any(
+    stop: asyncio.Event, *events: asyncio.Event, within: float | None = None
+) -> bool:
+    """Until ``stop`` or any of ``events`` is set, or ``within`` seconds; True if an event fired.
+
+    Built on ``asyncio.wait``, which never swallows a cancellation of the caller.
+    """
+    waiters = {asyncio.ensure_future(e.wait()) for e in (stop, *events)}
+    try:
+        await asyncio.wait(
+            waiters,
+            timeout=None if within is None else max(0.0, within),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return any(e.is_set() for e in events)

@@ -32,7 +32,7 @@ def refused(patch: dict[str, Any], tmp_path: Path) -> ConfigError:
     ("patch", "path", "reason"),
     [
         ({"uplink": {"port": 70000}}, "uplink.port", "must be 1–65535, got 70000"),
-        ({"uplink": {"protocol": "4"}}, "uplink.protocol", "must be one of 5, 3.1.1"),
+        ({"uplink": {"protocol": "4"}}, "uplink.protocol", "must be one of auto, 5, 3.1.1"),
         ({"uplink": {"hots": "x"}}, "uplink.hots", "unknown key"),
         ({"gateway": {"id": "a/b"}}, "gateway.id", "without / + #"),
         (

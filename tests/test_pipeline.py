@@ -47,6 +47,27 @@ async def test_overload_sheds_telemetry_and_never_an_alarm(tmp_path: Path) -> No
     assert taken[0].received.frame.msg_type is MessageType.EVENT  # alarms jump the queue
 
 
+async def test_an_alarm_never_overtakes_what_its_own_node_said_before_it(tmp_path: Path) -> None:
+    """A flat REPORT heard before "cover opened" must not be judged after it and clear it."""
+    gateway = make_gateway(tmp_path)
+    gateway.submit(heard(7, 1), critical=False)  # other nodes' readings wait behind the alarm
+    gateway.submit(heard(1, 1), critical=False)  # the node's own normal report, heard first
+    gateway.submit(heard(1, 2, event=True), critical=True)
+    gateway.submit(heard(1, 3), critical=False)  # and one heard after the alarm
+    taken = gateway._take()
+    assert [(e.received.frame.node_id, e.received.frame.seq) for e in taken] == [
+        (1, 1),
+        (1, 2),
+        (7, 1),
+        (1, 3),
+    ]
+    with gateway.queue:
+        out = [m for event in taken[:2] for m in gateway.engine.handle(event)]
+    alarms = [json.loads(m.payload) for m in out if m.lane is Lane.ALARM]
+    assert [(a["kind"], a["state"]) for a in alarms] == [("cover_open", "raised")]
+    assert [a["kind"] for a in gateway.engine.active_alarms()] == ["cover_open"]
+
+
 async def test_failing_disk_keeps_alarms_in_memory_then_writes_them(tmp_path: Path) -> None:
     """A real full tmpfs under the state directory; nothing but alarms and readings to write."""
     with small_fs(tmp_path / "fs", 2048) as fs:

@@ -398,6 +398,9 @@ class DurableQueue:
     async def peek_async(self, limit: int) -> list[Queued]:
         return await self._on_writer(functools.partial(self.peek, limit))
 
+    async def peek_lane_async(self, lane: Lane, limit: int, *, after: int = 0) -> list[Queued]:
+        return await self._on_writer(functools.partial(self.peek_lane, lane, limit, after=after))
+
     async def recover_async(self) -> None:
         await self._on_writer(self.recover)
 
@@ -782,44 +785,59 @@ class DurableQueue:
         Rows whose ack is held in memory are skipped; past ``MAX_HELD_ACKS``
         nothing is offered until the disk takes the acks.
         """
+        return self._read(lambda: self._peek(limit))
+
+    def peek_lane(self, lane: Lane, limit: int, *, after: int = 0) -> list[Queued]:
+        """One lane's next messages with ``seq > after``, oldest first.
+
+        The uplink drains each lane on its own path, so an alarm never waits
+        behind a telemetry round (and ``after`` skips what it already has in flight).
+        """
+        return self._read(lambda: self._lane_rows(lane, limit, after))
+
+    def _read(self, query: Callable[[], list[Queued]]) -> list[Queued]:
         with self._lock:
             if sum(self._held.values()) >= MAX_HELD_ACKS:
                 self._retry_held_acks()
                 if sum(self._held.values()) >= MAX_HELD_ACKS:
                     return []
             try:
-                return self._peek(limit)
+                return query()
             except sqlite3.Error as err:
                 if not _is_damage(err):
                     raise QueueError(f"queue read failed: {err}") from err
                 self._on_damage(err)
             try:
-                return self._peek(limit)
+                return query()
             except sqlite3.Error as err:
                 raise QueueError(f"queue read failed: {err}") from err
 
     def _peek(self, limit: int) -> list[Queued]:
+        out: list[Queued] = []
+        for lane in Lane:
+            if len(out) < limit:
+                out += self._lane_rows(lane, limit - len(out), 0)
+        return out
+
+    def _lane_rows(self, lane: Lane, limit: int, after: int) -> list[Queued]:
+        if not self._depth[lane]:
+            return []
         skip = (
             " AND seq NOT IN (SELECT seq FROM temp.held_acks)" if any(self._held.values()) else ""
         )
-        out: list[Queued] = []
-        for lane in Lane:
-            if len(out) >= limit or not self._depth[lane]:
-                continue
-            rows = self.db.execute(
-                "SELECT seq, msg_id, topic, payload, created FROM outbox"  # noqa: S608 - fixed text
-                f" WHERE lane = ?{skip} ORDER BY seq LIMIT ?",
-                (int(lane), limit - len(out)),
-            ).fetchall()
-            out += [
-                Queued(
-                    seq,
-                    Outgoing(decode_id(msg_id), lane, self._topic_names[topic], payload),
-                    created,
-                )
-                for seq, msg_id, topic, payload, created in rows
-            ]
-        return out
+        rows = self.db.execute(
+            "SELECT seq, msg_id, topic, payload, created FROM outbox"  # noqa: S608 - fixed text
+            f" WHERE lane = ? AND seq > ?{skip} ORDER BY seq LIMIT ?",
+            (int(lane), after, limit),
+        ).fetchall()
+        return [
+            Queued(
+                seq,
+                Outgoing(decode_id(msg_id), lane, self._topic_names[topic], payload),
+                created,
+            )
+            for seq, msg_id, topic, payload, created in rows
+        ]
 
     def _refresh_oldest(self) -> None:
         """After a commit, for stats() only: a failure here must not undo the commit's success."""

@@ -1,0 +1,148 @@
+"""aiomqtt's client with the three things the uplink needs and aiomqtt 2.5 leaves out.
+
+- A PUBACK carrying a reason code ≥ 0x80 (MQTT 5: "not authorized", "quota
+  exceeded" …) is a refusal, not a delivery: aiomqtt resolves ``publish`` on
+  any PUBACK, so :meth:`UplinkClient.publish_acked` reads the code paho hands
+  to ``on_publish`` and raises :class:`PublishRefusedError`.
+- :meth:`UplinkClient.abort` drops the connection without DISCONNECT, so the
+  broker sends the last will; aiomqtt's ``__aexit__`` always disconnects
+  cleanly, which makes a crash look like an orderly goodbye.
+- A connection the broker closes while CONNECT is pending fails at once with
+  :class:`ConnectClosedError` instead of waiting for the CONNACK timeout; that is
+  how some brokers (RabbitMQ 3.10) answer an MQTT version they do not speak.
+
+Only private members of aiomqtt 2.5 (pinned in pyproject.toml) are used here,
+so the rest of the gateway sees the public API plus these three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+# CONNACK codes that mean "not this protocol version": 3.1.1's 0x01 and MQTT 5's 0x84.
+VERSION_REFUSED = frozenset({1, 0x84})
+
+
+class UplinkError(GatewayError):
+    """The uplink's own failures (as opposed to aiomqtt's connection errors)."""
+
+
+class PublishRefusedError(UplinkError):
+    """The broker answered a publish with a failure reason code; the message is not delivered."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"refused by the broker: {reason} (0x{code:02X})")
+        self.code = code
+        self.reason = reason
+
+
+class ConnectClosedError(aiomqtt.MqttError):
+    """The broker closed the connection before answering CONNECT."""
+
+
+class UplinkClient(aiomqtt.Client):
+    """See the module docstring; everything else is aiomqtt's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Refusals by message id, taken by the publish waiting on that id.
+        self._refusals: dict[int, ReasonCode] = {}
+        self.tcp_connected = False  # did the socket open? (tells a refused version from no route)
+
+    # --- paho callbacks ---
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self._refusals[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self.tcp_connected = True
+        super()._on_socket_open(client, userdata, sock)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done():
+            # Called from paho inside the loop's reader callback: safe to resolve here.
+            closed = ConnectClosedError(f"closed during CONNECT: {reason_code}")
+            self._connected.set_exception(closed)
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    # --- what the uplink calls ---
+
+    async def publish_acked(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish and wait for the PUBACK; raise :class:`PublishRefusedError` on a failure code."""
+        info = self._client.publish(topic, payload, qos, retain, properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        try:
+            if not info.is_published():
+                confirmation = asyncio.Event()
+                with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                    await self._within_timeout(confirmation.wait())
+        finally:
+            refusal = self._refusals.pop(info.mid, None)
+        if refusal is not None:
+            raise PublishRefusedError(refusal.value, str(refusal).lower())
+
+    async def subscribe_acked(self, topic: str, qos: int = 1) -> list[int]:
+        """Subscribe and wait for the SUBACK; its codes (≥ 0x80: refused) per topic."""
+        result, mid = self._client.subscribe(topic, qos)
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise aiomqtt.MqttCodeError(result, "Could not subscribe to topic")
+        granted: asyncio.Future[tuple[int, ...] | list[ReasonCode]] = asyncio.Future()
+        with self._pending_call(mid, granted, self._pending_subscribes):
+            codes = await self._within_timeout(granted)
+        return [c.value if isinstance(c, ReasonCode) else int(c) for c in codes]
+
+    async def _within_timeout(self, awaitable: Awaitable[T]) -> T:
+        """aiomqtt's ``_wait_for`` uses 3.11's ``asyncio.wait_for``, which can swallow
+        a cancellation that lands as the awaited result arrives; ``asyncio.timeout``
+        cannot, and a swallowed cancel would hang the daemon's shutdown."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    def abort(self) -> None:
+        """Close the socket without DISCONNECT: the broker publishes our last will.
+
+        Not while ``__aenter__`` runs. The client is done afterwards: make a new one.
+        """
+        self._client._sock_close()
+        if not self._disconnected.done():
+            self._disconnected.set_result(None)  # ends whoever iterates ``messages``
