@@ -261,7 +261,7 @@ async def test_the_whole_state_blob_of_earlier_versions_is_migrated_once(tmp_pat
     gateway = Gateway(config)
     with gateway.queue:
         gateway._restore_engine()
-        assert await gateway._flush() is True  # a coroutine since the writer left the loop
+        assert await gateway._flush()
         assert gateway.queue.get_state(state.LEGACY_KEY) is None
         keys = [k for k, _ in gateway.queue.state_items(state.PREFIX)]
     assert keys == [
