@@ -132,7 +132,12 @@ class Gw:
         db = self.workdir / "state" / "queue.db"
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            return [(int(a), str(b)) for a, b in conn.execute("SELECT lane, topic FROM outbox")]
+            # Topics are stored once (queue schema v3): the row keeps the topic's id.
+            rows = conn.execute(
+                "SELECT o.lane, t.topic FROM outbox o JOIN topics t ON t.id = o.topic"
+                " ORDER BY o.seq"
+            )
+            return [(int(a), str(b)) for a, b in rows]
         finally:
             conn.close()
 
