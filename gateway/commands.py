@@ -43,6 +43,7 @@ from gateway.drivers.lorawan import DownlinkError
 from gateway.edge.alarm import SEVERITY, AlarmKind
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import GatewayError
+from gateway.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("gateway.audit")
@@ -130,26 +131,6 @@ class Host(Protocol):
     def device_downlink(
         self, args: dict[str, Any], *, request_id: str | None
     ) -> dict[str, Any]: ...
-
-
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; a request takes one."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.clock = clock
-        self.tokens = float(burst)
-        self.at = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 @dataclass

@@ -59,6 +59,13 @@ class TlsConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
 
+    def context(self) -> ssl.SSLContext:
+        """The client context of every connection (uplink, ChirpStack, selftest): one to harden."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
 
 @dataclass(frozen=True)
 class UplinkConfig:

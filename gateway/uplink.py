@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -276,11 +275,7 @@ class Uplink:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = c.session_expiry_s
             properties.MaximumPacketSize = MAX_INCOMING_PACKET
-        tls_context = None
-        if c.tls is not None:
-            tls_context = ssl.create_default_context(cafile=str(c.tls.ca_file))
-            if c.tls.cert_file is not None and c.tls.key_file is not None:
-                tls_context.load_cert_chain(str(c.tls.cert_file), str(c.tls.key_file))
+        tls_context = None if c.tls is None else c.tls.context()
         client = UplinkClient(
             address[0],
             address[1],

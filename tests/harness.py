@@ -7,6 +7,8 @@ import contextlib
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +144,12 @@ class Collector:
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), 0.2)
+
+
+def spawn_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``covergw run`` as a process (as systemd starts it), its log appended to ``log``."""
+    argv = [sys.executable, "-m", "gateway.cli", "--log-level", "INFO", "run", "--config"]
+    return subprocess.Popen([*argv, str(config)], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
 
 def free_udp_port() -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+
+from gateway.tools.demo import Board
 
 
 def running_demo_brokers() -> list[str]:
@@ -49,3 +53,24 @@ def test_demo_shows_alarms_and_ctrl_c_leaves_nothing_running() -> None:
     assert "RAISED" in out
     assert "summary" in out
     assert running_demo_brokers() == []
+
+
+def test_an_alarm_from_a_commercial_sensor_names_its_model() -> None:
+    out = io.StringIO()
+    board = Board(out)
+    alarm = {
+        "msg_id": "m1",
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "kind": "cover_open",
+        "sub": None,
+        "state": "raised",
+        "value": 58.61,
+        "unit": "deg",
+        "cover": {"cover_id": "HZ-XH-000303", "owner_unit": "drainage"},
+        "source": {"type": "device", "model": "em310-tilt", "device_id": "24e124710c401234"},
+    }
+    board.take("covers/gw/alarm", alarm)
+    board.take("covers/gw/alarm", {**alarm, "msg_id": "m2", "source": {"type": "node"}})
+    lines = out.getvalue().splitlines()
+    assert "cover_open em310-tilt" in lines[1]
+    assert "em310" not in lines[2]

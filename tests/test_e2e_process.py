@@ -13,26 +13,9 @@ from pathlib import Path
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import parse_scenario
 from firmware_sim.wiring import gateway_config
-from tests.harness import Broker, Collector, free_udp_port, to_toml
+from tests.harness import Broker, Collector, free_udp_port, spawn_daemon, to_toml
 
 REGISTRY = "cover_id,owner_unit,node_id\nHZ-0001,drainage,00C0FFEE\n"
-
-
-def daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--log-level",
-            "INFO",
-            "run",
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
 
 
 def accepted_ids(db: Path) -> set[str]:
@@ -76,7 +59,7 @@ async def test_sigkill_under_load_loses_nothing_the_queue_accepted(tmp_path: Pat
                 udp_port=free_udp_port(),
             )
             config.write_text(to_toml(data), encoding="utf-8")
-            proc = daemon(config, log)
+            proc = spawn_daemon(config, log)
             await asyncio.sleep(1.0)
             run = asyncio.create_task(sim.run())
             await asyncio.sleep(1.0)
@@ -88,7 +71,7 @@ async def test_sigkill_under_load_loses_nothing_the_queue_accepted(tmp_path: Pat
             run.cancel()
             await sim.quiesce()
             broker.start()
-            proc = daemon(config, log)
+            proc = spawn_daemon(config, log)
 
             def delivered() -> set[str]:
                 return {r["reading_id"] for r in collector.readings()} | {

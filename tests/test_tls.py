@@ -12,6 +12,7 @@ import pytest
 from firmware_sim.broker import Broker, free_port
 from gateway.config import parse_config
 from gateway.daemon import Gateway
+from gateway.tools.selftest import Verdict, check_broker
 from gateway.uplink import UplinkState
 from tests.harness import Collector
 
@@ -172,3 +173,15 @@ async def test_refused_tls_never_falls_back_to_plaintext(
     assert gw.uplink.stats.state is UplinkState.STOPPED
     assert gw.uplink.stats.last_error
     assert collector.of("status") == []  # nothing reached the broker, in any form
+
+
+@pytest.mark.parametrize(("ca", "verdict"), [("ca", Verdict.OK), ("rogue-ca", Verdict.FAIL)])
+async def test_selftest_checks_the_broker_with_the_gateways_own_tls(
+    tmp_path: Path, pki: Path, ca: str, verdict: Verdict
+) -> None:
+    """TlsConfig.context(), as the uplink uses it: a broker that verifies passes, a rogue CA not."""
+    with tls_broker(tmp_path, pki) as broker:
+        gw = gateway(tmp_path, broker.port, pki, ca=ca)
+        checks = await check_broker(gw.config)
+    tls = [c for c in checks if c.name == "tls"]
+    assert [c.verdict for c in tls] == [verdict], checks

@@ -132,8 +132,10 @@ class Gw:
         db = self.workdir / "state" / "queue.db"
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
+            # Topics are stored once (queue schema v3): the row keeps the topic's id.
             rows = conn.execute(
-                "SELECT lane, topics.topic FROM outbox JOIN topics ON topics.id = outbox.topic"
+                "SELECT o.lane, t.topic FROM outbox o JOIN topics t ON t.id = o.topic"
+                " ORDER BY o.seq"
             )
             return [(int(a), str(b)) for a, b in rows]
         finally:

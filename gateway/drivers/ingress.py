@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.ratelimit import TokenBucket
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SOURCE_RATE = 20.0  # datagrams per second per source, sustained
@@ -42,12 +44,6 @@ class GateStats:
             "dropped_rate_limited": self.dropped_rate_limited,
             "sources_forgotten": self.sources_forgotten,
         }
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
 
 
 def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
@@ -89,7 +85,7 @@ class SourceGate:
         self.max_sources = max_sources
         self.stats = GateStats()
         self._clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def allowed(self, host: str) -> bool:
         if not self.allow:
@@ -98,25 +94,21 @@ class SourceGate:
         return address is not None and any(address in net for net in self.allow)
 
     def admit(self, host: str) -> Verdict:
-        now = self._clock()
         bucket = self._buckets.get(host)
         if bucket is None:
             if not self.allowed(host):
                 self.stats.dropped_not_allowed += 1
                 return Verdict.NOT_ALLOWED
-            bucket = _Bucket(float(self.burst), now)
+            bucket = TokenBucket(self.rate, self.burst, self._clock)
             self._buckets[host] = bucket
             if len(self._buckets) > self.max_sources:
                 self._buckets.popitem(last=False)
                 self.stats.sources_forgotten += 1
         else:
             self._buckets.move_to_end(host)
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
-            bucket.at = now
-        if bucket.tokens < 1.0:
+        if not bucket.take():
             self.stats.dropped_rate_limited += 1
             return Verdict.RATE_LIMITED
-        bucket.tokens -= 1.0
         return Verdict.ADMIT
 
     @property

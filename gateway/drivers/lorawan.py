@@ -38,7 +38,13 @@ from paho.mqtt.properties import Properties
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import LorawanConfig, MqttProtocol, TlsConfig
 from gateway.drivers.base import PortState, Sink
-from gateway.drivers.observe import BoundedCounter, DeviceLookup, is_critical, observations
+from gateway.drivers.observe import (
+    BoundedCounter,
+    DeviceLookup,
+    RecentKeys,
+    is_critical,
+    observations,
+)
 from gateway.errors import GatewayError
 from gateway.observation import (
     DeviceEvent,
@@ -140,12 +146,7 @@ class _FcntTracker:
 
 
 def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
-    if tls is None:
-        return None
-    context = ssl.create_default_context(cafile=str(tls.ca_file))
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
+    return None if tls is None else tls.context()
 
 
 class LorawanInput:
@@ -168,7 +169,7 @@ class LorawanInput:
         self.connects = 0
         self.last_error: str | None = None
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
-        self._seen: OrderedDict[str, None] = OrderedDict()  # deduplicationIds
+        self._seen: RecentKeys[str] = RecentKeys(config.dedup_window)  # deduplicationIds
         self._fcnt: dict[str, _FcntTracker] = {}  # registered devices only
         self._applications: dict[str, str] = {}  # DevEUI → ChirpStack application id
         self._outbox: deque[DownlinkRequest] = deque()
@@ -316,9 +317,7 @@ class LorawanInput:
         found = self._registered(event.device.dev_eui)
         if found is None:
             return
-        self._seen[event.deduplication_id] = None
-        while len(self._seen) > self.config.dedup_window:
-            self._seen.popitem(last=False)
+        self._seen.add(event.deduplication_id)
         self._remember_application(event)
         device, _cover = found
         tracker = self._fcnt.setdefault(device.device_id, _FcntTracker())

@@ -11,13 +11,19 @@ IMEI is counted (bounded) and not forwarded, a repeated frame is dropped.
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 from gateway.drivers.base import Sink
-from gateway.drivers.observe import BoundedCounter, DeviceLookup, is_critical, observations
+from gateway.drivers.observe import (
+    BoundedCounter,
+    DeviceLookup,
+    RecentKeys,
+    is_critical,
+    observations,
+)
 from gateway.observation import Link
 from gateway.protocol.devices import Decoded, DeviceDecodeError, decode_nb_frame
 
@@ -49,7 +55,7 @@ class NbReceiver:
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.unknown_devices = BoundedCounter(unknown_tracked)
-        self._recent: OrderedDict[bytes, None] = OrderedDict()
+        self._recent: RecentKeys[bytes] = RecentKeys(REPEAT_WINDOW)
         self._last_cnt: dict[str, int] = {}  # registered IMEIs only
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,9 +93,7 @@ class NbReceiver:
         if data in self._recent:
             self.counts["duplicates"] += 1
             return True
-        self._recent[data] = None
-        while len(self._recent) > REPEAT_WINDOW:
-            self._recent.popitem(last=False)
+        self._recent.add(data)
         last = self._last_cnt.get(frame.imei)
         if last is not None:
             gap = (frame.frame_cnt - last) % FRAME_CNT_MODULO

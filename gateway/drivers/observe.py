@@ -9,16 +9,18 @@ with the first.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gateway.observation import DeviceRef, Link, Observation, Purpose
 from gateway.protocol.devices import Decoded
 
 MAX_COUNTED_IDS = 256  # default for unknown-device counters kept by id
+
+K = TypeVar("K", bound=Hashable)
 
 DeviceLookup = Callable[[str], tuple[DeviceRef, str | None] | None]
 """A DevEUI or IMEI → the registered device and its cover id; None when not registered."""
@@ -104,3 +106,26 @@ class BoundedCounter:
 
     def top(self, n: int = 20) -> dict[str, int]:
         return dict(self.by_key.most_common(n))
+
+
+class RecentKeys(Generic[K]):
+    """The last ``limit`` keys added (deduplication ids, whole frames), oldest forgotten first.
+
+    A sender can repeat or make up keys without end; remembering only a window
+    bounds the memory, at the price of not recognising a repeat older than it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._keys: OrderedDict[K, None] = OrderedDict()
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: K) -> None:
+        self._keys[key] = None
+        while len(self._keys) > self.limit:
+            self._keys.popitem(last=False)

@@ -110,8 +110,10 @@ class NodeBoard:
 
 
 def device_keys(cover: Cover) -> list[str]:
+    """Every device the registry binds to the cover: its node, wired slaves, LoRaWAN/NB-IoT ones."""
     keys = [f"scn1:{cover.node_id:08X}"] if cover.node_id is not None else []
-    return keys + [f"modbus:{bus}:{address}" for bus, address in cover.modbus]
+    keys += [f"modbus:{bus}:{address}" for bus, address in cover.modbus]
+    return keys + [str(device) for device in cover.devices]
 
 
 def _link(seen: Seen) -> str | None:

@@ -69,7 +69,10 @@ class Board:
         cover = a["cover"]
         who = cover["cover_id"] if cover else f"node {a['source'].get('node', '?')}"
         owner = cover["owner_unit"] if cover else "(unregistered)"
-        kind = a["kind"] + (f" {a['sub']}" if a["sub"] else "")
+        source = a.get("source") or {}
+        # Which sensor: a wired slave's sub-key, else a commercial device's model.
+        what = a["sub"] or (source.get("model") if source.get("type") == "device" else None)
+        kind = a["kind"] + (f" {what}" if what else "")
         value = "" if a["value"] is None else f"{a['value']:g} {a['unit'] or ''}"
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
         print(

@@ -177,12 +177,7 @@ async def _read_direct(port: str, baudrate: int, slave: Any, client_of: Any, rea
 
 def _tls_context(config: GatewayConfig) -> ssl.SSLContext | None:
     tls = config.uplink.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(cafile=str(tls.ca_file))
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
+    return None if tls is None else tls.context()
 
 
 async def check_broker(config: GatewayConfig) -> list[Check]:

@@ -40,7 +40,7 @@ import pytest
 from firmware_sim.ptys import PtyPort
 from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import Event, EventCode, Frame, FrameFlags, MessageType, Tilt
-from tests.harness import Broker, Collector, free_udp_port, to_toml
+from tests.harness import Broker, Collector, free_udp_port, spawn_daemon, to_toml
 
 GATEWAY_ID = "gw-hostile"
 COVER_ID = "HZ-0001"
@@ -52,19 +52,6 @@ STOP_WITHIN_S = 10.0
 RESEND_S = 3.0  # a command not answered by then is sent again
 
 _seq = itertools.count(1)  # one sequence for the probe node across daemons of a test
-
-
-def daemon_argv(config: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "--log-level",
-        "INFO",
-        "run",
-        "--config",
-        str(config),
-    ]
 
 
 def base_config(tmp: Path, *, broker_port: int, radio: str, udp_port: int) -> dict[str, Any]:
@@ -233,11 +220,6 @@ def _event(code: EventCode) -> Frame:
     )
 
 
-def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``covergw run`` as a process, its log appended to ``log``."""
-    return subprocess.Popen(daemon_argv(config), stdout=subprocess.DEVNULL, stderr=log.open("ab"))
-
-
 async def publish(port: int, topic: str, payload: bytes) -> None:
     client_id = f"test-platform-{uuid.uuid4().hex[:8]}"
     async with aiomqtt.Client(
@@ -315,7 +297,7 @@ async def launch(
         config = tmp_path / "gw.toml"
         config.write_text(to_toml(data), encoding="utf-8")
         log = tmp_path / "daemon.log"
-        proc = spawn(config, log)
+        proc = spawn_daemon(config, log)
         gw = Daemon(
             proc,
             config,
@@ -350,6 +332,17 @@ async def launch(
 async def gw(launch: Launch) -> Daemon:
     """The default daemon, online and answering."""
     return await launch()
+
+
+def check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    """``covergw check-config`` as an operator runs it: its status and both streams."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> Path:

@@ -12,7 +12,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import Event, EventCode, Frame, FrameFlags, MessageType, Tilt
-from tests.harness import VALIDATORS, Broker, Collector, free_udp_port, to_toml
+from tests.harness import VALIDATORS, Broker, Collector, free_udp_port, spawn_daemon, to_toml
 
 GW = "gw-hostile"
 CMD = f"covers/{GW}/cmd"
@@ -86,20 +85,7 @@ def daemon(tmp_path: Path, broker: Broker, commands: dict[str, Any]) -> Iterator
     config = tmp_path / "gw.toml"
     config.write_text(to_toml(data), encoding="utf-8")
     log = tmp_path / "daemon.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--log-level",
-            "INFO",
-            "run",
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
+    proc = spawn_daemon(config, log)
     try:
         yield Daemon(proc, config, registry, udp_port, log)
     finally:

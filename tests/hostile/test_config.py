@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.hostile.conftest import COVER_ID, NODE_ID, Daemon, Launch, wait_exit
-
-
-def check_config(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+from tests.hostile.conftest import COVER_ID, NODE_ID, Daemon, Launch, check_config, wait_exit
 
 
 async def run_and_check(gw: Daemon) -> tuple[int, subprocess.CompletedProcess[str]]:

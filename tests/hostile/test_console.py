@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from firmware_sim.ptys import PtyPort
-from tests.harness import Broker, Collector, to_toml
+from tests.harness import Broker, Collector, spawn_daemon, to_toml
 from tests.vectors import vector
 
 COVERS = 3000
@@ -54,30 +52,13 @@ def _config(tmp: Path, broker_port: int, console: str, radio: str) -> Path:
     return path
 
 
-def _daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--log-level",
-            "INFO",
-            "run",
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
-
-
 async def test_a_terminal_that_never_reads_cannot_stop_the_alarms(tmp_path: Path) -> None:
     laptop = PtyPort()  # the far end never reads its master
     radio = PtyPort()
     log = tmp_path / "daemon.log"
     with Broker(tmp_path / "broker") as broker:
         async with Collector(broker.port) as collector:
-            proc = _daemon(_config(tmp_path, broker.port, laptop.path, radio.path), log)
+            proc = spawn_daemon(_config(tmp_path, broker.port, laptop.path, radio.path), log)
 
             def console_stats() -> dict[str, Any]:
                 stats = collector.of("stats")

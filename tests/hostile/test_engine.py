@@ -39,7 +39,7 @@ from gateway.protocol.messages import (
     Tilt,
 )
 from gateway.protocol.scn1 import crc16_ccitt_false
-from tests.harness import Broker, Collector, free_udp_port, to_toml
+from tests.harness import Broker, Collector, free_udp_port, spawn_daemon, to_toml
 
 NODE = 0x00C0FFEE
 REGISTRY = "cover_id,owner_unit,node_id,input\nHZ-0001,drainage,00C0FFEE,{input}\n"
@@ -111,11 +111,7 @@ def write_config(tmp: Path, broker_port: int, udp_port: int, **extra: Any) -> Pa
 
 @contextmanager
 def daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
+    proc = spawn_daemon(config, log)
     try:
         yield proc
     finally:
@@ -270,8 +266,21 @@ def engine_rows(db: Path) -> int:
 async def test_a_flood_of_random_node_ids_stays_bounded(tmp_path: Path) -> None:
     udp_port = free_udp_port()
     with Broker(tmp_path / "broker") as broker:
+        # One source floods: the input's per-source rate limit (tested in test_ingress.py)
+        # is opened wide so the flood reaches the engine, whose bound is what is tested.
+        udp0 = {
+            "name": "udp0",
+            "bind": f"127.0.0.1:{udp_port}",
+            "source_rate": 100_000.0,
+            "source_burst": 1_000_000,
+        }
         config = write_config(
-            tmp_path, broker.port, udp_port, input="udp0", limits={"unregistered_nodes": 256}
+            tmp_path,
+            broker.port,
+            udp_port,
+            input="udp0",
+            limits={"unregistered_nodes": 256},
+            udp=[udp0],
         )
         async with Collector(broker.port) as collector:
             with (

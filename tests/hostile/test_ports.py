@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from firmware_sim.modbus_slaves import Qdy30aLevel, SimBus, WitInclinometer
-from tests.harness import Broker, Collector, to_toml
+from tests.harness import Broker, Collector, spawn_daemon, to_toml
 
 SLAVES = [Qdy30aLevel(address=1), WitInclinometer(address=0x50)]
 REGISTRY = "cover_id,owner_unit,modbus\nHZ-L,drainage,rs485:1\nHZ-T,drainage,rs485:80\n"
@@ -61,23 +59,6 @@ def _config(tmp: Path, broker_port: int, port: Path, radio_port: Path) -> Path:
     return path
 
 
-def _daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--log-level",
-            "INFO",
-            "run",
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
-
-
 def _faults(collector: Collector, state: str) -> set[str]:
     return {
         a["sub"] for a in collector.alarms() if a["kind"] == "sensor_fault" and a["state"] == state
@@ -98,7 +79,7 @@ async def test_missing_then_pulled_adapter_faults_every_slave_and_clears(tmp_pat
     everyone = {"rs485:1", "rs485:80"}
     with Broker(tmp_path / "broker") as broker:
         async with Collector(broker.port) as collector:
-            proc = _daemon(_config(tmp_path, broker.port, link, radio), log)
+            proc = spawn_daemon(_config(tmp_path, broker.port, link, radio), log)
             bus = SimBus("rs485", slaves=list(SLAVES))
             try:
                 # 1. A port that does not exist: every slave behind it faults.

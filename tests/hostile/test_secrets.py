@@ -7,27 +7,15 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.control import request
 from tests.harness import free_port
-from tests.hostile.conftest import Daemon, Launch, wait_exit, write_private
+from tests.hostile.conftest import Daemon, Launch, check_config, wait_exit, write_private
 
 SECRET = "s3cr3t-do-not-show"
-
-
-def check_config(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 async def test_a_password_file_others_can_read_is_refused(launch: Launch, tmp_path: Path) -> None:
