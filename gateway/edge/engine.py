@@ -440,6 +440,14 @@ class EdgeEngine:
             and not self.alarms.active(subject.key, verdict.kind, verdict.sub)
         ):
             return []
+        if (
+            isinstance(verdict, Check)
+            and not verdict.bad
+            and self.alarms.get(subject.key, verdict.kind, verdict.sub) is None
+        ):
+            # A normal reading for a machine in its normal state (only those away from
+            # it are kept): it stays normal. Most checks of most readings end here.
+            return []
         machine = self.alarms.machine(subject.key, verdict.kind, verdict.sub)
         before = machine.fingerprint()
         if isinstance(verdict, Check):
