@@ -77,6 +77,7 @@ def _fingerprint(raw: bytes) -> bytes:
     return raw[:_FLAGS_OFFSET] + bytes([flags]) + raw[_FLAGS_OFFSET + 1 : -2]
 
 
+_NO_LINK = Link()
 _NO_GAS: MappingProxyType[str, tuple[float, str]] = MappingProxyType({})
 _NO_ALARMS: frozenset[str] = frozenset()
 _ALARM_SETS = {  # the flag bits' alarm sets, built once
@@ -160,7 +161,9 @@ def from_frame(event: FrameHeard) -> Observation:
         at=event.at,
         quantities=quantities,
         events=tuple(events),
-        link=Link(rssi_dbm=received.rssi_dbm, snr_db=received.snr_db),
+        link=_NO_LINK
+        if received.rssi_dbm is None and received.snr_db is None
+        else Link(rssi_dbm=received.rssi_dbm, snr_db=received.snr_db),
         counter=frame.seq,
         raw=received.raw,
         extra=MappingProxyType(

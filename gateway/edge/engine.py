@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -81,6 +81,16 @@ __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+def uuid4_hex() -> str:
+    """``uuid.uuid4().hex`` without building a ``UUID``: one per reading, so it counts."""
+    n = int.from_bytes(os.urandom(16))
+    return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 def alarm_sub(device: DeviceRef) -> str:
     """A cover's own SCN-1 node speaks for the cover; any other sensor is named by its id."""
     return "" if device.model == adapters.SCN1 else device.device_id
@@ -119,7 +129,7 @@ class EdgeEngine:
         kind_thresholds: dict[str, dict[str, Any]],
         slaves: dict[tuple[str, int], SlaveConfig],
         started_at: float,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: Callable[[], str] = uuid4_hex,
         limits: LimitsConfig | None = None,
     ) -> None:
         self.gateway_id = gateway_id
