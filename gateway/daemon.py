@@ -184,7 +184,8 @@ class Gateway:
     # --- the drivers' sink ---
 
     def _heard(self, source: str, at: float, item: Item) -> None:
-        self.tap.publish(Heard(source, at, item))
+        if self.tap.watched:  # nobody tailing: no record built per frame
+            self.tap.publish(Heard(source, at, item))
         self.watch.frame(source, at, item)
 
     def submit(self, event: Input, critical: bool) -> None:

@@ -32,7 +32,7 @@ from gateway.protocol.messages import (
     Tilt,
     WaterDepth,
 )
-from gateway.protocol.render import flags_to_dict, record_to_dict
+from gateway.protocol.render import record_to_dict
 
 SCN1 = "scn1"
 MODBUS = "modbus"
@@ -77,19 +77,45 @@ def _fingerprint(raw: bytes) -> bytes:
     return raw[:_FLAGS_OFFSET] + bytes([flags]) + raw[_FLAGS_OFFSET + 1 : -2]
 
 
+_NO_LINK = Link()
+_NO_GAS: MappingProxyType[str, tuple[float, str]] = MappingProxyType({})
+_NO_ALARMS: frozenset[str] = frozenset()
+_ALARM_SETS = {  # the flag bits' alarm sets, built once
+    bits: frozenset(
+        name
+        for bit, name in ((_NODE_ALARM_BIT, NODE_ALARM), (_LOW_BATTERY_BIT, LOW_BATTERY))
+        if bits & bit
+    )
+    for bits in range(1 << 8)
+}
+
+
 def from_frame(event: FrameHeard) -> Observation:
     received = event.received
     frame = received.frame
-    tilt = frame.first(Tilt)
-    water = frame.first(WaterDepth)
-    battery = frame.first(Battery)
-    temperature = frame.first(Temperature)
+    # One pass over the records (the first of each kind counts), not one per kind.
+    tilt: Tilt | None = None
+    water: WaterDepth | None = None
+    battery: Battery | None = None
+    temperature: Temperature | None = None
+    gases: dict[str, tuple[float, str]] | None = None
+    for r in frame.records:
+        if isinstance(r, Tilt):
+            if tilt is None:
+                tilt = r
+        elif isinstance(r, Battery):
+            if battery is None:
+                battery = r
+        elif isinstance(r, WaterDepth):
+            if water is None:
+                water = r
+        elif isinstance(r, Temperature):
+            if temperature is None:
+                temperature = r
+        elif isinstance(r, Gas):
+            gases = gases if gases is not None else {}
+            gases[r.kind.name] = (r.value, r.unit)
     bits = int(frame.flags)  # plain ints: IntFlag membership is slow on this hot path
-    alarms = set()
-    if bits & _NODE_ALARM_BIT:
-        alarms.add(NODE_ALARM)
-    if bits & _LOW_BATTERY_BIT:
-        alarms.add(LOW_BATTERY)
     quantities = Quantities(
         tilt_x_deg=None if tilt is None else tilt.x_deg,
         tilt_y_deg=None if tilt is None else tilt.y_deg,
@@ -97,8 +123,8 @@ def from_frame(event: FrameHeard) -> Observation:
         distance_no_echo=water is not None and water.distance_mm is None,
         battery_mv=None if battery is None else float(battery.voltage_mv),
         temperature_c=None if temperature is None else temperature.celsius,
-        gas=MappingProxyType({g.kind.name: (g.value, g.unit) for g in frame.all(Gas)}),
-        device_alarms=frozenset(alarms),
+        gas=_NO_GAS if gases is None else MappingProxyType(gases),
+        device_alarms=_ALARM_SETS.get(bits & 0xFF, _NO_ALARMS),
     )
     events: list[DeviceEvent] = []
     if frame.msg_type is MessageType.EVENT:
@@ -121,7 +147,11 @@ def from_frame(event: FrameHeard) -> Observation:
         "node": frame.node_hex,
         "seq": frame.seq,
         "msg_type": frame.msg_type.name,
-        "flags": flags_to_dict(frame.flags),
+        "flags": {  # as ``flags_to_dict``, without its slow IntFlag membership tests
+            "node_alarm": bool(bits & _NODE_ALARM_BIT),
+            "retransmission": bool(bits & _RETRANSMISSION_BIT),
+            "low_battery": bool(bits & _LOW_BATTERY_BIT),
+        },
         "rx_rssi_dbm": received.rssi_dbm,
         "rx_snr_db": received.snr_db,
     }
@@ -131,7 +161,9 @@ def from_frame(event: FrameHeard) -> Observation:
         at=event.at,
         quantities=quantities,
         events=tuple(events),
-        link=Link(rssi_dbm=received.rssi_dbm, snr_db=received.snr_db),
+        link=_NO_LINK
+        if received.rssi_dbm is None and received.snr_db is None
+        else Link(rssi_dbm=received.rssi_dbm, snr_db=received.snr_db),
         counter=frame.seq,
         raw=received.raw,
         extra=MappingProxyType(

@@ -22,6 +22,8 @@ class Baselines:
     def __init__(self, log_: StateLog) -> None:
         self._log = log_
         self._by_key: dict[tuple[str, str], Orientation] = {}  # (subject, sub)
+        # Each subject's sensors: ``rezero`` (every forgotten device) without a scan.
+        self._subs: dict[str, set[str]] = {}
 
     def relative_tilt(
         self,
@@ -40,18 +42,20 @@ class Baselines:
         if baseline is None and may_record:
             baseline = now
             self._by_key[key] = baseline
+            self._subs.setdefault(subject_key, set()).add(sub)
             self._log.put(state.BASELINE + state.join(*key), list(baseline))
             log.info("tilt baseline of %s recorded: %s deg", key, baseline)
         return tilt_deg(now, baseline)
 
     def rezero(self, subject_key: str, *, urgent: bool = True) -> None:
-        for key in [k for k in self._by_key if k[0] == subject_key]:
-            del self._by_key[key]
-            self._log.delete(state.BASELINE + state.join(*key), urgent=urgent)
+        for sub in sorted(self._subs.pop(subject_key, ())):
+            del self._by_key[(subject_key, sub)]
+            self._log.delete(state.BASELINE + state.join(subject_key, sub), urgent=urgent)
 
     def load(self, key: str, value: Any, *, save: bool = False) -> None:
         subject_key, sub = state.split(key)
         self._by_key[(subject_key, sub)] = baseline = tuple(float(v) for v in value)
+        self._subs.setdefault(subject_key, set()).add(sub)
         if save:
             self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline))
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -81,6 +81,16 @@ __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+def uuid4_hex() -> str:
+    """``uuid.uuid4().hex`` without building a ``UUID``: one per reading, so it counts."""
+    n = int.from_bytes(os.urandom(16))
+    return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
 def alarm_sub(device: DeviceRef) -> str:
     """A cover's own SCN-1 node speaks for the cover; any other sensor is named by its id."""
     return "" if device.model == adapters.SCN1 else device.device_id
@@ -119,7 +129,7 @@ class EdgeEngine:
         kind_thresholds: dict[str, dict[str, Any]],
         slaves: dict[tuple[str, int], SlaveConfig],
         started_at: float,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: Callable[[], str] = uuid4_hex,
         limits: LimitsConfig | None = None,
     ) -> None:
         self.gateway_id = gateway_id
@@ -439,6 +449,14 @@ class EdgeEngine:
             and verdict.only_if_active
             and not self.alarms.active(subject.key, verdict.kind, verdict.sub)
         ):
+            return []
+        if (
+            isinstance(verdict, Check)
+            and not verdict.bad
+            and self.alarms.get(subject.key, verdict.kind, verdict.sub) is None
+        ):
+            # A normal reading for a machine in its normal state (only those away from
+            # it are kept): it stays normal. Most checks of most readings end here.
             return []
         machine = self.alarms.machine(subject.key, verdict.kind, verdict.sub)
         before = machine.fingerprint()

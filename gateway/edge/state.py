@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+import orjson
+
 
 class Row(Protocol):
     def to_json(self) -> Any: ...
@@ -24,6 +26,15 @@ KIND_OVERRIDE = PREFIX + "ok/"  # + cover kind: thresholds set by the platform
 COVER_OVERRIDE = PREFIX + "oc/"  # + cover id
 MAINTENANCE = PREFIX + "mt/"  # + cover id: maintenance until (UTC seconds)
 LEGACY_KEY = "engine"  # the whole-state blob written before state rows
+
+
+def dumps(value: Any) -> str:
+    """A row's text: orjson (a device row is written with nearly every commit), the
+    stdlib for what orjson refuses; ``json.loads`` reads both back alike."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"))
 
 
 def join(*parts: str) -> str:
@@ -49,7 +60,7 @@ class StateLog:
 
     def put(self, key: str, value: Any, *, urgent: bool = True) -> None:
         self._live.pop(key, None)
-        self._changes[key] = json.dumps(value, separators=(",", ":"))
+        self._changes[key] = dumps(value)
         self.urgent |= urgent
 
     def put_live(self, key: str, row: Row) -> None:
@@ -65,7 +76,7 @@ class StateLog:
     def take(self) -> dict[str, str | None]:
         changes, self._changes = self._changes, {}
         for key, row in self._live.items():
-            changes[key] = json.dumps(row.to_json(), separators=(",", ":"))
+            changes[key] = dumps(row.to_json())
         self._live = {}
         self.urgent = False
         return changes
