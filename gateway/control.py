@@ -26,6 +26,9 @@ from gateway.errors import TransportError
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 4096  # bytes of one request line; longer is refused
+# A reply is one line: the status of a city block (2,000 cover rows) runs to megabytes.
+# The tools read up to this much; the daemon is trusted, this only bounds a bug.
+MAX_REPLY = 64 * 1024 * 1024
 READ_TIMEOUT_S = 5.0  # for the request line; an idle client is then closed
 MAX_CLIENTS = 16  # connections served at once (``[gateway] control_max_clients``)
 
@@ -174,7 +177,9 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 async def follow(path: Path, request: dict[str, Any]) -> AsyncIterator[str]:
     """Lines of a streaming request, until the daemon goes away."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 5)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_unix_connection(str(path), limit=MAX_REPLY), 5
+    )
     try:
         writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
@@ -185,7 +190,9 @@ async def follow(path: Path, request: dict[str, Any]) -> AsyncIterator[str]:
 
 
 async def request(path: Path, cmd: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout_s)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_unix_connection(str(path), limit=MAX_REPLY), timeout_s
+    )
     try:
         writer.write(json.dumps({"cmd": cmd}).encode() + b"\n")
         await writer.drain()

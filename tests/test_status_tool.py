@@ -240,3 +240,33 @@ async def test_status_per_cover_and_tail_of_readings_and_alarms(tmp_path: Path) 
     assert covers["HZ-3"]["active_alarms"] == ["sensor_fault rs485:2"]
     assert covers["HZ-2"]["maintenance"] is True
     assert reply["attention"][0].startswith("reload refused")
+
+
+async def test_status_of_a_city_block_fits_through_the_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Thousands of covers make a reply of megabytes: the tool reads it whole."""
+    registry = tmp_path / "covers.csv"
+    registry.write_text(
+        "cover_id,owner_unit,address,node_id\n"
+        + "".join(f"HZ-{i:05d},drainage,文三路 {i} 号,{0x00A00000 + i:08X}\n" for i in range(3000)),
+        encoding="utf-8",
+    )
+    data = {
+        "gateway": {"id": "gw-big", "state_dir": str(tmp_path / "s"), "registry": str(registry)}
+    }
+    gateway = Gateway(parse_config(data, base_dir=tmp_path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    socket_path = gateway.config.control_path
+    async with asyncio.timeout(20):
+        while not socket_path.exists():
+            await asyncio.sleep(0.05)
+    code = await asyncio.to_thread(main, ["status", "--socket", str(socket_path), "--json"])
+    out = capsys.readouterr().out
+    stop.set()
+    await task
+    assert code == 0
+    assert len(out) > 64 * 1024  # past asyncio's default line limit, which used to end it
+    reply = json.loads(out)
+    assert len(reply["covers"]) >= 2000
