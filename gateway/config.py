@@ -28,6 +28,7 @@ from gateway.drivers.ingress import (
 from gateway.errors import ConfigError
 from gateway.protocol.messages import GasKind
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, DeviceProfile, profile_from_config
+from gateway.wire import TelemetryEncoding
 
 
 class Dialect(StrEnum):
@@ -77,6 +78,7 @@ class UplinkConfig:
     telemetry_batch_bytes: int = 64 * 1024
     stats_interval_s: float = 60.0
     tls: TlsConfig | None = None
+    telemetry_encoding: TelemetryEncoding = TelemetryEncoding.JSON
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,9 @@ def _uplink(t: Table, gateway_id: str, base_dir: Path) -> UplinkConfig:
         telemetry_batch_bytes=t.integer("telemetry_batch_bytes", 64 * 1024, lo=1024, hi=2**27),
         stats_interval_s=t.number("stats_interval_s", 60.0, lo=0.1, hi=86400),
         tls=tls,
+        telemetry_encoding=t.choice(
+            "telemetry_encoding", TelemetryEncoding, TelemetryEncoding.JSON
+        ),
     )
     t.done()
     return config
