@@ -73,7 +73,7 @@ def _slot(key: str, value: Any) -> Any:
 
 
 def _unslot(key: str, value: Any) -> Any:
-    if key in CENTI and isinstance(value, int) and not isinstance(value, bool):
+    if key in CENTI and type(value) is int:
         return value / 100
     return value
 
@@ -110,6 +110,11 @@ def _iso_ms(ms: int) -> str:
 
 
 def _source(src: dict[str, Any], ports: dict[str, int]) -> Any:
+    """Positional with codes, or, if anything is off the usual shape, the map untouched."""
+    if not src.keys() <= set(SOURCE_KEYS) or not isinstance(src.get("flags", {}), dict):
+        return src
+    if any(not isinstance(src.get(k, ""), str) for k in ("type", "msg_type", "port", "node")):
+        return src
     src = dict(src)
     for key, table in CODED.items():
         if src.get(key) in table:
@@ -127,13 +132,15 @@ def _source(src: dict[str, Any], ports: dict[str, int]) -> Any:
 
 
 def _unsource(v: Any, ports: list[str]) -> dict[str, Any]:
+    if isinstance(v, dict):
+        return v
     src = _named(v, SOURCE_KEYS)
     for key, table in CODED.items():
-        if isinstance(src.get(key), int):
+        if type(src.get(key)) is int:
             src[key] = table[src[key]]
-    if isinstance(src.get("port"), int):
+    if type(src.get("port")) is int:
         src["port"] = ports[src["port"]]
-    if isinstance(src.get("node"), int):
+    if type(src.get("node")) is int:
         src["node"] = f"{src['node']:08X}"
     if isinstance(src.get("flags"), list):
         src["flags"] = _named(src["flags"], FLAG_KEYS)
@@ -158,7 +165,8 @@ def cbor_batch(batch: dict[str, Any]) -> bytes:
     """The decoded batch in the positional layout above."""
     readings: list[dict[str, Any]] = batch["readings"]
     first = readings[0]
-    prefix = str(first.get("reading_id", ""))[:16]
+    first_id = first.get("reading_id")
+    prefix = first_id[:16] if isinstance(first_id, str) and len(first_id) >= 24 else ""
     base = _ms(first.get("time")) or 0
     cover_ids = list(batch.get("covers", {}))
     index = {c: i for i, c in enumerate(cover_ids)}
@@ -167,21 +175,30 @@ def cbor_batch(batch: dict[str, Any]) -> bytes:
     out = []
     for reading in readings:
         r = dict(reading)
-        rid = r.pop("reading_id")
-        tail = rid[16:] if isinstance(rid, str) and rid.startswith(prefix) else ""
+        # A slot takes only what it can carry back; anything else rides in the rest map.
+        rid = r.pop("reading_id") if isinstance(r.get("reading_id"), str) else cbor2.undefined
+        tail = rid[16:] if prefix and isinstance(rid, str) and rid.startswith(prefix) else ""
         if len(tail) >= 8 and set(tail) <= _HEX and f"{int(tail, 16):08x}" == tail:
             rid = int(tail, 16)
-        ms = _ms(t := r.pop("time"))
+        t = r.pop("time") if isinstance(r.get("time"), str) else cbor2.undefined
+        ms = _ms(t)
         delta = None if ms is None else ms - previous
         previous = previous if ms is None else ms
-        cover = r.pop("cover_id", None)
+        cover = r.pop("cover_id") if isinstance(r.get("cover_id"), str) else None
+        source = _source(r.pop("source"), ports) if isinstance(r.get("source"), dict) else None
+        records: Any = cbor2.undefined
+        if isinstance(r.get("records"), list) and all(isinstance(x, dict) for x in r["records"]):
+            records = [_record(x) for x in r.pop("records")]
+        derived: Any = cbor2.undefined
+        if isinstance(r.get("derived"), dict):
+            derived = _positional(r.pop("derived"), DERIVED_KEYS)
         item = [
             rid,
             t if delta is None else delta,
             index.get(cover, cover) if cover is not None else None,
-            _source(r.pop("source"), ports),
-            [_record(x) for x in r.pop("records", ())] if "records" in r else cbor2.undefined,
-            _positional(r.pop("derived"), DERIVED_KEYS) if "derived" in r else cbor2.undefined,
+            source,
+            records,
+            derived,
             r or cbor2.undefined,
         ]
         while item[-1] is cbor2.undefined:
@@ -209,13 +226,15 @@ def cbor_unbatch(payload: bytes) -> dict[str, Any]:
         r: dict[str, Any] = {}
         if cover is not None:
             r["cover_id"] = cover_ids[cover] if isinstance(cover, int) else cover
-        r["reading_id"] = f"{prefix}{rid:08x}" if isinstance(rid, int) else rid
+        if rid is not cbor2.undefined:
+            r["reading_id"] = f"{prefix}{rid:08x}" if isinstance(rid, int) else rid
         if isinstance(t, int):
             at += t
             r["time"] = _iso_ms(at)
-        else:
+        elif t is not cbor2.undefined:
             r["time"] = t
-        r["source"] = _unsource(src, ports)
+        if src is not None:
+            r["source"] = _unsource(src, ports)
         if len(item) > 4 and item[4] is not cbor2.undefined:
             r["records"] = [_unrecord(x) for x in item[4]]
         if len(item) > 5 and item[5] is not cbor2.undefined:
