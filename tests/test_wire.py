@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.buffer.queue import Lane, Outgoing, Queued
 from gateway.cbor_layout import _iso_ms
 from gateway.config import parse_config
 from gateway.daemon import Gateway
@@ -27,6 +28,7 @@ from gateway.protocol.messages import (
     Tilt,
     WaterDepth,
 )
+from gateway.uplink import batch_units
 from gateway.wire import (
     CONTENT_TYPES,
     TelemetryEncoding,
@@ -217,3 +219,21 @@ async def test_each_encoding_reaches_the_broker_decodable_and_valid(
     assert first.properties is not None
     assert first.properties.ContentType == CONTENT_TYPES[encoding]
     assert ("encoding", encoding.value) in first.properties.UserProperty
+
+
+def test_a_damaged_queued_reading_is_acknowledged_not_sent_and_not_fatal() -> None:
+    def queued(seq: int, payload: bytes) -> Queued:
+        return Queued(seq, Outgoing(f"r{seq}", Lane.TELEMETRY, "covers/gw/telemetry", payload), 0.0)
+
+    good = pack_row(b'{"cover_id":"C-1","reading_id":"r","time":"t","source":{"type":"node"}}')
+    units = batch_units(
+        [queued(1, good), queued(2, good[:-4]), queued(3, good)],
+        max_count=10,
+        max_bytes=10_000,
+        covers=COVERS.get,
+    )
+    damaged = [u for u in units if not u.topic]
+    assert [u.seqs for u in damaged] == [(2,)]  # acknowledged, never published
+    sent = [decode_batch(u.payload) for u in units if u.topic]
+    assert [len(b["readings"]) for b in sent] == [2]
+    assert sent[0]["covers"] == {"C-1": COVERS["C-1"]}
