@@ -20,7 +20,8 @@ __all__ = ["CBORDecodeError", "cbor_batch", "cbor_unbatch"]
 # --- CBOR: a positional layout (docs/mqtt-api.md "CBOR layout") ---
 #
 # batch   = [1, msg_id, sent_at, count, base_ms, id_prefix, covers, ports, readings]
-# covers  = [[cover_id, owner_unit, cover_kind, address, lat, lon], ...]
+# covers  = [[cover_id, owner_unit, cover_kind, address, lat, lon], ...]; trailing
+#           "" (cover_kind, address) and null (lat, lon) left off
 # reading = [reading_id, time, cover, source, records, derived, rest]
 #   reading_id: int n = id_prefix + n in 8 or more hex digits, or the text
 #   time:       int = ms after the previous int-timed reading (the first: after base_ms;
@@ -28,7 +29,7 @@ __all__ = ["CBORDecodeError", "cbor_batch", "cbor_unbatch"]
 #   cover:      int = index into covers, or null (not registered)
 #   source:     positional over SOURCE_KEYS; node: int = 8 upper-case hex digits;
 #               type, msg_type: int = index into CODED; port: int = index into ports
-#   records:    each [TLVS index, *TLV_KEYS[tlv] values], or the record as a map
+#   records:    flat: a TLVS index then its TLV_KEYS[tlv] values, or a record as a map
 #   derived:    positional over DERIVED_KEYS
 #   rest:       a map of any other keys (values, quantities, events, partial), or absent
 # Positional: an absent key is CBOR undefined, trailing ones are left off; a
@@ -58,12 +59,18 @@ CENTI = frozenset(
 )
 CODED = {"type": ("node", "modbus", "device"), "msg_type": ("REPORT", "EVENT", "HEARTBEAT", "BOOT")}
 COVER_KEYS = ("cover_id", "owner_unit", "cover_kind", "address", "lat", "lon")
+COVER_DEFAULTS: tuple[Any, ...] = ("", "", "", "", None, None)  # trailing ones are left off
 _HEX = frozenset("0123456789abcdef")
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 
 
+def _fits(key: str, value: Any) -> bool:
+    """False for an integer a CENTI slot cannot carry back (beyond a float's precision)."""
+    return key not in CENTI or type(value) is not int or float(value) == value
+
+
 def _slot(key: str, value: Any) -> Any:
-    if key in CENTI and isinstance(value, float):
+    if key in CENTI and isinstance(value, float) and abs(value) < 1e15:
         n = round(value * 100)
         if n / 100 == value:
             return n
@@ -79,7 +86,7 @@ def _unslot(key: str, value: Any) -> Any:
 
 
 def _positional(d: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    if not d.keys() <= set(keys):
+    if not d.keys() <= set(keys) or not all(_fits(k, v) for k, v in d.items()):
         return d
     out = [_slot(k, d[k]) if k in d else cbor2.undefined for k in keys]
     while out and out[-1] is cbor2.undefined:
@@ -115,6 +122,8 @@ def _source(src: dict[str, Any], ports: dict[str, int]) -> Any:
         return src
     if any(not isinstance(src.get(k, ""), str) for k in ("type", "msg_type", "port", "node")):
         return src
+    if not all(_fits(k, v) for k, v in src.items()):
+        return src
     src = dict(src)
     for key, table in CODED.items():
         if src.get(key) in table:
@@ -149,7 +158,7 @@ def _unsource(v: Any, ports: list[str]) -> dict[str, Any]:
 
 def _record(rec: dict[str, Any]) -> Any:
     keys = TLV_KEYS.get(rec.get("tlv", ""))
-    if keys is None or set(rec) != {"tlv", *keys}:
+    if keys is None or set(rec) != {"tlv", *keys} or not all(_fits(k, rec[k]) for k in keys):
         return rec
     return [TLVS.index(rec["tlv"]), *(_slot(k, rec[k]) for k in keys)]
 
@@ -159,6 +168,35 @@ def _unrecord(v: Any) -> dict[str, Any]:
         return v
     tlv = TLVS[v[0]]
     return {"tlv": tlv, **{k: _unslot(k, x) for k, x in zip(TLV_KEYS[tlv], v[1:], strict=True)}}
+
+
+def _unrecords(flat: list[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(flat):
+        if isinstance(flat[i], dict):
+            out.append(flat[i])
+            i += 1
+            continue
+        tlv = TLVS[flat[i]]
+        arity = len(TLV_KEYS[tlv])
+        values = flat[i + 1 : i + 1 + arity]
+        if len(values) != arity:
+            raise WireError("a record ends early")
+        out.append(_unrecord([flat[i], *values]))
+        i += 1 + arity
+    return out
+
+
+def _cover(record: dict[str, Any]) -> list[Any]:
+    out = [record.get(k) for k in COVER_KEYS]
+    while (
+        len(out) > 2
+        and out[-1] == COVER_DEFAULTS[len(out) - 1]
+        and type(out[-1]) is type(COVER_DEFAULTS[len(out) - 1])
+    ):
+        out.pop()
+    return out
 
 
 def cbor_batch(batch: dict[str, Any]) -> bytes:
@@ -188,7 +226,13 @@ def cbor_batch(batch: dict[str, Any]) -> bytes:
         source = _source(r.pop("source"), ports) if isinstance(r.get("source"), dict) else None
         records: Any = cbor2.undefined
         if isinstance(r.get("records"), list) and all(isinstance(x, dict) for x in r["records"]):
-            records = [_record(x) for x in r.pop("records")]
+            records = []
+            for x in r.pop("records"):
+                packed = _record(x)
+                if isinstance(packed, list):
+                    records.extend(packed)  # flat: the code says how many values follow
+                else:
+                    records.append(packed)
         derived: Any = cbor2.undefined
         if isinstance(r.get("derived"), dict):
             derived = _positional(r.pop("derived"), DERIVED_KEYS)
@@ -204,7 +248,7 @@ def cbor_batch(batch: dict[str, Any]) -> bytes:
         while item[-1] is cbor2.undefined:
             item.pop()
         out.append(item)
-    covers = [[batch["covers"][c].get(k) for k in COVER_KEYS] for c in cover_ids]
+    covers = [_cover(batch["covers"][c]) for c in cover_ids]
     head = [VERSION, batch["msg_id"], batch["sent_at"], batch["count"], base, prefix, covers]
     return cbor2.dumps([*head, list(ports), out], canonical=True, string_referencing=True)
 
@@ -219,7 +263,10 @@ def cbor_unbatch(payload: bytes) -> dict[str, Any]:
     cover_ids = [c[0] for c in covers]
     batch: dict[str, Any] = {"msg_id": msg_id, "sent_at": sent_at, "count": count}
     if covers:
-        batch["covers"] = {c[0]: dict(zip(COVER_KEYS, c, strict=True)) for c in covers}
+        batch["covers"] = {
+            c[0]: dict(zip(COVER_KEYS, [*c, *COVER_DEFAULTS[len(c) :]], strict=True))
+            for c in covers
+        }
     readings = []
     for item in items:
         rid, t, cover, src = item[:4]
@@ -236,7 +283,7 @@ def cbor_unbatch(payload: bytes) -> dict[str, Any]:
         if src is not None:
             r["source"] = _unsource(src, ports)
         if len(item) > 4 and item[4] is not cbor2.undefined:
-            r["records"] = [_unrecord(x) for x in item[4]]
+            r["records"] = _unrecords(item[4])
         if len(item) > 5 and item[5] is not cbor2.undefined:
             r["derived"] = _named(item[5], DERIVED_KEYS)
         if len(item) > 6:
