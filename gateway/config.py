@@ -28,6 +28,7 @@ from gateway.drivers.ingress import (
 from gateway.errors import ConfigError
 from gateway.protocol.messages import GasKind
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, DeviceProfile, profile_from_config
+from gateway.wire import TelemetryEncoding
 
 
 class Dialect(StrEnum):
@@ -85,6 +86,7 @@ class UplinkConfig:
     telemetry_batch_bytes: int = 64 * 1024
     stats_interval_s: float = 60.0
     tls: TlsConfig | None = None
+    telemetry_encoding: TelemetryEncoding = TelemetryEncoding.JSON
     # Broker addresses to fail over between (a cluster's nodes); empty: (host, port) only.
     hosts: tuple[tuple[str, int], ...] = ()
 
@@ -371,6 +373,9 @@ def _uplink(t: Table, gateway_id: str, base_dir: Path) -> UplinkConfig:
         stats_interval_s=t.number("stats_interval_s", 60.0, lo=0.1, hi=86400),
         tls=tls,
         hosts=hosts,
+        telemetry_encoding=t.choice(
+            "telemetry_encoding", TelemetryEncoding, TelemetryEncoding.JSON
+        ),
     )
     t.done()
     return config

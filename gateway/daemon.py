@@ -174,6 +174,11 @@ class Gateway:
         self.supervisor = Supervisor(clock=clock)
         self.control: ControlServer | None = None
 
+    def cover_record(self, cover_id: str) -> dict[str, Any] | None:
+        """The record a telemetry batch carries for a cover, from the registry as loaded now."""
+        cover = self.engine.registry.covers.get(cover_id)
+        return None if cover is None else cover.identity()
+
     def _load_registry(self) -> tuple[Registry, list[str]]:
         if self.config.registry is None:
             return Registry(), []
@@ -274,6 +279,7 @@ class Gateway:
             stats_payload=self.stats_payload,
             stats_interval_s=self.config.uplink.stats_interval_s,
             on_command=self.commands,  # answers whatever a handler does (``internal`` at worst)
+            covers=self.cover_record,
         )
         drivers_stop = asyncio.Event()
         pipeline_stop = asyncio.Event()

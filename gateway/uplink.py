@@ -46,6 +46,14 @@ from gateway.mqtt_client import (
     PublishRefusedError,
     UplinkClient,
 )
+from gateway.wire import (
+    CONTENT_TYPES,
+    TelemetryEncoding,
+    WireError,
+    cover_id_of,
+    encode_batch,
+    unpack_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +118,10 @@ class UplinkStats:
 class Unit:
     """One MQTT message and the queue rows it carries."""
 
-    topic: str
+    topic: str  # empty: nothing to publish, only rows to acknowledge (a damaged row)
     payload: bytes
     seqs: tuple[int, ...]
+    encoding: TelemetryEncoding | None = None  # a telemetry batch's; None for everything else
 
 
 def _report_command_task(task: asyncio.Task[None]) -> None:
@@ -134,36 +143,68 @@ class CommandSink(Protocol):
     def overrides_message(self) -> bytes: ...
 
 
-def batch_units(rows: list[Queued], *, max_count: int, max_bytes: int) -> list[Unit]:
-    """Alarms one per message; runs of telemetry rows joined into bounded batches."""
+def no_covers(cover_id: str) -> dict[str, Any] | None:
+    return None
+
+
+def batch_units(
+    rows: list[Queued],
+    *,
+    max_count: int,
+    max_bytes: int,
+    encoding: TelemetryEncoding = TelemetryEncoding.JSON,
+    covers: Callable[[str], dict[str, Any] | None] = no_covers,
+) -> list[Unit]:
+    """Alarms one per message; runs of telemetry rows joined into bounded batches.
+
+    A batch carries the record of each cover its readings name once
+    (``covers``, from the registry as it is now), not once per reading.
+    ``max_bytes`` bounds the JSON before any compression.
+    """
     units: list[Unit] = []
-    batch: list[Queued] = []
+    batch: list[tuple[int, bytes]] = []
     size = 0
+    first_id = ""
 
     def close_batch() -> None:
         nonlocal batch, size
         if not batch:
             return
-        first = batch[0].message
-        envelope = {
-            "msg_id": f"batch-{first.msg_id}-{len(batch)}",
+        records: dict[str, dict[str, Any]] = {}
+        for _, row in batch:
+            cover_id = cover_id_of(row)
+            if cover_id is not None and cover_id not in records:
+                record = covers(cover_id)
+                if record is not None:
+                    records[cover_id] = record
+        meta = {
+            "msg_id": f"batch-{first_id}-{len(batch)}",
             "sent_at": iso(time.time()),
             "count": len(batch),
         }
-        head = json.dumps(envelope, separators=(",", ":"))[:-1].encode() + b',"readings":['
-        body = b",".join(q.message.payload for q in batch)
-        units.append(Unit(first.topic, head + body + b"]}", tuple(q.seq for q in batch)))
+        payload = encode_batch(encoding, meta, records, [row for _, row in batch])
+        units.append(Unit(topic, payload, tuple(seq for seq, _ in batch), encoding))
         batch, size = [], 0
 
-    for row in rows:
-        if row.message.lane is Lane.ALARM:
+    topic = ""
+    for queued in rows:
+        message = queued.message
+        if message.lane is Lane.ALARM:
             close_batch()
-            units.append(Unit(row.message.topic, row.message.payload, (row.seq,)))
+            units.append(Unit(message.topic, message.payload, (queued.seq,)))
             continue
-        if batch and (len(batch) >= max_count or size + len(row.message.payload) > max_bytes):
+        try:
+            row = unpack_row(message.payload)
+        except WireError:
+            log.exception("queued reading %s is damaged; dropped", message.msg_id)
+            units.append(Unit("", b"", (queued.seq,)))  # acknowledged without a publish
+            continue
+        if batch and (len(batch) >= max_count or size + len(row) > max_bytes):
             close_batch()
-        batch.append(row)
-        size += len(row.message.payload) + 1
+        if not batch:
+            first_id, topic = message.msg_id, message.topic
+        batch.append((queued.seq, row))
+        size += len(row) + 1
     close_batch()
     return units
 
@@ -217,6 +258,7 @@ class Uplink:
         stats_payload: Callable[[], dict[str, Any]],
         stats_interval_s: float,
         on_command: CommandSink | None = None,
+        covers: Callable[[str], dict[str, Any] | None] = no_covers,
     ) -> None:
         self.config = config
         self.configured_protocol = config.protocol
@@ -226,6 +268,7 @@ class Uplink:
         self.birth = birth
         self.stats_payload = stats_payload
         self.stats_interval_s = stats_interval_s
+        self.covers = covers  # a cover's record by id, for the batches (the registry's)
         self.stats = UplinkStats()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._announce = asyncio.Event()
@@ -642,6 +685,15 @@ class Uplink:
             client, f"{self.topic_root}/stats", json.dumps(payload), retain=True
         )
 
+    def _marked(self, unit: Unit) -> Properties | None:
+        """MQTT 5: a telemetry batch names its encoding (content type and a user property)."""
+        if unit.encoding is None or self.config.protocol is not MqttProtocol.V5:
+            return None
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.ContentType = CONTENT_TYPES[unit.encoding]
+        properties.UserProperty = [("encoding", unit.encoding.value)]
+        return properties
+
     async def _alarm_lane(self, client: UplinkClient, stop: asyncio.Event) -> None:
         """Each alarm published as soon as it is in the queue, on slots of its own.
 
@@ -721,6 +773,8 @@ class Uplink:
             rows,
             max_count=self.config.telemetry_batch_max,
             max_bytes=self.config.telemetry_batch_bytes,
+            encoding=self.config.telemetry_encoding,
+            covers=self.covers,
         )
         window = asyncio.Semaphore(self._telemetry_window)
         acked: list[int] = []
@@ -728,11 +782,14 @@ class Uplink:
 
         async def send(unit: Unit) -> None:
             async with window:
-                try:
-                    await client.publish_acked(unit.topic, unit.payload)
-                except PublishRefusedError as err:
-                    refused.append(err)
-                    return
+                if unit.topic:  # an empty topic: a damaged row, acknowledged unsent
+                    try:
+                        await client.publish_acked(
+                            unit.topic, unit.payload, properties=self._marked(unit)
+                        )
+                    except PublishRefusedError as err:
+                        refused.append(err)
+                        return
                 acked.extend(unit.seqs)
                 self._delivered(Lane.TELEMETRY, len(unit.seqs))
 

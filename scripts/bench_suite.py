@@ -11,6 +11,7 @@ baseline measured in the same run (one SQLite commit and one QoS 1 publish per
 reading, the simplest correct store-and-forward), which moves with the machine.
 
     .venv/bin/python scripts/bench_suite.py [--smoke] [--only KEY ...] [--json FILE]
+        [--nodes 1000,10000,100000]   # the nodes figures as a curve
 
 ``--smoke`` runs every figure at a size that takes seconds: CI runs it to
 prove the suite still works; its numbers mean nothing. Targets live here and
@@ -25,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import socket
 import sqlite3
 import statistics
@@ -47,7 +49,19 @@ from firmware_sim.broker import Broker
 from firmware_sim.ptys import PtyPort
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing
 from gateway.control import request as control_request
+from gateway.protocol.codec import encode_frame
 from gateway.protocol.framing import StreamFramer
+from gateway.protocol.messages import (
+    Battery,
+    Frame,
+    FrameFlags,
+    Link,
+    MessageType,
+    Temperature,
+    Tilt,
+    WaterDepth,
+)
+from gateway.wire import TelemetryEncoding, decode_batch, pack_row
 
 GW = "gw-bench"
 CHUNK = 500  # frames written at a time by the end-to-end figure
@@ -71,6 +85,7 @@ SIZES: dict[str, dict[str, int]] = {
         "udp_rate": 500,
         "peer_window_s": 60,
         "startup_rows": 1_000_000,
+        "wire_frames": 2_000,
     },
     "smoke": {
         "decode_frames": 2_000,
@@ -87,6 +102,7 @@ SIZES: dict[str, dict[str, int]] = {
         "udp_rate": 500,
         "peer_window_s": 1,
         "startup_rows": 5_000,
+        "wire_frames": 1_000,
     },
 }
 
@@ -114,6 +130,20 @@ def cmd(key: str) -> str:
 
 
 # --- frames ---
+
+
+def varied(node: int, seq: int) -> bytes:
+    """A REPORT with values that move as real ones do (the wire figures: compression flatters
+    constants). Drawn from a seed per (node, seq), so every run sends the same bytes."""
+    rnd = random.Random(node * 65536 + seq)
+    records = (
+        Tilt(round(rnd.gauss(0.3, 0.2), 2), round(rnd.gauss(-0.2, 0.2), 2)),
+        WaterDepth(rnd.randint(1200, 2400)),
+        Battery(rnd.randint(3400, 3650)),
+        Temperature(round(rnd.uniform(8, 22), 1)),
+        Link(rnd.randint(-115, -70), rnd.randint(-10, 12)),
+    )
+    return encode_frame(Frame(node, seq & 0xFFFF, MessageType.REPORT, FrameFlags.NONE, records))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -150,7 +180,7 @@ class Platform:
 
     def take(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic.endswith("/telemetry"):
-            body = json.loads(payload)
+            body = decode_batch(payload)  # any telemetry_encoding
             self.readings += len(body.get("readings", ()))
             self.telemetry_bytes += len(payload) + len(topic)
             self.telemetry_messages += 1
@@ -204,6 +234,7 @@ class Daemon:
     modbus: str = ""
     registry_rows: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    encoding: str = "json"
 
     @property
     def state(self) -> Path:
@@ -212,7 +243,8 @@ class Daemon:
     def write_config(self) -> Path:
         lines = [
             f'[gateway]\nid = "{GW}"\nstate_dir = "{self.state}"',
-            f'[uplink]\nhost = "127.0.0.1"\nport = {self.broker_port}\nstats_interval_s = 600',
+            f'[uplink]\nhost = "127.0.0.1"\nport = {self.broker_port}\nstats_interval_s = 600'
+            f'\ntelemetry_encoding = "{self.encoding}"',
             "[alarms]\noffline_after_s = 86400",
         ]
         if self.registry_rows:
@@ -302,7 +334,7 @@ def alarm_rows(base: int, count: int) -> list[str]:
 
 
 class Suite:
-    def __init__(self, tmp: Path, size: dict[str, int]) -> None:
+    def __init__(self, tmp: Path, size: dict[str, Any]) -> None:
         self.tmp = tmp
         self.n = size
         self.figures: list[Figure] = []
@@ -428,6 +460,39 @@ class Suite:
             ),
         )
 
+    async def wire(self) -> None:
+        """Telemetry bytes per reading in each encoding: registered covers, varied values.
+
+        At most 10 frames per node: the engine forwards a node's telemetry up to a rate
+        (more is judged, not sent), and 200 covers keep the status answer small enough.
+        """
+        count, nodes = self.n["wire_frames"], 200
+        base = 0x00A00000
+        registry = [f"W-{i:06d},drainage,{base + i:08X}\n" for i in range(nodes)]
+        for encoding in TelemetryEncoding:
+            async with self.running(registry=registry, encoding=encoding.value) as (
+                daemon,
+                seen,
+                _,
+            ):
+                assert daemon.radio is not None
+                stream = b"".join(varied(base + i % nodes, i // nodes) for i in range(count))
+                await write_all(daemon.radio, stream)
+                await seen.until(lambda: seen.readings >= count, 600)
+                per_reading = seen.telemetry_bytes / max(1, seen.readings)
+            target = {"json": "", "json-deflate": "<= 60", "cbor": "<= 40"}[encoding.value]
+            self.add(
+                Figure(
+                    f"wire_bytes_{encoding.value.replace('-', '_')}",
+                    f"telemetry B/reading on the wire, {encoding.value}, registered, varied",
+                    per_reading,
+                    "B",
+                    target,
+                    cmd("wire"),
+                    f"{seen.telemetry_messages} messages for {seen.readings} readings",
+                )
+            )
+
     async def idle_latency(self) -> None:
         count = self.n["idle_events"]
         base = 0x00E00000
@@ -459,23 +524,42 @@ class Suite:
 
     def prefill(self, state: Path, rows: int) -> None:
         """A backlog as the daemon itself queues it, written through the queue's own API."""
-        reading = {
-            "reading_id": "0" * 32,
-            "time": "2026-11-30T04:00:00.000Z",
-            "registered": False,
-            "source": {"type": "node", "node": "00A00001", "port": "lora0", "seq": 1},
-            "values": {"tilt": {"x_deg": 0.3, "y_deg": -0.2}, "water_depth_mm": 1800},
-        }
+        prefix = "5eed" * 4
+
+        def row(i: int) -> bytes:
+            """A registered node's REPORT as the engine renders and packs it (varied values)."""
+            rnd = random.Random(i)
+            node = i % 2000
+            reading = {
+                "cover_id": f"A-{node:06d}",
+                "reading_id": f"{prefix}{i:08x}",
+                "time": f"2026-11-30T04:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z",
+                "source": {
+                    "type": "node",
+                    "port": "lora0",
+                    "node": f"{0x00A00000 + node:08X}",
+                    "seq": i // 2000 % 65536,
+                    "msg_type": "REPORT",
+                },
+                "records": [
+                    {"tlv": "tilt", "x_deg": rnd.randint(-60, 60) / 100, "y_deg": -0.2,
+                     "tilt_deg": rnd.randint(0, 80) / 100},
+                    {"tlv": "water_depth", "distance_mm": rnd.randint(1200, 2400),
+                     "no_echo": False},
+                    {"tlv": "battery", "voltage_mv": rnd.randint(3400, 3650)},
+                    {"tlv": "temperature", "celsius": rnd.randint(80, 220) / 10},
+                    {"tlv": "link", "rssi_dbm": rnd.randint(-115, -70),
+                     "snr_db": rnd.randint(-10, 12)},
+                ],
+                "derived": {"tilt_deg": rnd.randint(0, 30) / 100},
+            }  # fmt: skip
+            return pack_row(json.dumps(reading, separators=(",", ":")).encode())
+
         with DurableQueue(state / "queue.db", max_bytes=1 << 40) as queue:
             batch = 5000
             for start in range(0, rows, batch):
                 queue.put_many(
-                    Outgoing(
-                        f"bench-{i}",
-                        Lane.TELEMETRY,
-                        f"covers/{GW}/telemetry",
-                        json.dumps({**reading, "reading_id": f"{i:032d}"}).encode(),
-                    )
+                    Outgoing(f"{prefix}{i:08x}", Lane.TELEMETRY, f"covers/{GW}/telemetry", row(i))
                     for i in range(start, min(rows, start + batch))
                 )
 
@@ -561,6 +645,11 @@ class Suite:
         return time.perf_counter() - start
 
     async def nodes(self) -> None:
+        curve = self.n.get("curve")  # --nodes 1000,10000,100000: one run per count
+        if curve:
+            for count in curve:
+                await self._nodes(count, f"{count}")
+            return
         for count, label in ((self.n["nodes_small"], "small"), (self.n["nodes_large"], "large")):
             await self._nodes(count, label)
 
@@ -595,7 +684,7 @@ class Suite:
                 f"one frame from each of {count:,} nodes, pty → broker",
                 first_contact,
                 "s",
-                "<= 10" if label == "large" else "",
+                "<= 10" if label == "large" or count >= 100_000 else "",
                 cmd("nodes"),
                 f"{count / first_contact:,.0f} frames/s",
             ),
@@ -604,7 +693,7 @@ class Suite:
                 f"RSS with {count:,} active nodes",
                 rss,
                 "MiB",
-                "<= 150" if label == "large" else "<= 60",
+                "<= 150" if label == "large" or count >= 100_000 else "<= 60",
                 cmd("nodes"),
                 f"peak {peak:.0f} MiB",
             ),
@@ -706,6 +795,9 @@ class Suite:
         if wanted("e2e_rate"):
             print("end to end (and the naive baseline)", flush=True)
             await self.throughput(await self.naive_rate())
+        if wanted("wire"):
+            print("telemetry bytes per reading, each encoding", flush=True)
+            await self.wire()
         if wanted("latency_idle") or wanted("rss"):
             print("idle alarm latency", flush=True)
             await self.idle_latency()
@@ -762,11 +854,20 @@ def main() -> int:
         nargs="*",
         default=[],
         metavar="KEY",
-        help="decode e2e_rate latency_idle rss backlog startup nodes udp peer",
+        help="decode e2e_rate wire latency_idle rss backlog startup nodes udp peer",
     )
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--nodes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=None,
+        metavar="N,N,...",
+        help="the nodes figures as a curve over these counts (docs/performance.md)",
+    )
     args = parser.parse_args()
-    size = SIZES["smoke" if args.smoke else "full"]
+    size: dict[str, Any] = dict(SIZES["smoke" if args.smoke else "full"])
+    if args.nodes:
+        size["curve"] = args.nodes
     with tempfile.TemporaryDirectory(prefix="covergw-bench-") as tmp:
         suite = Suite(Path(tmp), size)
         asyncio.run(suite.run(set(args.only)))

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from firmware_sim.broker import Broker, free_port
+from gateway.wire import decode_batch
 
 __all__ = ["Broker", "Collector", "free_port", "free_udp_port", "to_toml"]
 
@@ -98,7 +99,11 @@ class Collector:
         if kind == "cmd":
             return  # requests are the test's own, some invalid on purpose
         assert isinstance(message.payload, bytes)
-        payload = json.loads(message.payload)
+        # Telemetry in any encoding is validated as the JSON it decodes to.
+        if kind == "telemetry":
+            payload = decode_batch(message.payload)
+        else:
+            payload = json.loads(message.payload)
         validator = VALIDATORS.get(kind)
         if validator is None:
             self.errors.append(f"unexpected topic {topic}")
@@ -121,10 +126,22 @@ class Collector:
         return list(seen.values())
 
     def readings(self) -> list[dict[str, Any]]:
+        """Readings de-duplicated by reading_id, each joined to its batch's cover record.
+
+        The join gives tests the platform's view (``registered``, ``cover``)
+        whatever the wire carried, so they need not know the batch layout.
+        """
         seen: dict[str, dict[str, Any]] = {}
         for batch in self.of("telemetry"):
+            covers = batch.get("covers", {})
             for reading in batch["readings"]:
-                seen.setdefault(reading["reading_id"], reading)
+                cover_id = reading.get("cover_id")
+                view = {
+                    **reading,
+                    "registered": cover_id is not None,
+                    "cover": covers.get(cover_id) if cover_id is not None else None,
+                }
+                seen.setdefault(reading["reading_id"], view)
         return list(seen.values())
 
     def alarm_summary(self) -> list[tuple[str | None, str, str | None, str]]:

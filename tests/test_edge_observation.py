@@ -30,6 +30,7 @@ from gateway.protocol.codec import decode_frame, encode_frame
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery, Frame, FrameFlags, MessageType, Tilt
 from gateway.registry import parse_registry
+from gateway.wire import unpack_row
 from tests.harness import VALIDATORS
 
 REGISTRY = "cover_id,owner_unit,node_id,input\nC-1,gas,00000001,\nC-2,drainage,00000002,lora0\n"
@@ -65,7 +66,7 @@ def alarms(out: list[Outgoing]) -> list[dict[str, Any]]:
 
 
 def readings(out: list[Outgoing]) -> list[dict[str, Any]]:
-    got = [json.loads(m.payload) for m in out if m.lane is Lane.TELEMETRY]
+    got = [json.loads(unpack_row(m.payload)) for m in out if m.lane is Lane.TELEMETRY]
     if got:
         batch = {"msg_id": "b", "sent_at": "2026-01-01T00:00:00.000Z", "count": len(got)}
         errors = [
@@ -354,7 +355,8 @@ def test_non_finite_quantities_never_reach_the_wire_as_nan() -> None:
     (reading,) = readings(eng.observe(obs))
     assert reading["quantities"]["distance_mm"] is None
     assert reading["quantities"]["temperature_c"] is None
-    assert json.loads(eng.observe(obs)[0].payload, parse_constant=refuse_constant) is not None
+    row = unpack_row(eng.observe(obs)[0].payload)
+    assert json.loads(row, parse_constant=refuse_constant) is not None
 
 
 def refuse_constant(name: str) -> None:

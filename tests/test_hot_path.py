@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from hypothesis import given
@@ -11,7 +10,6 @@ from hypothesis import strategies as st
 
 from gateway.edge import render, state
 from gateway.edge.adapters import from_frame
-from gateway.edge.engine import uuid4_hex
 from gateway.events import FrameHeard
 from gateway.protocol.codec import decode_frame, encode_frame
 from gateway.protocol.framing import Received
@@ -93,14 +91,3 @@ def test_adapter_quantities_are_the_first_record_of_each_kind(frame: Frame) -> N
     flags = flags_to_dict(decoded.flags)
     expected = {n for n in ("node_alarm", "low_battery") if flags[n]}
     assert q.device_alarms == expected
-
-
-def test_fast_ids_are_uuid4_hex() -> None:
-    """Reading and alarm ids stay what ``uuid.uuid4().hex`` gave: version 4, RFC 4122."""
-    ids = [uuid4_hex() for _ in range(2000)]
-    for text in ids:
-        parsed = uuid.UUID(hex=text)
-        assert parsed.hex == text
-        assert parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
-    assert len(set(ids)) == len(ids)

@@ -156,8 +156,8 @@ _HEX = "0123456789abcdef"
 
 
 def encode_id(msg_id: str) -> str | bytes:
-    """A lowercase uuid hex id is stored as its 16 bytes; anything else as text."""
-    if len(msg_id) == 32 and not msg_id.strip(_HEX):
+    """A lowercase hex id (uuid, or the engine's 24 digits) is stored as bytes; else text."""
+    if len(msg_id) in (24, 32) and not msg_id.strip(_HEX):
         return bytes.fromhex(msg_id)
     return msg_id
 

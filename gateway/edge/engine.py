@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,7 +50,7 @@ from gateway.edge.devices import Deadlines, DeviceState, device_key, parse_devic
 from gateway.edge.machines import AlarmBook
 from gateway.edge.overrides import Overrides
 from gateway.edge.recent import Heard, RecentFrames
-from gateway.edge.render import Subject, alarm_source, device_source, iso
+from gateway.edge.render import Subject, alarm_source, device_source, id_maker, iso
 from gateway.edge.render import alarm as render_alarm
 from gateway.edge.render import reading as render_reading
 from gateway.edge.rules import (
@@ -79,16 +78,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
-
-
-def uuid4_hex() -> str:
-    """``uuid.uuid4().hex`` without building a ``UUID``: one per reading, so it counts."""
-    n = int.from_bytes(os.urandom(16))
-    return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
 def alarm_sub(device: DeviceRef) -> str:
@@ -129,7 +118,7 @@ class EdgeEngine:
         kind_thresholds: dict[str, dict[str, Any]],
         slaves: dict[tuple[str, int], SlaveConfig],
         started_at: float,
-        new_id: Callable[[], str] = uuid4_hex,
+        new_id: Callable[[], str] | None = None,
         limits: LimitsConfig | None = None,
     ) -> None:
         self.gateway_id = gateway_id
@@ -138,7 +127,7 @@ class EdgeEngine:
         self.limits = limits or LimitsConfig()
         self.stats = EdgeStats()
         self.registry = registry
-        self._new_id = new_id
+        self._new_id = new_id or id_maker()
         self._started_at = started_at
         self._log = StateLog()
         self.overrides = Overrides(thresholds, kind_thresholds, self._log)
