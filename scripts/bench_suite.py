@@ -311,6 +311,19 @@ async def write_all(port: PtyPort, data: bytes) -> None:
         view = view[n:]
 
 
+async def feed(port: PtyPort, seen: Platform, frames: list[bytes]) -> None:
+    """Write FRAMES closed-loop: never more than WINDOW readings outstanding.
+
+    Well inside the daemon's input queue, so what is measured is the rate it
+    sustains without shedding (a faster writer makes it shed telemetry, by
+    design, and count it; a "no loss" figure would then never complete).
+    """
+    base = seen.readings
+    for first in range(0, len(frames), CHUNK):
+        await seen.until(lambda first=first: seen.readings - base >= first - WINDOW, 600)
+        await write_all(port, b"".join(frames[first : first + CHUNK]))
+
+
 async def alarm_latencies(
     seen: Platform, port: PtyPort, nodes: list[int], *, gap_s: float = 0.02
 ) -> list[float]:
@@ -326,8 +339,8 @@ async def alarm_latencies(
     return out
 
 
-def alarm_rows(base: int, count: int) -> list[str]:
-    return [f"A-{i:06d},drainage,{base + i:08X}\n" for i in range(count)]
+def alarm_rows(base: int, count: int, prefix: str = "A") -> list[str]:
+    return [f"{prefix}-{i:06d},drainage,{base + i:08X}\n" for i in range(count)]
 
 
 # --- the figures ---
@@ -420,12 +433,7 @@ class Suite:
             frames = [report(0x00A00000 + i % nodes, i // nodes) for i in range(count)]
             cpu0 = proc_cpu_s(daemon.pid)
             start = time.perf_counter()
-            # Closed loop: never more than WINDOW readings outstanding, well inside the
-            # daemon's input queue, so what is measured is the rate it sustains without
-            # shedding (a faster writer makes it shed telemetry, by design, and count it).
-            for first in range(0, count, CHUNK):
-                await seen.until(lambda first=first: seen.readings >= first - WINDOW, 600)
-                await write_all(daemon.radio, b"".join(frames[first : first + CHUNK]))
+            await feed(daemon.radio, seen, frames)
             await seen.until(lambda: seen.readings >= count, 600)
             elapsed = time.perf_counter() - start
             cpu = proc_cpu_s(daemon.pid) - cpu0
@@ -656,11 +664,14 @@ class Suite:
     async def _nodes(self, count: int, label: str) -> None:
         events = self.n["active_events"]
         base = 0x00E20000
-        async with self.running(registry=alarm_rows(base, events)) as (daemon, seen, _):
+        # Registered covers, each with its node: what a city block is (strangers' node
+        # ids are bounded by limits.unregistered_nodes and would measure that bound).
+        covers = alarm_rows(base, events) + alarm_rows(0x01000000, count, prefix="N")
+        async with self.running(registry=covers) as (daemon, seen, _):
             assert daemon.radio is not None
-            stream = b"".join(report(0x01000000 + i, 1) for i in range(count))
+            frames = [report(0x01000000 + i, 1) for i in range(count)]
             start = time.perf_counter()
-            await write_all(daemon.radio, stream)
+            await feed(daemon.radio, seen, frames)
             await seen.until(lambda: seen.readings >= count, 1200)
             first_contact = time.perf_counter() - start
             rss = proc_mem_mib(daemon.pid)
