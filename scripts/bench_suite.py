@@ -258,7 +258,12 @@ class Daemon:
                 f'[[radio]]\nname = "lora0"\nport = "{self.radio.path}"\nbaudrate = 115200'
             )
         if self.udp_port is not None:
-            lines.append(f'[[udp]]\nname = "nbiot"\nbind = "127.0.0.1:{self.udp_port}"')
+            # Every simulated node sends from 127.0.0.1: lift the per-source limit (sized
+            # for one node per address) so the figure is the daemon's own intake.
+            lines.append(
+                f'[[udp]]\nname = "nbiot"\nbind = "127.0.0.1:{self.udp_port}"\n'
+                "source_rate = 100000.0\nsource_burst = 100000"
+            )
         if self.modbus:
             lines.append(self.modbus)
         config = self.tmp / "gw.toml"
