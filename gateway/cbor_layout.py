@@ -183,6 +183,14 @@ def _iso_ms(ms: int) -> str:
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _iso_at(ms: int) -> str:
+    """A decoded time, or a WireError for one no calendar holds."""
+    try:
+        return _iso_ms(ms)
+    except (OverflowError, OSError, ValueError) as err:
+        raise WireError(f"a time out of range: {ms} ms") from err
+
+
 def _source(src: dict[str, Any], ports: dict[str, int]) -> Any:
     """Positional with codes, or, if anything is off the usual shape, the map untouched."""
     if not src.keys() <= set(SOURCE_KEYS) or not isinstance(src.get("flags", {}), dict):
@@ -390,7 +398,7 @@ def cbor_unbatch(payload: bytes) -> dict[str, Any]:
     counter = 0
     batch: dict[str, Any] = {
         "msg_id": msg_id,
-        "sent_at": _iso_ms(base + sent_at) if type(sent_at) is int else sent_at,
+        "sent_at": _iso_at(base + sent_at) if type(sent_at) is int else sent_at,
         "count": count,
     }
     readings = []
@@ -410,7 +418,7 @@ def cbor_unbatch(payload: bytes) -> dict[str, Any]:
             r["reading_id"] = rid
         if type(t) is int:
             at += t
-            r["time"] = _iso_ms(at)
+            r["time"] = _iso_at(at)
         elif t is not cbor2.undefined:
             r["time"] = t
         if src is not None and src is not cbor2.undefined:

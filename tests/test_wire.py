@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -334,3 +335,35 @@ def test_a_damaged_queued_reading_is_acknowledged_not_sent_and_not_fatal() -> No
     sent = [decode_batch(u.payload) for u in units if u.topic]
     assert [len(b["readings"]) for b in sent] == [2]
     assert sent[0]["covers"] == {"C-1": COVERS["C-1"]}
+
+
+cbor_values = st.recursive(
+    st.one_of(scalars, st.just(cbor2.undefined), st.integers(-(2**70), 2**70)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=8), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+small_ints = st.one_of(st.integers(-30, 30), st.integers(-(2**66), 2**66))
+slots = st.one_of(
+    small_ints, cbor_values, st.lists(st.one_of(small_ints, cbor_values), max_size=14)
+)
+heads = st.tuples(
+    st.one_of(st.text(max_size=5), cbor_values),
+    st.one_of(small_ints, cbor_values),
+    st.one_of(small_ints, cbor_values),
+    small_ints,
+    st.one_of(st.just("0123456789abcdef"), cbor_values),
+    st.one_of(st.tuples(st.text(max_size=3), small_ints).map(list), cbor_values),
+    st.one_of(st.lists(st.text(max_size=3), max_size=3), cbor_values),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(heads, st.lists(st.lists(slots, max_size=8), max_size=3))
+def test_a_batch_of_the_right_shape_with_wrong_insides_raises_only_wire_errors(
+    head: tuple[Any, ...], readings: list[Any]
+) -> None:
+    payload = cbor2.dumps([2, *head, readings])
+    with contextlib.suppress(WireError):  # anything else fails the test
+        decode_batch(payload)
