@@ -94,6 +94,12 @@ IMPLIED: dict[str, Callable[[dict[str, Any]], Any]] = {
     "tilt": _tilt_deg,
     "water_depth": _no_echo,
 }
+# tlv → (code, its keys, the keys of its map, what implies its last value)
+_RECORD_FORMS = {
+    tlv: (TLVS.index(tlv), keys, frozenset(("tlv", *keys)), IMPLIED.get(tlv))
+    for tlv, keys in TLV_KEYS.items()
+}
+_SOURCE_SET = frozenset(SOURCE_KEYS)
 _HEX = frozenset("0123456789abcdef")
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 _DIGITS = frozenset("0123456789")
@@ -193,7 +199,7 @@ def _iso_at(ms: int) -> str:
 
 def _source(src: dict[str, Any], ports: dict[str, int]) -> Any:
     """Positional with codes, or, if anything is off the usual shape, the map untouched."""
-    if not src.keys() <= set(SOURCE_KEYS) or not isinstance(src.get("flags", {}), dict):
+    if not src.keys() <= _SOURCE_SET or not isinstance(src.get("flags", {}), dict):
         return src
     if any(not isinstance(src.get(k, ""), str) for k in ("type", "msg_type", "port", "node")):
         return src
@@ -235,14 +241,16 @@ def _unsource(v: Any, ports: list[str]) -> dict[str, Any]:
 
 
 def _record(rec: dict[str, Any]) -> Any:
-    keys = TLV_KEYS.get(rec.get("tlv", ""))
-    if keys is None or set(rec) != {"tlv", *keys} or not all(_fits(k, rec[k]) for k in keys):
+    tlv = rec.get("tlv")
+    form = _RECORD_FORMS.get(tlv) if type(tlv) is str else None
+    if form is None:
         return rec
-    tlv = rec["tlv"]
-    implied = IMPLIED.get(tlv)
+    code, keys, fields, implied = form
+    if rec.keys() != fields or not all(_fits(k, rec[k]) for k in keys):
+        return rec
     if implied is not None and _same(rec[keys[-1]], implied(rec)):
-        return [-1 - TLVS.index(tlv), *(_slot(k, rec[k]) for k in keys[:-1])]
-    return [TLVS.index(tlv), *(_slot(k, rec[k]) for k in keys)]
+        return [-1 - code, *[_slot(k, rec[k]) for k in keys[:-1]]]
+    return [code, *[_slot(k, rec[k]) for k in keys]]
 
 
 def _unrecords(flat: Any) -> list[dict[str, Any]]:
