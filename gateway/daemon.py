@@ -26,6 +26,7 @@ from gateway.commands import CommandHandler
 from gateway.config import GatewayConfig, SlaveConfig
 from gateway.console import Console
 from gateway.control import ControlServer
+from gateway.cover_records import CoverRecords
 from gateway.downlinks import Downlinks
 from gateway.drivers.base import Driver
 from gateway.drivers.lorawan import LorawanInput
@@ -280,6 +281,11 @@ class Gateway:
             stats_interval_s=self.config.uplink.stats_interval_s,
             on_command=self.commands,  # answers whatever a handler does (``internal`` at worst)
             covers=self.cover_record,
+            cover_records=None
+            if self.config.uplink.telemetry_encoding.carries_covers
+            else CoverRecords(
+                topic_root=self.config.topic_root, covers=lambda: self.engine.registry.covers
+            ),
         )
         drivers_stop = asyncio.Event()
         pipeline_stop = asyncio.Event()

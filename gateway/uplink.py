@@ -39,6 +39,7 @@ from gateway.backoff import Backoff
 from gateway.buffer.queue import DurableQueue, Lane, Queued, QueueError
 from gateway.commands import Answer, Delivery
 from gateway.config import MqttProtocol, UplinkConfig
+from gateway.cover_records import CoverRecords
 from gateway.edge.engine import iso
 from gateway.mqtt_client import (
     VERSION_REFUSED,
@@ -122,6 +123,7 @@ class Unit:
     payload: bytes
     seqs: tuple[int, ...]
     encoding: TelemetryEncoding | None = None  # a telemetry batch's; None for everything else
+    covers: tuple[str, ...] = ()  # registered covers the batch names (their records' topics)
 
 
 def _report_command_task(task: asyncio.Task[None]) -> None:
@@ -183,7 +185,7 @@ def batch_units(
             "count": len(batch),
         }
         payload = encode_batch(encoding, meta, records, [row for _, row in batch])
-        units.append(Unit(topic, payload, tuple(seq for seq, _ in batch), encoding))
+        units.append(Unit(topic, payload, tuple(seq for seq, _ in batch), encoding, tuple(records)))
         batch, size = [], 0
 
     topic = ""
@@ -259,8 +261,10 @@ class Uplink:
         stats_interval_s: float,
         on_command: CommandSink | None = None,
         covers: Callable[[str], dict[str, Any] | None] = no_covers,
+        cover_records: CoverRecords | None = None,
     ) -> None:
         self.config = config
+        self.cover_records = cover_records  # compact encodings: records retained, not in batches
         self.configured_protocol = config.protocol
         self.topic_root = topic_root
         self.queue = queue
@@ -285,6 +289,8 @@ class Uplink:
 
     def announce(self) -> None:
         """Publish the status again (after a reload) as soon as connected."""
+        if self.cover_records is not None:
+            self.cover_records.refresh()
         self._announce.set()
 
     @property
@@ -672,6 +678,8 @@ class Uplink:
         next_stats = time.monotonic()
         while not stop.is_set():
             _checkpoint()
+            if self.cover_records is not None:
+                await self.cover_records.flush(client)
             if self._announce.is_set():
                 await self._publish_status(client)
             if time.monotonic() >= next_stats:
@@ -776,6 +784,8 @@ class Uplink:
             encoding=self.config.telemetry_encoding,
             covers=self.covers,
         )
+        if self.cover_records is not None:
+            await self.cover_records.ensure(client, (c for u in units for c in u.covers))
         window = asyncio.Semaphore(self._telemetry_window)
         acked: list[int] = []
         refused: list[PublishRefusedError] = []

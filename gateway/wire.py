@@ -6,9 +6,12 @@ disk; the uplink unpacks it (``unpack_row``). A row that starts with ``{``
 is plain JSON (queues written by earlier versions) and passes as it is.
 
 Batches (docs/mqtt-api.md "Telemetry encodings"): ``json`` (default),
-``json-deflate`` (the same JSON, zlib), ``cbor`` (the same content, CBOR).
+``json-deflate`` (the JSON, zlib), ``cbor`` (the same content, CBOR).
 The first payload byte tells them apart on any MQTT version: ``{`` JSON,
-``x`` (0x78) zlib, anything else CBOR.
+``x`` (0x78) zlib, anything else CBOR. A ``json`` batch carries each cover's
+record once; the compact encodings carry only each reading's ``cover_id``, and
+the records travel retained on ``<root>/cover/<cover_id>``
+(``gateway.cover_records``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ class TelemetryEncoding(StrEnum):
     JSON = "json"
     JSON_DEFLATE = "json-deflate"
     CBOR = "cbor"
+
+    @property
+    def carries_covers(self) -> bool:
+        """True if a batch carries its covers' records (``json``); else they go retained."""
+        return self is TelemetryEncoding.JSON
 
 
 CONTENT_TYPES = {
@@ -125,17 +133,21 @@ def encode_batch(
     covers: dict[str, dict[str, Any]],
     rows: list[bytes],
 ) -> bytes:
-    """One telemetry message in the configured encoding; rows are unpacked JSON readings."""
+    """One telemetry message in the configured encoding; rows are unpacked JSON readings.
+
+    ``covers`` (each named cover's record) goes into a ``json`` batch only: the
+    compact encodings leave it to the retained cover topics.
+    """
     match encoding:
         case TelemetryEncoding.JSON:
             return json_batch(meta, covers, rows)
         case TelemetryEncoding.JSON_DEFLATE:
-            return zlib.compress(json_batch(meta, covers, rows), 9)
+            return zlib.compress(json_batch(meta, {}, rows), 9)
         case TelemetryEncoding.CBOR:
             from gateway.cbor_layout import cbor_batch  # noqa: PLC0415 - only when configured
 
             readings = [json.loads(r) for r in rows]
-            return cbor_batch({**meta, "covers": covers, "readings": readings})
+            return cbor_batch({**meta, "readings": readings})
 
 
 def decode_batch(payload: bytes, *, max_bytes: int = 1 << 26) -> dict[str, Any]:

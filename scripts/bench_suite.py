@@ -174,6 +174,7 @@ class Platform:
     readings: int = 0
     telemetry_bytes: int = 0
     telemetry_messages: int = 0
+    record_bytes: int = 0  # retained cover records (compact encodings): once per cover
     alarms: dict[str, float] = field(default_factory=dict)  # node → arrival (perf_counter)
     online_at: float | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -184,6 +185,8 @@ class Platform:
             self.readings += len(body.get("readings", ()))
             self.telemetry_bytes += len(payload) + len(topic)
             self.telemetry_messages += 1
+        elif "/cover/" in topic:
+            self.record_bytes += len(payload) + len(topic)
         elif topic.endswith("/alarm"):
             body = json.loads(payload)
             node = (body.get("source") or {}).get("node")
@@ -502,7 +505,13 @@ class Suite:
                     "B",
                     target,
                     cmd("wire"),
-                    f"{seen.telemetry_messages} messages for {seen.readings} readings",
+                    f"{seen.telemetry_messages} messages for {seen.readings} readings"
+                    + (
+                        f"; plus {seen.record_bytes / nodes:.0f} B per cover once per connection"
+                        " (its retained record)"
+                        if seen.record_bytes
+                        else ""
+                    ),
                 )
             )
 

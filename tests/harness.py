@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiomqtt
 from jsonschema import Draft202012Validator
@@ -57,6 +58,9 @@ class Collector:
     port: int
     messages: list[Received] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Retained cover records (compact encodings) by cover id, as the platform holds them;
+    # None once cleared (an empty retained payload: the cover left the registry).
+    records: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     client_id: str = field(default_factory=lambda: f"test-collector-{free_port()}")
@@ -99,6 +103,10 @@ class Collector:
         if kind == "cmd":
             return  # requests are the test's own, some invalid on purpose
         assert isinstance(message.payload, bytes)
+        levels = topic.split("/")
+        if len(levels) > 2 and levels[2] == "cover":
+            self._take_record(topic, levels, message)
+            return
         # Telemetry in any encoding is validated as the JSON it decodes to.
         if kind == "telemetry":
             payload = decode_batch(message.payload)
@@ -111,6 +119,22 @@ class Collector:
             for error in validator.iter_errors(payload):
                 self.errors.append(f"{topic}: {error.message} at {list(error.absolute_path)}")
         self.messages.append(Received(topic, payload, bool(message.retain), time.monotonic()))
+        self._arrived.set()
+
+    def _take_record(self, topic: str, levels: list[str], message: aiomqtt.Message) -> None:
+        assert isinstance(message.payload, bytes)
+        if len(levels) != 4:
+            self.errors.append(f"{topic}: a cover id must be one topic level")
+            return
+        cover_id = unquote(levels[3])
+        record = json.loads(message.payload) if message.payload else None
+        if record is not None:
+            for error in VALIDATORS["cover"].iter_errors(record):
+                self.errors.append(f"{topic}: {error.message} at {list(error.absolute_path)}")
+            if record.get("cover_id") != cover_id:
+                self.errors.append(f"{topic}: names {record.get('cover_id')!r}")
+        self.records[cover_id] = record
+        self.messages.append(Received(topic, record or {}, bool(message.retain), time.monotonic()))
         self._arrived.set()
 
     # --- views ---
@@ -126,14 +150,16 @@ class Collector:
         return list(seen.values())
 
     def readings(self) -> list[dict[str, Any]]:
-        """Readings de-duplicated by reading_id, each joined to its batch's cover record.
+        """Readings de-duplicated by reading_id, each joined to its cover's record.
 
-        The join gives tests the platform's view (``registered``, ``cover``)
-        whatever the wire carried, so they need not know the batch layout.
+        The record comes from the batch (``json``) or from the retained cover
+        topics (the compact encodings). The join gives tests the platform's
+        view (``registered``, ``cover``) whatever the wire carried, so they need
+        not know the batch layout.
         """
         seen: dict[str, dict[str, Any]] = {}
         for batch in self.of("telemetry"):
-            covers = batch.get("covers", {})
+            covers = batch.get("covers", self.records)
             for reading in batch["readings"]:
                 cover_id = reading.get("cover_id")
                 view = {

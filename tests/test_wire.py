@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -123,8 +125,98 @@ def test_every_encoding_decodes_to_the_json_batch(
     expected = json.loads(
         encode_batch(TelemetryEncoding.JSON, {**META, "count": len(rows)}, COVERS, rows)
     )
+    if not encoding.carries_covers:  # the records go retained on their own topics
+        del expected["covers"]
     payload = encode_batch(encoding, {**META, "count": len(rows)}, COVERS, rows)
     assert decode_batch(payload) == expected
+
+
+# Readings as the engine renders them, with the values the compact slots are made for
+# (hundredths of a degree, tenths of a degree C, implied tilt_deg and no_echo, a derived
+# water distance equal to the record's) and the odd one that is not.
+hundredths = st.integers(-9000, 9000).map(lambda n: n / 100)
+node_ids = st.integers(0, 2**32 - 1).map("{:08X}".format)
+
+
+@st.composite
+def rendered(draw: st.DrawFn, counter: int) -> dict[str, Any]:
+    x, y = draw(hundredths), draw(hundredths)
+    distance = draw(st.one_of(st.none(), st.integers(0, 20000)))
+    tilt = round(math.hypot(x, y), 2)
+    records = [
+        {"tlv": "tilt", "x_deg": x, "y_deg": y, "tilt_deg": draw(st.sampled_from([tilt, 1.5]))},
+        {"tlv": "water_depth", "distance_mm": distance, "no_echo": distance is None},
+        {"tlv": "battery", "voltage_mv": draw(st.integers(0, 65535))},
+        {"tlv": "temperature", "celsius": draw(st.integers(-400, 850)) / 10},
+        {
+            "tlv": "link",
+            "rssi_dbm": draw(st.integers(-140, 0)),
+            "snr_db": draw(st.integers(-20, 20)),
+        },
+    ]
+    derived: dict[str, Any] = {"tilt_deg": draw(hundredths)}
+    if draw(st.booleans()):
+        derived["water_distance_mm"] = draw(st.sampled_from([distance, 7.5, None]))
+    if draw(st.booleans()):
+        derived["water_level_mm"] = draw(st.integers(-5000, 5000)) / 10
+    source = {
+        "type": "node",
+        "port": draw(st.sampled_from(["lora0", "lora1"])),
+        "node": draw(node_ids),
+        "seq": draw(st.integers(0, 65535)),
+        "msg_type": draw(st.sampled_from(["REPORT", "EVENT", "HEARTBEAT", "BOOT"])),
+    }
+    if draw(st.booleans()):
+        source["flags"] = {"node_alarm": True, "retransmission": False, "low_battery": False}
+    reading = {
+        "reading_id": f"0123456789abcdef{counter + draw(st.integers(0, 3)):08x}",
+        "time": _iso_ms(1_796_000_000_000 + draw(st.integers(-5000, 5000))),
+        "source": source,
+        "records": draw(st.permutations(records))[: draw(st.integers(0, 5))],
+        "derived": derived,
+    }
+    cover = draw(st.one_of(st.none(), st.integers(0, 999_999).map("HZ-{:06d}".format), st.text()))
+    if cover is not None:
+        reading["cover_id"] = cover
+    return reading
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_rendered_readings_round_trip_through_the_compact_layout(data: st.DataObject) -> None:
+    readings = [data.draw(rendered(n * 3)) for n in range(data.draw(st.integers(1, 6)))]
+    rows = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in readings]
+    meta = {**META, "count": len(rows)}
+    expected = json.loads(encode_batch(TelemetryEncoding.JSON, meta, {}, rows))
+    for encoding in (TelemetryEncoding.CBOR, TelemetryEncoding.JSON_DEFLATE):
+        assert decode_batch(encode_batch(encoding, meta, {}, rows)) == expected
+
+
+def test_a_typical_cbor_reading_takes_under_40_bytes() -> None:
+    """The bench's figure, in miniature: 100 registered covers' REPORTs in one batch."""
+    rows = []
+    for i in range(100):
+        x, y = (i % 40 - 20) / 100, (i % 30 - 15) / 100
+        reading = {
+            "cover_id": f"W-{i:06d}",
+            "reading_id": f"59a87905e43876ed{1000 + i:08x}",
+            "time": _iso_ms(1_796_021_062_858 + i * 3),
+            "source": {"type": "node", "port": "lora0", "node": f"{0xA00000 + i:08X}", "seq": 7,
+                       "msg_type": "REPORT"},
+            "records": [
+                {"tlv": "tilt", "x_deg": x, "y_deg": y, "tilt_deg": round(math.hypot(x, y), 2)},
+                {"tlv": "water_depth", "distance_mm": 1200 + 7 * i, "no_echo": False},
+                {"tlv": "battery", "voltage_mv": 3400 + i},
+                {"tlv": "temperature", "celsius": (80 + i) / 10},
+                {"tlv": "link", "rssi_dbm": -70 - i % 40, "snr_db": i % 20 - 10},
+            ],
+            "derived": {"tilt_deg": 0.16, "water_distance_mm": 1200 + 7 * i},
+        }  # fmt: skip
+        rows.append(json.dumps(reading, separators=(",", ":")).encode())
+    meta = {"msg_id": "batch-59a87905e43876ed000003e8-100", "sent_at": _iso_ms(1_796_021_063_000)}
+    payload = encode_batch(TelemetryEncoding.CBOR, {**meta, "count": 100}, {}, rows)
+    assert len(payload) / 100 <= 40
+    assert decode_batch(payload)["readings"] == [json.loads(r) for r in rows]
 
 
 @given(st.binary(max_size=2000))
@@ -211,7 +303,12 @@ async def test_each_encoding_reaches_the_broker_decodable_and_valid(
     got = collector.readings()
     registered = [r for r in got if r["registered"]]
     assert [r["source"]["seq"] for r in registered] == [1, 2, 3]
-    assert {r["cover"]["address"] for r in registered} == {"文三路"}  # from the batch, once
+    # From the batch, once (json), or from the retained record on its own topic (compact).
+    assert {r["cover"]["address"] for r in registered} == {"文三路"}
+    batches = collector.of("telemetry")
+    with_records = [b for b in batches if "covers" in b]
+    assert bool(with_records) == encoding.carries_covers
+    assert ("W-1" in collector.records) != encoding.carries_covers
     assert all(r["cover"] is None for r in got if r["source"]["node"].startswith("00B"))
     first = raw[0]
     assert first.payload[:1] == {"json": b"{", "json-deflate": b"x"}.get(
@@ -238,3 +335,35 @@ def test_a_damaged_queued_reading_is_acknowledged_not_sent_and_not_fatal() -> No
     sent = [decode_batch(u.payload) for u in units if u.topic]
     assert [len(b["readings"]) for b in sent] == [2]
     assert sent[0]["covers"] == {"C-1": COVERS["C-1"]}
+
+
+cbor_values = st.recursive(
+    st.one_of(scalars, st.just(cbor2.undefined), st.integers(-(2**70), 2**70)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=8), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+small_ints = st.one_of(st.integers(-30, 30), st.integers(-(2**66), 2**66))
+slots = st.one_of(
+    small_ints, cbor_values, st.lists(st.one_of(small_ints, cbor_values), max_size=14)
+)
+heads = st.tuples(
+    st.one_of(st.text(max_size=5), cbor_values),
+    st.one_of(small_ints, cbor_values),
+    st.one_of(small_ints, cbor_values),
+    small_ints,
+    st.one_of(st.just("0123456789abcdef"), cbor_values),
+    st.one_of(st.tuples(st.text(max_size=3), small_ints).map(list), cbor_values),
+    st.one_of(st.lists(st.text(max_size=3), max_size=3), cbor_values),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(heads, st.lists(st.lists(slots, max_size=8), max_size=3))
+def test_a_batch_of_the_right_shape_with_wrong_insides_raises_only_wire_errors(
+    head: tuple[Any, ...], readings: list[Any]
+) -> None:
+    payload = cbor2.dumps([2, *head, readings])
+    with contextlib.suppress(WireError):  # anything else fails the test
+        decode_batch(payload)
