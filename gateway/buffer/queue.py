@@ -62,6 +62,7 @@ MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then
 MIN_RESERVE = 16 * 1024
 MAX_RESERVE = 4 * 1024 * 1024
 WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
+EVICT_STEP_PAGES = 256  # pages past the bound one commit evicts beyond its own batch's
 SALVAGE_STEP = 256  # sequence numbers read per step when salvaging a damaged file
 
 # SQLite primary result codes (extended codes keep them in the low byte).
@@ -449,9 +450,10 @@ class DurableQueue:
         accepted: dict[Lane, int] = dict.fromkeys(Lane, 0)
         new_topics: dict[str, int] = {}
         # Room first, so the file does not grow past the bound for the batch.
+        # State alone (the uplink's session counter at start) makes room for nothing.
         incoming = sum(len(m.payload) + 64 for m in batch) * 5 // (4 * self._page_size)
         with _Transaction(self.db):
-            made_room = self._evict_within_bounds(incoming, {})
+            made_room = self._evict_within_bounds(incoming, {}) if batch else {}
             rows = []
             for m in batch:
                 topic = self._topics.get(m.topic) or new_topics.get(m.topic)
@@ -481,7 +483,7 @@ class DurableQueue:
             _bump(self.db, delta)
             for name, n in made_room.items():
                 delta[name] = delta.get(name, 0) + n
-            evicted = self._evict_within_bounds(0, dict(delta))
+            evicted = self._evict_within_bounds(0, dict(delta)) if batch else {}
         self._applied(delta)
         self._applied(evicted)
         for name, topic_id in new_topics.items():
@@ -623,12 +625,22 @@ class DurableQueue:
 
     def _evict_within_bounds(self, incoming: int, pending: dict[str, int]) -> dict[str, int]:
         """Telemetry goes to keep the working bound (lower while the disk is short);
-        alarms only to keep the configured one: a short disk never costs an alarm."""
+        alarms only to keep the configured one: a short disk never costs an alarm.
+
+        A queue far over its bound (``max_bytes`` lowered, or a backlog written
+        by a tool) is brought back in steps: each write frees its own pages
+        plus ``EVICT_STEP_PAGES``, so the file never grows for it, and no
+        single commit (the first one at start among them) deletes half a
+        million rows while alarms and the ``online`` status wait behind it.
+        """
         both = (Lane.TELEMETRY, Lane.ALARM)
-        delta = self._evict_to(max(0, self._pages_budget() - incoming), pending)
+        floor = self._used_pages() - incoming - EVICT_STEP_PAGES
+        budget = max(0, self._pages_budget() - incoming, floor)
+        delta = self._evict_to(budget, pending)
         for name, n in delta.items():
             pending[name] = pending.get(name, 0) + n
-        more = self._evict_to(max(0, self._pages_budget(self.max_bytes) - incoming), pending, both)
+        budget = max(0, self._pages_budget(self.max_bytes) - incoming, floor)
+        more = self._evict_to(budget, pending, both)
         for name, n in more.items():
             delta[name] = delta.get(name, 0) + n
         return delta
