@@ -220,6 +220,28 @@ def test_running_depth_and_size_match_a_full_count(ops: list[tuple[str, object]]
             assert q.stats().depth == counted
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=120), st.data())
+def test_any_set_of_acks_deletes_exactly_those_rows(
+    alarms: list[bool], data: st.DataObject
+) -> None:
+    """Acks go as ranges where the numbers run on, IN lists elsewhere: in any order,
+    with repeats and numbers the queue does not hold, exactly the acked rows go."""
+    with tempfile.TemporaryDirectory() as tmp, DurableQueue(Path(tmp) / "q.db") as q:
+        q.put_many(
+            Outgoing(f"m{i}", Lane.ALARM if alarm else Lane.TELEMETRY, "t", b"x")
+            for i, alarm in enumerate(alarms)
+        )
+        seqs = [m.seq for m in q.peek(1000)]
+        acked = data.draw(st.lists(st.sampled_from([*seqs, 0, max(seqs) + 3]), max_size=200))
+        q.ack(acked)
+        assert {m.seq for m in q.peek(1000)} == set(seqs) - set(acked)
+        counted = dict.fromkeys(Lane, 0)
+        for lane, count in q.db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane"):
+            counted[Lane(lane)] = count
+        assert q.stats().depth == counted
+
+
 def readings(n: int, *, start: int = 0, size: int = 600) -> list[Outgoing]:
     """Telemetry with the engine's kind of id (uuid hex) and a reading-sized payload."""
     return [
