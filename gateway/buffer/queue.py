@@ -62,7 +62,7 @@ MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then
 MIN_RESERVE = 16 * 1024
 MAX_RESERVE = 4 * 1024 * 1024
 WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
-EVICT_STEP_PAGES = 256  # pages past the bound one commit evicts beyond its own batch's
+EVICT_STEP_PAGES = 32  # pages past the bound one commit evicts beyond its own batch (~1 ms)
 SALVAGE_STEP = 256  # sequence numbers read per step when salvaging a damaged file
 
 # SQLite primary result codes (extended codes keep them in the low byte).
@@ -470,9 +470,12 @@ class DurableQueue:
             # for the batch. State alone (the uplink's session counter at start)
             # makes room for nothing.
             made_room: dict[str, int] = {}
+            # A commit with an alarm in it stays light: it makes room for itself
+            # (and a few pages the estimate may miss), never for the backlog.
+            step = 4 if by_lane[Lane.ALARM] else EVICT_STEP_PAGES
             if batch:
                 incoming = (size + 64 * len(batch)) * 5 // (4 * self._page_size)
-                made_room = self._evict_within_bounds(incoming, {})
+                made_room = self._evict_within_bounds(incoming, {}, step)
             for lane, rows in zip(Lane, by_lane, strict=True):
                 accepted[lane] = self._insert(lane, rows)
             if state:
@@ -488,7 +491,7 @@ class DurableQueue:
             _bump(self.db, delta)
             for name, n in made_room.items():
                 delta[name] = delta.get(name, 0) + n
-            evicted = self._evict_within_bounds(0, dict(delta)) if batch else {}
+            evicted = self._evict_within_bounds(0, dict(delta), step) if batch else {}
         self._applied(delta)
         self._applied(evicted)
         for name, topic_id in new_topics.items():
@@ -656,21 +659,23 @@ class DurableQueue:
         bound = self._bound if bound is None else bound
         return max(0, (bound - spare) // self._page_size - 4)
 
-    def _evict_within_bounds(self, incoming: int, pending: dict[str, int]) -> dict[str, int]:
+    def _evict_within_bounds(
+        self, incoming: int, pending: dict[str, int], step: int
+    ) -> dict[str, int]:
         """Telemetry goes to keep the working bound (lower while the disk is short);
         alarms only to keep the configured one: a short disk never costs an alarm.
 
         A queue far over its bound (``max_bytes`` lowered, or a backlog written
         by a tool) is brought back in steps: each write frees its own pages
-        plus ``EVICT_STEP_PAGES``, so the file never grows for it, and no
-        single commit (the first one at start among them) deletes half a
-        million rows while alarms and the ``online`` status wait behind it.
+        plus ``step``, so the file never grows for it, and no single commit
+        (the first one at start among them) deletes half a million rows while
+        alarms and the ``online`` status wait behind it.
         """
         both = (Lane.TELEMETRY, Lane.ALARM)
         used = self._used_pages()
         if used + incoming <= min(self._pages_budget(), self._pages_budget(self.max_bytes)):
             return {}
-        floor = used - incoming - EVICT_STEP_PAGES
+        floor = used - incoming - step
         budget = max(0, self._pages_budget() - incoming, floor)
         delta = self._evict_to(budget, pending)
         for name, n in delta.items():
@@ -692,8 +697,17 @@ class DurableQueue:
         """Inside a transaction: delete the oldest of ``lanes``, in that order, until under budget.
 
         ``pending`` is this transaction's depth change so far, so the estimate
-        of rows per page sees the rows just added.
+        of rows per page sees the rows just added. One log line per lane.
         """
+        delta = self._evict_rows(budget, pending, lanes)
+        for lane in lanes:
+            if gone := delta.get(f"evicted_{lane.name.lower()}", 0):
+                log.warning("queue full: evicted %d %s messages", gone, lane.name.lower())
+        return delta
+
+    def _evict_rows(
+        self, budget: int, pending: dict[str, int], lanes: tuple[Lane, ...]
+    ) -> dict[str, int]:
         delta: dict[str, int] = {}
         for lane in lanes:
             for _ in range(64):
@@ -724,7 +738,6 @@ class DurableQueue:
                 _bump(self.db, step)
                 for name, n in step.items():
                     delta[name] = delta.get(name, 0) + n
-                log.warning("queue full: evicted %d %s messages", gone, lane.name.lower())
         return delta
 
     def _make_room(self, *, needed: int) -> None:
