@@ -62,7 +62,7 @@ MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then
 MIN_RESERVE = 16 * 1024
 MAX_RESERVE = 4 * 1024 * 1024
 WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
-EVICT_STEP_PAGES = 32  # pages past the bound one commit evicts beyond its own batch (~1 ms)
+EVICT_STEP_PAGES = 32  # free pages a commit past the bound leaves for the next ones (~1 ms)
 SALVAGE_STEP = 256  # sequence numbers read per step when salvaging a damaged file
 
 # SQLite primary result codes (extended codes keep them in the low byte).
@@ -665,17 +665,22 @@ class DurableQueue:
         """Telemetry goes to keep the working bound (lower while the disk is short);
         alarms only to keep the configured one: a short disk never costs an alarm.
 
-        A queue far over its bound (``max_bytes`` lowered, or a backlog written
-        by a tool) is brought back in steps: each write frees its own pages
-        plus ``step``, so the file never grows for it, and no single commit
+        A file larger than its bound (``max_bytes`` lowered, a backlog written
+        by a tool, a disk found short) cannot shrink: SQLite keeps its free
+        pages. So past the bound a commit evicts only what keeps the file from
+        growing: nothing while acknowledged rows left free pages for it, else
+        its own pages plus ``step`` (for the next commits). No single commit
         (the first one at start among them) deletes half a million rows while
-        alarms and the ``online`` status wait behind it.
+        alarms and the ``online`` status wait behind it, and a draining
+        backlog costs no evictions at all.
         """
         both = (Lane.TELEMETRY, Lane.ALARM)
-        used = self._used_pages()
+        (pages,) = self.db.execute("PRAGMA page_count").fetchone()
+        (free,) = self.db.execute("PRAGMA freelist_count").fetchone()
+        used = int(pages) - int(free)
         if used + incoming <= min(self._pages_budget(), self._pages_budget(self.max_bytes)):
             return {}
-        floor = used - incoming - step
+        floor = min(used, int(pages) - incoming - step)  # the file does not grow
         budget = max(0, self._pages_budget() - incoming, floor)
         delta = self._evict_to(budget, pending)
         for name, n in delta.items():
