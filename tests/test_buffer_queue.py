@@ -433,6 +433,40 @@ def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
     assert stats.counters["salvaged_telemetry"] + stats.counters["lost_unreadable"] == 2000
 
 
+async def test_the_daemon_s_check_after_an_unclean_stop_runs_beside_the_open(
+    tmp_path: Path,
+) -> None:
+    """check_at_open=False: the open does not scan; check_async finds the damage,
+    salvages as the open would have, and a close before it leaves the check owed."""
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    live.mkdir()
+    crashed.mkdir()
+    with DurableQueue(live / "q.db") as q:
+        for start in range(0, 2000, 500):
+            q.put_many(readings(500, start=start))
+        q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copy(live / "q.db", crashed / "q.db")
+    with (crashed / "q.db").open("r+b") as f:
+        f.seek(f.seek(0, os.SEEK_END) // 2 // 4096 * 4096)
+        f.write(b"\x00\xff" * 4096)
+    with DurableQueue(crashed / "q.db", check_at_open=False) as q:
+        assert q.unchecked
+        assert q.stats().depth[Lane.TELEMETRY] == 2000  # the counters, not a scan
+    with DurableQueue(crashed / "q.db", check_at_open=False) as q:
+        assert q.unchecked  # still owed: the last close came before the check
+        assert not list(crashed.glob("q.corrupt-*"))
+        assert await q.check_async() is False
+        assert not q.unchecked
+        stats = q.stats()
+        assert await q.put_many_async(readings(1, start=5000)) == 1  # and it goes on
+    assert list(crashed.glob("q.corrupt-*"))
+    assert 0 < stats.counters["salvaged_telemetry"] < 2000
+    assert stats.counters["salvaged_telemetry"] + stats.counters["lost_unreadable"] == 2000
+    with DurableQueue(live / "q.db", check_at_open=False) as q:
+        assert not q.unchecked  # closed cleanly: nothing owed
+        assert await q.check_async() is True
+
+
 def test_on_a_full_disk_any_sequence_of_calls_raises_only_queue_errors(tmp_path: Path) -> None:
     """Hypothesis drives puts, acks, peeks and a filler on a real 1 MiB tmpfs."""
     ops = st.lists(

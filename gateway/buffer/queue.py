@@ -194,7 +194,11 @@ class DurableQueue:
         max_bytes: int = 64 * 1024 * 1024,
         reserve_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        check_at_open: bool = True,
     ) -> None:
+        """``check_at_open=False``: after an unclean close the open leaves the
+        integrity check to ``check``/``check_async`` (the daemon runs it beside
+        the start, so a crash with a large backlog does not delay ``online``)."""
         self.path = path
         self.max_bytes = max_bytes
         if reserve_bytes is None:
@@ -216,6 +220,8 @@ class DurableQueue:
         self._held: dict[Lane, int] = dict.fromkeys(Lane, 0)
         self._bound = max_bytes  # the working bound; below max_bytes while the disk is short
         self._degraded: str | None = None
+        self._check_at_open = check_at_open
+        self._unchecked = False  # an unclean close's check not run yet: no clean mark at close
 
     def __enter__(self) -> Self:
         self.open()
@@ -321,7 +327,10 @@ class DurableQueue:
             # full disk would be taken by others, and then not even a delete fits.
             db.execute(f"PRAGMA journal_size_limit={WAL_ALLOWANCE * self.reserve_bytes}")
             if check or (check is None and not _closed_cleanly(db)):
-                _integrity_check(db)
+                if check is None and not self._check_at_open:
+                    self._unchecked = True  # check() runs it, beside the writer
+                else:
+                    _integrity_check(db)
             self._migrate(db)
             db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS held_acks"
@@ -374,8 +383,47 @@ class DurableQueue:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._retry_held_acks()
-                    self._mark(clean=True)
+                    # A check still owed stays owed: the next open runs it.
+                    self._mark(clean=not self._unchecked)
                 self._close_db()
+
+    @property
+    def unchecked(self) -> bool:
+        """The last close was not clean and ``check`` has not run yet."""
+        return self._unchecked
+
+    def check(self) -> bool:
+        """The integrity check an open after an unclean close left for later.
+
+        ``PRAGMA quick_check`` on a connection of its own, without the lock, so
+        the writer goes on meanwhile (1M queued readings, 164 MB: ~0.15 s in
+        the page cache, seconds on an SD card). Damage is handled as damage
+        found in use: the file is set aside and what is readable salvaged.
+        True when the file is sound (or there was nothing to check).
+        """
+        if not self._unchecked:
+            return True
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                (result,) = db.execute("PRAGMA quick_check").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as err:
+            if not _is_damage(err):
+                raise QueueError(f"queue check failed: {err}") from err
+            result = str(err)
+        with self._lock:
+            if result == "ok":
+                self._unchecked = False
+                return True
+            self._on_damage(sqlite3.DatabaseError(f"quick_check: {result}"))
+            self._unchecked = False  # a fresh file, with what was salvaged
+            return False
+
+    async def check_async(self) -> bool:
+        """``check`` on a thread of its own: neither the loop nor the writer waits for it."""
+        return await asyncio.to_thread(self.check)
 
     def _close_db(self) -> None:
         if self._db is not None:
