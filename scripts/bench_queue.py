@@ -6,6 +6,8 @@
 .venv/bin/python scripts/bench_queue.py --online STATE_DIR        spawn → retained ``online``, the
     real daemon on a local Mosquitto, with the queue already in STATE_DIR/queue.db
     (make one with ``--keep STATE_DIR --open``); ``--src DIR`` runs another tree's daemon
+.venv/bin/python scripts/bench_queue.py --cpu [--messages N]    CPU µs per reading of the
+    daemon's cycle: ``put_many`` of 500, ``peek_lane`` of 2000, ``ack`` per round
 
 ``--disk`` and ``--open`` use a reading shaped like the engine's (601 bytes of
 JSON with a uuid hex id); ``--open`` builds the queue once, closes it cleanly,
@@ -96,6 +98,59 @@ def open_time(n: int, keep: Path | None = None) -> None:
     print(f"open + first peek with {n} readings queued: best {min(times) * 1e3:.0f} ms")
 
 
+def cpu(n: int, rounds: int = 5) -> None:
+    """The queue's CPU per reading in the daemon's own cycle, median of ``rounds``.
+
+    The pipeline commits ``flush_max`` (500) packed readings with the engine's
+    24-hex-digit ids; the uplink reads 2000 telemetry rows a round and acks
+    them in the order their batches were acknowledged (not sorted).
+    """
+    import random  # noqa: PLC0415 - only this mode needs it
+    import statistics  # noqa: PLC0415
+
+    from gateway.wire import pack_row  # noqa: PLC0415
+
+    _, text = reading()
+    payloads = [pack_row(text.replace(b"12345", str(i).encode())) for i in range(64)]
+    results: dict[str, list[float]] = {"put": [], "peek": [], "ack": []}
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp, DurableQueue(Path(tmp) / "q.db") as q:
+            spent = dict.fromkeys(results, 0.0)
+            rnd = random.Random(r)
+            for b in range(0, n, 500):
+                rows = [
+                    Outgoing(
+                        f"{r:08x}{i:016x}", Lane.TELEMETRY, "covers/gw/telemetry", payloads[i % 64]
+                    )
+                    for i in range(b, min(n, b + 500))
+                ]
+                start = time.process_time()
+                q.put_many(rows)
+                spent["put"] += time.process_time() - start
+            while True:
+                start = time.process_time()
+                got = q.peek_lane(Lane.TELEMETRY, 2000)
+                spent["peek"] += time.process_time() - start
+                if not got:
+                    break
+                seqs = [m.seq for m in got]
+                units = [seqs[i : i + 100] for i in range(0, len(seqs), 100)]
+                rnd.shuffle(units)
+                acked = [s for u in units for s in u]
+                start = time.process_time()
+                q.ack(acked)
+                spent["ack"] += time.process_time() - start
+        for key, s in spent.items():
+            results[key].append(s / n * 1e6)
+    total = [sum(v[i] for v in results.values()) for i in range(rounds)]
+    print(f"queue CPU per reading, {n} readings of {len(payloads[0])} B packed, {rounds} runs:")
+    for key, values in [*results.items(), ("total", total)]:
+        print(
+            f"  {key:<6} median {statistics.median(values):6.2f} µs"
+            f"  (min {min(values):.2f}, max {max(values):.2f})"
+        )
+
+
 def online(state: Path, src: Path | None, runs: int = 3) -> None:
     """Wall time from spawning ``covergw run`` to the retained online status at a subscriber."""
     import subprocess  # noqa: PLC0415 - only this mode needs them
@@ -151,11 +206,15 @@ def main() -> None:
     parser.add_argument("--disk", action="store_true", help="bytes on disk per queued reading")
     parser.add_argument("--open", action="store_true", help="open time with N readings queued")
     parser.add_argument("--keep", type=Path, help="with --open: build the queue in this dir")
+    parser.add_argument("--cpu", action="store_true", help="CPU per reading, the daemon's cycle")
     parser.add_argument("--online", type=Path, help="state dir for the spawn-to-online figure")
     parser.add_argument("--src", type=Path, help="with --online: source tree of the daemon")
     args = parser.parse_args()
     if args.online:
         online(args.online.resolve(), args.src)
+        return
+    if args.cpu:
+        cpu(args.messages)
         return
     if args.disk:
         disk(args.messages)

@@ -94,6 +94,37 @@ def test_eviction_counters_survive_restart(tmp_path: Path) -> None:
         assert q.stats().depth[Lane.TELEMETRY] == 200 - evicted
 
 
+def test_a_file_over_a_lowered_bound_does_not_grow_and_no_commit_evicts_the_excess(
+    tmp_path: Path,
+) -> None:
+    """A file over its bound cannot shrink: commits keep it from growing, none (the
+    first at start among them) evicts the whole excess, and a draining backlog
+    leaves free pages that later commits fill without evicting anything."""
+    path = tmp_path / "q.db"
+    with DurableQueue(path, max_bytes=64 * 1024 * 1024) as q:
+        for start in range(0, 40_000, 500):
+            q.put_many(msg(i, size=200) for i in range(start, start + 500))
+    size = path.stat().st_size
+    with DurableQueue(path, max_bytes=2 * 1024 * 1024) as q:
+        q.put_many([], state={"session": "1"})  # state alone: nothing to make room for
+        assert q.stats().evicted[Lane.TELEMETRY] == 0
+        q.put_many([msg(200_000, Lane.ALARM, 200)])
+        assert q.stats().evicted[Lane.TELEMETRY] < 200  # an alarm's commit stays light
+        for start in range(100_000, 101_000, 20):
+            q.put_many(msg(i, size=200) for i in range(start, start + 20))
+        stats = q.stats()
+        assert 1000 <= stats.evicted[Lane.TELEMETRY] < 3000  # about one for one, not ~35,000
+        assert stats.depth[Lane.TELEMETRY] + stats.evicted[Lane.TELEMETRY] == 41_000
+        assert stats.depth[Lane.ALARM] == 1
+        oldest = q.peek_lane(Lane.TELEMETRY, 1)[0].message.msg_id
+        assert int(oldest[1:]) == stats.evicted[Lane.TELEMETRY]  # the oldest went first
+        q.ack([m.seq for m in q.peek_lane(Lane.TELEMETRY, 5000)])  # the uplink drains
+        for start in range(101_000, 102_000, 20):
+            q.put_many(msg(i, size=200) for i in range(start, start + 20))
+        assert q.stats().evicted == stats.evicted  # the drained pages took them
+        assert path.stat().st_size <= size
+
+
 def test_stats_oldest_age(tmp_path: Path) -> None:
     now = [1000.0]
     with DurableQueue(tmp_path / "q.db", clock=lambda: now[0]) as q:
@@ -186,6 +217,28 @@ def test_running_depth_and_size_match_a_full_count(ops: list[tuple[str, object]]
             for lane, count in q.db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane"):
                 counted[Lane(lane)] = count
             assert q.stats().depth == counted
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=120), st.data())
+def test_any_set_of_acks_deletes_exactly_those_rows(
+    alarms: list[bool], data: st.DataObject
+) -> None:
+    """Acks go as ranges where the numbers run on, IN lists elsewhere: in any order,
+    with repeats and numbers the queue does not hold, exactly the acked rows go."""
+    with tempfile.TemporaryDirectory() as tmp, DurableQueue(Path(tmp) / "q.db") as q:
+        q.put_many(
+            Outgoing(f"m{i}", Lane.ALARM if alarm else Lane.TELEMETRY, "t", b"x")
+            for i, alarm in enumerate(alarms)
+        )
+        seqs = [m.seq for m in q.peek(1000)]
+        acked = data.draw(st.lists(st.sampled_from([*seqs, 0, max(seqs) + 3]), max_size=200))
+        q.ack(acked)
+        assert {m.seq for m in q.peek(1000)} == set(seqs) - set(acked)
+        counted = dict.fromkeys(Lane, 0)
+        for lane, count in q.db.execute("SELECT lane, COUNT(*) FROM outbox GROUP BY lane"):
+            counted[Lane(lane)] = count
+        assert q.stats().depth == counted
 
 
 def readings(n: int, *, start: int = 0, size: int = 600) -> list[Outgoing]:
@@ -378,6 +431,40 @@ def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
     assert list(crashed.glob("q.corrupt-*"))
     assert 0 < stats.counters["salvaged_telemetry"] < 2000
     assert stats.counters["salvaged_telemetry"] + stats.counters["lost_unreadable"] == 2000
+
+
+async def test_the_daemon_s_check_after_an_unclean_stop_runs_beside_the_open(
+    tmp_path: Path,
+) -> None:
+    """check_at_open=False: the open does not scan; check_async finds the damage,
+    salvages as the open would have, and a close before it leaves the check owed."""
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    live.mkdir()
+    crashed.mkdir()
+    with DurableQueue(live / "q.db") as q:
+        for start in range(0, 2000, 500):
+            q.put_many(readings(500, start=start))
+        q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copy(live / "q.db", crashed / "q.db")
+    with (crashed / "q.db").open("r+b") as f:
+        f.seek(f.seek(0, os.SEEK_END) // 2 // 4096 * 4096)
+        f.write(b"\x00\xff" * 4096)
+    with DurableQueue(crashed / "q.db", check_at_open=False) as q:
+        assert q.unchecked
+        assert q.stats().depth[Lane.TELEMETRY] == 2000  # the counters, not a scan
+    with DurableQueue(crashed / "q.db", check_at_open=False) as q:
+        assert q.unchecked  # still owed: the last close came before the check
+        assert not list(crashed.glob("q.corrupt-*"))
+        assert await q.check_async() is False
+        assert not q.unchecked
+        stats = q.stats()
+        assert await q.put_many_async(readings(1, start=5000)) == 1  # and it goes on
+    assert list(crashed.glob("q.corrupt-*"))
+    assert 0 < stats.counters["salvaged_telemetry"] < 2000
+    assert stats.counters["salvaged_telemetry"] + stats.counters["lost_unreadable"] == 2000
+    with DurableQueue(live / "q.db", check_at_open=False) as q:
+        assert not q.unchecked  # closed cleanly: nothing owed
+        assert await q.check_async() is True
 
 
 def test_on_a_full_disk_any_sequence_of_calls_raises_only_queue_errors(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import NamedTuple, Self, TypeVar
 
 from gateway.errors import GatewayError
 
@@ -62,6 +62,7 @@ MAX_HELD_ACKS = 200_000  # acks held in memory while the disk refuses them; then
 MIN_RESERVE = 16 * 1024
 MAX_RESERVE = 4 * 1024 * 1024
 WAL_ALLOWANCE = 2  # reserves' worth of WAL counted against the bound
+EVICT_STEP_PAGES = 32  # free pages a commit past the bound leaves for the next ones (~1 ms)
 SALVAGE_STEP = 256  # sequence numbers read per step when salvaging a damaged file
 
 # SQLite primary result codes (extended codes keep them in the low byte).
@@ -124,8 +125,11 @@ class Lane(IntEnum):
     TELEMETRY = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+# Outgoing and Queued are immutable named tuples, not frozen dataclasses: the
+# engine makes one Outgoing per reading and every peek one of each per row, and
+# a frozen dataclass's __init__ (a setattr per field) cost ~1.6 µs a row of the
+# ~7 µs the queue spends per reading; a named tuple is built in ~0.3 µs.
+class Outgoing(NamedTuple):
     """One message bound upstream. ``msg_id`` stays the same across retries and restarts."""
 
     msg_id: str
@@ -134,8 +138,9 @@ class Outgoing:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Queued:
+class Queued(NamedTuple):
+    """A queued message with its place in the queue (acknowledge by ``seq``)."""
+
     seq: int
     message: Outgoing
     created: float
@@ -189,7 +194,11 @@ class DurableQueue:
         max_bytes: int = 64 * 1024 * 1024,
         reserve_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        check_at_open: bool = True,
     ) -> None:
+        """``check_at_open=False``: after an unclean close the open leaves the
+        integrity check to ``check``/``check_async`` (the daemon runs it beside
+        the start, so a crash with a large backlog does not delay ``online``)."""
         self.path = path
         self.max_bytes = max_bytes
         if reserve_bytes is None:
@@ -211,6 +220,8 @@ class DurableQueue:
         self._held: dict[Lane, int] = dict.fromkeys(Lane, 0)
         self._bound = max_bytes  # the working bound; below max_bytes while the disk is short
         self._degraded: str | None = None
+        self._check_at_open = check_at_open
+        self._unchecked = False  # an unclean close's check not run yet: no clean mark at close
 
     def __enter__(self) -> Self:
         self.open()
@@ -316,7 +327,10 @@ class DurableQueue:
             # full disk would be taken by others, and then not even a delete fits.
             db.execute(f"PRAGMA journal_size_limit={WAL_ALLOWANCE * self.reserve_bytes}")
             if check or (check is None and not _closed_cleanly(db)):
-                _integrity_check(db)
+                if check is None and not self._check_at_open:
+                    self._unchecked = True  # check() runs it, beside the writer
+                else:
+                    _integrity_check(db)
             self._migrate(db)
             db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS held_acks"
@@ -369,8 +383,47 @@ class DurableQueue:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._retry_held_acks()
-                    self._mark(clean=True)
+                    # A check still owed stays owed: the next open runs it.
+                    self._mark(clean=not self._unchecked)
                 self._close_db()
+
+    @property
+    def unchecked(self) -> bool:
+        """The last close was not clean and ``check`` has not run yet."""
+        return self._unchecked
+
+    def check(self) -> bool:
+        """The integrity check an open after an unclean close left for later.
+
+        ``PRAGMA quick_check`` on a connection of its own, without the lock, so
+        the writer goes on meanwhile (1M queued readings, 164 MB: ~0.15 s in
+        the page cache, seconds on an SD card). Damage is handled as damage
+        found in use: the file is set aside and what is readable salvaged.
+        True when the file is sound (or there was nothing to check).
+        """
+        if not self._unchecked:
+            return True
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                (result,) = db.execute("PRAGMA quick_check").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as err:
+            if not _is_damage(err):
+                raise QueueError(f"queue check failed: {err}") from err
+            result = str(err)
+        with self._lock:
+            if result == "ok":
+                self._unchecked = False
+                return True
+            self._on_damage(sqlite3.DatabaseError(f"quick_check: {result}"))
+            self._unchecked = False  # a fresh file, with what was salvaged
+            return False
+
+    async def check_async(self) -> bool:
+        """``check`` on a thread of its own: neither the loop nor the writer waits for it."""
+        return await asyncio.to_thread(self.check)
 
     def _close_db(self) -> None:
         if self._db is not None:
@@ -448,26 +501,31 @@ class DurableQueue:
         now = self._clock()
         accepted: dict[Lane, int] = dict.fromkeys(Lane, 0)
         new_topics: dict[str, int] = {}
-        # Room first, so the file does not grow past the bound for the batch.
-        incoming = sum(len(m.payload) + 64 for m in batch) * 5 // (4 * self._page_size)
         with _Transaction(self.db):
-            made_room = self._evict_within_bounds(incoming, {})
-            rows = []
+            # One pass of Python per row: the tuple executemany binds, per lane.
+            by_lane: tuple[list[tuple[str | bytes, int, bytes, float]], ...] = ([], [])
+            topics = self._topics
+            size = 0
             for m in batch:
-                topic = self._topics.get(m.topic) or new_topics.get(m.topic)
+                topic = topics.get(m.topic) or new_topics.get(m.topic)
                 if topic is None:
                     cursor = self.db.execute("INSERT INTO topics (topic) VALUES (?)", (m.topic,))
                     topic = new_topics[m.topic] = int(cursor.lastrowid or 0)
-                rows.append((encode_id(m.msg_id), int(m.lane), topic, m.payload, now))
-            for lane in Lane:
-                lane_rows = [r for r in rows if r[1] == lane]
-                if lane_rows:
-                    cursor = self.db.executemany(
-                        "INSERT OR IGNORE INTO outbox (msg_id, lane, topic, payload, created)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        lane_rows,
-                    )
-                    accepted[lane] = max(0, cursor.rowcount)
+                payload = m.payload
+                size += len(payload)
+                by_lane[m.lane].append((encode_id(m.msg_id), topic, payload, now))
+            # Room before the rows go in, so the file does not grow past the bound
+            # for the batch. State alone (the uplink's session counter at start)
+            # makes room for nothing.
+            made_room: dict[str, int] = {}
+            # A commit with an alarm in it stays light: it makes room for itself
+            # (and a few pages the estimate may miss), never for the backlog.
+            step = 4 if by_lane[Lane.ALARM] else EVICT_STEP_PAGES
+            if batch:
+                incoming = (size + 64 * len(batch)) * 5 // (4 * self._page_size)
+                made_room = self._evict_within_bounds(incoming, {}, step)
+            for lane, rows in zip(Lane, by_lane, strict=True):
+                accepted[lane] = self._insert(lane, rows)
             if state:
                 self.db.executemany(
                     "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
@@ -481,7 +539,7 @@ class DurableQueue:
             _bump(self.db, delta)
             for name, n in made_room.items():
                 delta[name] = delta.get(name, 0) + n
-            evicted = self._evict_within_bounds(0, dict(delta))
+            evicted = self._evict_within_bounds(0, dict(delta), step) if batch else {}
         self._applied(delta)
         self._applied(evicted)
         for name, topic_id in new_topics.items():
@@ -494,22 +552,38 @@ class DurableQueue:
             self._refresh_oldest()
         return sum(accepted.values())
 
+    def _insert(self, lane: Lane, rows: list[tuple[str | bytes, int, bytes, float]]) -> int:
+        """Rows in statements of many rows each: one step (and one AUTOINCREMENT
+        update, one release of the GIL) per statement instead of per row.
+        Measured 3.7 → 2.6 µs CPU a row (insert, commit and peek) against executemany."""
+        accepted = 0
+        start = 0
+        while start < len(rows):
+            size = next(n for n in _INSERT_SIZES if n <= len(rows) - start)
+            chunk = rows[start : start + size]
+            cursor = self.db.execute(_insert_sql(lane, size), [v for row in chunk for v in row])
+            accepted += max(0, cursor.rowcount)
+            start += size
+        return accepted
+
     def ack(self, seqs: Sequence[int]) -> None:
         """The broker has the messages: forget them (if the disk refuses, hold that in memory)."""
         if not seqs:
             return
+        ordered = sorted(set(seqs))
         with self._lock:
             self._retry_held_acks()
             try:
-                delta = self._with_room(lambda: self._delete_seqs(list(seqs)))
+                delta = self._with_room(lambda: self._delete_seqs(ordered))
             except sqlite3.Error as err:
                 if _is_damage(err):
                     self._on_damage(err)  # what was salvaged is published again: harmless
                     return
-                self._hold_acks(list(seqs), err)
+                self._hold_acks(ordered, err)
                 return
             self._applied(delta)
-            self._refresh_oldest()
+            if any(delta.values()):
+                self._refresh_oldest()
 
     def _with_room(self, write: Callable[[], _T]) -> _T:
         """One transaction; on a full disk, checkpoint (so the WAL starts over) and try once more.
@@ -534,17 +608,29 @@ class DurableQueue:
             log.debug("queue: checkpoint failed: %s", err)
 
     def _delete_seqs(self, seqs: list[int]) -> dict[str, int]:
-        delta: dict[str, int] = {}
-        for start in range(0, len(seqs), CHUNK):
-            chunk = seqs[start : start + CHUNK]
+        """``seqs`` sorted and distinct. A run of consecutive numbers (a telemetry
+        round is mostly one) goes as one range; the rest in IN lists."""
+        gone = dict.fromkeys(Lane, 0)
+        singles: list[int] = []
+        for low, high in _runs(seqs):
+            if low == high:
+                singles.append(low)
+                continue
+            # Alarms in the range by their partial index, then the rest is telemetry.
+            alarms = self.db.execute(_DELETE_RANGE_ALARMS, (low, high)).rowcount
+            rest = self.db.execute(_DELETE_RANGE, (low, high)).rowcount
+            gone[Lane.ALARM] += max(0, alarms)
+            gone[Lane.TELEMETRY] += max(0, rest)
+        for start in range(0, len(singles), CHUNK):
+            chunk = singles[start : start + CHUNK]
             marks = ",".join("?" * len(chunk))
             for lane in Lane:
                 cursor = self.db.execute(
                     f"DELETE FROM outbox WHERE lane = ? AND seq IN ({marks})",  # noqa: S608 - only placeholders
                     (int(lane), *chunk),
                 )
-                name = f"depth_{lane.name.lower()}"
-                delta[name] = delta.get(name, 0) - max(0, cursor.rowcount)
+                gone[lane] += max(0, cursor.rowcount)
+        delta = {f"depth_{lane.name.lower()}": -n for lane, n in gone.items() if n}
         _bump(self.db, delta)
         return delta
 
@@ -621,14 +707,34 @@ class DurableQueue:
         bound = self._bound if bound is None else bound
         return max(0, (bound - spare) // self._page_size - 4)
 
-    def _evict_within_bounds(self, incoming: int, pending: dict[str, int]) -> dict[str, int]:
+    def _evict_within_bounds(
+        self, incoming: int, pending: dict[str, int], step: int
+    ) -> dict[str, int]:
         """Telemetry goes to keep the working bound (lower while the disk is short);
-        alarms only to keep the configured one: a short disk never costs an alarm."""
+        alarms only to keep the configured one: a short disk never costs an alarm.
+
+        A file larger than its bound (``max_bytes`` lowered, a backlog written
+        by a tool, a disk found short) cannot shrink: SQLite keeps its free
+        pages. So past the bound a commit evicts only what keeps the file from
+        growing: nothing while acknowledged rows left free pages for it, else
+        its own pages plus ``step`` (for the next commits). No single commit
+        (the first one at start among them) deletes half a million rows while
+        alarms and the ``online`` status wait behind it, and a draining
+        backlog costs no evictions at all.
+        """
         both = (Lane.TELEMETRY, Lane.ALARM)
-        delta = self._evict_to(max(0, self._pages_budget() - incoming), pending)
+        (pages,) = self.db.execute("PRAGMA page_count").fetchone()
+        (free,) = self.db.execute("PRAGMA freelist_count").fetchone()
+        used = int(pages) - int(free)
+        if used + incoming <= min(self._pages_budget(), self._pages_budget(self.max_bytes)):
+            return {}
+        floor = min(used, int(pages) - incoming - step)  # the file does not grow
+        budget = max(0, self._pages_budget() - incoming, floor)
+        delta = self._evict_to(budget, pending)
         for name, n in delta.items():
             pending[name] = pending.get(name, 0) + n
-        more = self._evict_to(max(0, self._pages_budget(self.max_bytes) - incoming), pending, both)
+        budget = max(0, self._pages_budget(self.max_bytes) - incoming, floor)
+        more = self._evict_to(budget, pending, both)
         for name, n in more.items():
             delta[name] = delta.get(name, 0) + n
         return delta
@@ -644,8 +750,17 @@ class DurableQueue:
         """Inside a transaction: delete the oldest of ``lanes``, in that order, until under budget.
 
         ``pending`` is this transaction's depth change so far, so the estimate
-        of rows per page sees the rows just added.
+        of rows per page sees the rows just added. One log line per lane.
         """
+        delta = self._evict_rows(budget, pending, lanes)
+        for lane in lanes:
+            if gone := delta.get(f"evicted_{lane.name.lower()}", 0):
+                log.warning("queue full: evicted %d %s messages", gone, lane.name.lower())
+        return delta
+
+    def _evict_rows(
+        self, budget: int, pending: dict[str, int], lanes: tuple[Lane, ...]
+    ) -> dict[str, int]:
         delta: dict[str, int] = {}
         for lane in lanes:
             for _ in range(64):
@@ -676,7 +791,6 @@ class DurableQueue:
                 _bump(self.db, step)
                 for name, n in step.items():
                     delta[name] = delta.get(name, 0) + n
-                log.warning("queue full: evicted %d %s messages", gone, lane.name.lower())
         return delta
 
     def _make_room(self, *, needed: int) -> None:
@@ -830,10 +944,16 @@ class DurableQueue:
             f" WHERE lane = ? AND seq > ?{skip} ORDER BY seq LIMIT ?",
             (int(lane), after, limit),
         ).fetchall()
+        names = self._topic_names
         return [
             Queued(
                 seq,
-                Outgoing(decode_id(msg_id), lane, self._topic_names[topic], payload),
+                Outgoing(
+                    msg_id.hex() if type(msg_id) is bytes else str(msg_id),  # decode_id, inlined
+                    lane,
+                    names[topic],
+                    payload,
+                ),
                 created,
             )
             for seq, msg_id, topic, payload, created in rows
@@ -1032,6 +1152,39 @@ def _migrate_v3(db: sqlite3.Connection) -> None:
 
 
 _COUNT_V2 = "SELECT lane, COUNT(*) FROM outbox GROUP BY lane"
+# Rows per INSERT statement: a batch goes in the largest that fit, so a few
+# statement texts (cached by sqlite3) serve every batch size.
+_INSERT_SIZES = (100, 64, 32, 16, 8, 4, 2, 1)
+
+
+@functools.cache
+def _insert_sql(lane: Lane, rows: int) -> str:
+    """The lane is a constant of the statement: one fewer value bound per row."""
+    values = f"(?, {int(lane)}, ?, ?, ?)"  # an int of our own enum, never input
+    return (
+        "INSERT OR IGNORE INTO outbox (msg_id, lane, topic, payload, created) VALUES "  # noqa: S608
+        + ",".join([values] * rows)
+    )
+
+
+_DELETE_RANGE_ALARMS = "DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND lane = 0"
+_DELETE_RANGE = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
+
+
+def _runs(ordered: list[int]) -> Iterator[tuple[int, int]]:
+    """Runs of consecutive numbers in a sorted, distinct list, as (first, last)."""
+    if not ordered:
+        return
+    if ordered[-1] - ordered[0] + 1 == len(ordered):  # the usual telemetry round
+        yield ordered[0], ordered[-1]
+        return
+    low = high = ordered[0]
+    for seq in ordered[1:]:
+        if seq != high + 1:
+            yield low, high
+            low = seq
+        high = seq
+    yield low, high
 
 
 def _script(db: sqlite3.Connection, ddl: str) -> None:
