@@ -20,11 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ModbusException
-
 from gateway.config import ModbusConfig, SlaveConfig
 from gateway.drivers.base import PortHealth, PortState, Sink
+from gateway.drivers.rtu import ModbusLinkError, RtuMaster
 from gateway.errors import GatewayError, RegisterDecodeError, TransportError
 from gateway.events import SlaveFailed, SlaveRead
 from gateway.protocol.modbus_profiles import DeviceProfile, registers_from_blocks
@@ -32,7 +30,7 @@ from gateway.protocol.modbus_profiles import DeviceProfile, registers_from_block
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Job = Callable[[AsyncModbusSerialClient], Awaitable[Any]]
+Job = Callable[[RtuMaster], Awaitable[Any]]
 
 EXCEPTION_MEANINGS = {
     1: "illegal function",
@@ -77,9 +75,7 @@ class AdapterGoneError(TransportError):
     """The bus adapter went away during a tool's transaction (pulled, or the port closed)."""
 
 
-async def probe(
-    client: AsyncModbusSerialClient, address: int, *, timeout_s: float, register: int = 0
-) -> Probe:
+async def probe(client: RtuMaster, address: int, *, timeout_s: float, register: int = 0) -> Probe:
     """One short read of ``register``: anything that comes back means somebody is there."""
     try:
         reply = await asyncio.wait_for(
@@ -87,21 +83,21 @@ async def probe(
         )
     except TimeoutError:
         reply = None
-    except ModbusException as err:
+    except ModbusLinkError as err:
         if not client.connected:
             raise AdapterGoneError(f"adapter gone: {err}") from err
-        return Probe(address, answered=True, note=f"garbled reply: {err}")
+        return Probe(address, answered=True, note=str(err))
     if not client.connected:
         raise AdapterGoneError("adapter gone (port closed)")
     if reply is None:
         return Probe(address, answered=False)
-    if reply.isError():
-        return Probe(address, answered=True, exception_code=int(reply.exception_code))
+    if reply.exception_code is not None:
+        return Probe(address, answered=True, exception_code=reply.exception_code)
     return Probe(address, answered=True)
 
 
 async def read_profile(
-    client: AsyncModbusSerialClient, address: int, profile: DeviceProfile
+    client: RtuMaster, address: int, profile: DeviceProfile
 ) -> tuple[dict[int, int], dict[str, float]]:
     """The registers a profile's plan reads from ``address``, and what they decode to."""
     plan = profile.read_plan()
@@ -110,11 +106,11 @@ async def read_profile(
     for block in plan:
         try:
             reply = await read(block.address, count=block.count, device_id=address)
-        except ModbusException as err:
+        except ModbusLinkError as err:
             raise SlaveError(f"no valid reply: {err}") from err
-        if reply.isError():
-            code = getattr(reply, "exception_code", None)
-            meaning = EXCEPTION_MEANINGS.get(code, "") if isinstance(code, int) else ""
+        code = reply.exception_code
+        if code is not None:
+            meaning = EXCEPTION_MEANINGS.get(code, "")
             raise SlaveError(f"exception reply {code} {meaning}".rstrip())
         if reply.dev_id != address:
             raise SlaveError(f"reply from slave {reply.dev_id}")
@@ -141,10 +137,20 @@ def _why_not(port: str) -> str:
     return "" if os.path.exists(port) else " (no such device)"
 
 
+def _settle(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
+
+
+def _closed_why(client: RtuMaster) -> str:
+    return f": {client.last_error}" if client.last_error else ""
+
+
 class SlaveError(TransportError):
     """One failed transaction; the reason is what a technician needs to read."""
 
 
+DUE_SLACK_S = 0.001  # a slave due this soon is polled now (timers may fire a hair early)
 MAX_LENT_JOBS = 16  # tool transactions waiting for the bus; more are refused
 LEND_TIMEOUT_S = 5.0  # plus the bus's own reply time: how long a tool waits for its turn
 
@@ -172,7 +178,7 @@ class ModbusBus:
         self._requests: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue(
             maxsize=MAX_LENT_JOBS
         )
-        self._request_ready = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None
 
     async def read_now(self, address: int) -> dict[str, float]:
         """One reading for a person (console, command), taken between the scheduled polls."""
@@ -182,7 +188,7 @@ class ModbusBus:
         _, values = await self.lend(lambda client: read_profile(client, address, profile))
         return values
 
-    async def lend(self, job: Callable[[AsyncModbusSerialClient], Awaitable[T]]) -> T:
+    async def lend(self, job: Callable[[RtuMaster], Awaitable[T]]) -> T:
         """Run ``job`` on the bus between the scheduled polls: the tools' way onto a busy bus.
 
         One transaction at a time: the poll loop runs the job itself, so a
@@ -197,7 +203,7 @@ class ModbusBus:
             self._requests.put_nowait((job, future))
         except asyncio.QueueFull as err:
             raise SlaveError(f"bus {self.name} is busy with other tools") from err
-        self._request_ready.set()
+        self._nudge()
         limit = LEND_TIMEOUT_S + self.config.timeout_s * (self.config.retries + 1) * 4
         try:
             return await asyncio.wait_for(future, limit)
@@ -222,16 +228,10 @@ class ModbusBus:
             },
         }
 
-    def _client(self) -> AsyncModbusSerialClient:
+    def _client(self) -> RtuMaster:
         c = self.config
-        return AsyncModbusSerialClient(
-            c.port,
-            baudrate=c.baudrate,
-            parity=c.parity,
-            timeout=c.timeout_s,
-            retries=c.retries,
-            reconnect_delay=0,  # reopening is ours, with our backoff and our state
-            name=f"modbus-{c.name}",
+        return RtuMaster(
+            c.port, baudrate=c.baudrate, parity=c.parity, timeout_s=c.timeout_s, retries=c.retries
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -239,7 +239,7 @@ class ModbusBus:
             return
         while not stop.is_set():
             self.health.opening()
-            client = self._client()  # pymodbus opens the port exclusively (flock)
+            client = self._client()  # opened exclusively (flock): the tools see who holds it
             try:
                 await self._open(client)
                 self.health.opened()
@@ -253,47 +253,69 @@ class ModbusBus:
                 break
         self.health.closed()
 
-    async def _open(self, client: AsyncModbusSerialClient) -> None:
+    async def _open(self, client: RtuMaster) -> None:
         if not await client.connect():
-            raise OSError(f"cannot open {self.config.port}{_why_not(self.config.port)}")
+            why = _why_not(self.config.port) or f": {client.last_error}"
+            raise OSError(f"cannot open {self.config.port}{why}")
 
-    async def _poll(self, client: AsyncModbusSerialClient, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._serve_requests(client)
-            slave = min(self.slaves.values(), key=lambda s: s.next_due)
-            wait = slave.next_due - self._monotonic()
-            if wait > 0:
-                self._request_ready.clear()
-                stopper = asyncio.ensure_future(stop.wait())
-                request = asyncio.ensure_future(self._request_ready.wait())
-                try:
-                    await asyncio.wait(
-                        {stopper, request}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    stopper.cancel()
-                    request.cancel()
-                if stop.is_set():
-                    return
-                if self._request_ready.is_set() or self._monotonic() < slave.next_due:
+    async def _poll(self, client: RtuMaster, stop: asyncio.Event) -> None:
+        """Poll each slave when due; sleep in between until a slave or a tool's job is due.
+
+        Slaves due at the same moment are polled in one cycle and their next
+        polls are counted from the cycle's start, so slaves with the same
+        interval stay on one schedule: one wake-up per interval for the bus.
+        """
+        loop = asyncio.get_running_loop()
+        stopper = loop.create_task(stop.wait(), name=f"modbus-{self.name}-stop")
+        stopper.add_done_callback(lambda _: self._nudge())
+        try:
+            while not stop.is_set():
+                await self._serve_requests(client)
+                now = self._monotonic()
+                wait = min(s.next_due for s in self.slaves.values()) - now
+                if wait > DUE_SLACK_S:
+                    await self._sleep(loop, wait)
                     continue
-            if not client.connected:
-                raise OSError("adapter closed")
-            try:
-                values = await self._read(client, slave.config)
-            except SlaveError as err:
-                self._failed(slave, str(err))
-            else:
-                self._succeeded(slave, values)
+                for slave in self.slaves.values():
+                    if slave.next_due - now > DUE_SLACK_S:
+                        continue
+                    if not client.connected:
+                        raise OSError(f"adapter closed{_closed_why(client)}")
+                    try:
+                        values = await self._read(client, slave.config)
+                    except SlaveError as err:
+                        self._failed(slave, str(err), cycle=now)
+                    else:
+                        self._succeeded(slave, values, cycle=now)
+                    if stop.is_set():
+                        return
+        finally:
+            stopper.cancel()
 
-    async def _serve_requests(self, client: AsyncModbusSerialClient) -> None:
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Until ``seconds`` pass or ``_nudge`` (a tool's job, or stop): one timer, no tasks."""
+        wake: asyncio.Future[None] = loop.create_future()
+        self._wake = wake
+        timer = loop.call_later(seconds, _settle, wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    def _nudge(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            _settle(wake)
+
+    async def _serve_requests(self, client: RtuMaster) -> None:
         while not self._requests.empty():
             job, future = self._requests.get_nowait()
             if future.done():
                 continue  # its caller gave up
             try:
                 result = await job(client)
-            except (GatewayError, ModbusException, OSError) as err:
+            except (GatewayError, OSError) as err:
                 if not future.done():
                     future.set_exception(err)
             else:
@@ -302,7 +324,7 @@ class ModbusBus:
             if not client.connected:
                 raise OSError("adapter closed")
 
-    async def _read(self, client: AsyncModbusSerialClient, slave: SlaveConfig) -> dict[str, float]:
+    async def _read(self, client: RtuMaster, slave: SlaveConfig) -> dict[str, float]:
         _, values = await read_profile(client, slave.address, slave.profile)
         return values
 
@@ -313,22 +335,30 @@ class ModbusBus:
             self._failed(slave, reason, log_level=logging.DEBUG)
             slave.next_due = 0.0  # polled as soon as the adapter is back
 
-    def _succeeded(self, slave: _Slave, values: dict[str, float]) -> None:
+    def _succeeded(self, slave: _Slave, values: dict[str, float], *, cycle: float) -> None:
         if slave.consecutive:
             log.info("modbus %s slave %d answers again", self.name, slave.config.address)
         slave.consecutive = 0
         slave.reads += 1
         slave.last_error = None
-        slave.next_due = self._monotonic() + slave.config.poll_interval_s
+        slave.next_due = cycle + slave.config.poll_interval_s
         self._sink(SlaveRead(self.name, slave.config.address, self._clock(), values), False)
 
-    def _failed(self, slave: _Slave, reason: str, *, log_level: int | None = None) -> None:
+    def _failed(
+        self,
+        slave: _Slave,
+        reason: str,
+        *,
+        cycle: float | None = None,
+        log_level: int | None = None,
+    ) -> None:
         slave.consecutive += 1
         slave.failures += 1
         slave.last_error = reason
         interval = slave.config.poll_interval_s
         delay = min(self.config.backoff_max_s, interval * 2 ** min(slave.consecutive - 1, 16))
-        slave.next_due = self._monotonic() + max(interval, delay)
+        start = self._monotonic() if cycle is None else cycle
+        slave.next_due = start + max(interval, delay)
         level = logging.WARNING if slave.consecutive == 1 else logging.DEBUG
         level = level if log_level is None else log_level  # the port said it once already
         log.log(level, "modbus %s slave %d: %s", self.name, slave.config.address, reason)

@@ -1,0 +1,220 @@
+"""The RTU master: its frames (property tests), and transactions over real ptys.
+
+The slaves are the simulator's pymodbus RTU server, or the test itself
+playing a misbehaving slave on the master end of a pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from firmware_sim.ptys import PtyPort
+from firmware_sim.runner import ScenarioRunner
+from firmware_sim.scenario import Scenario
+from gateway.drivers.modbus import probe, read_profile
+from gateway.drivers.rtu import ModbusLinkError, NoReplyError, RtuMaster
+from gateway.errors import CrcError, ProtocolError
+from gateway.protocol.modbus_profiles import QDY30A_LEVEL, WIT_INCLINOMETER
+from gateway.protocol.modbus_rtu import (
+    RegisterReply,
+    crc16,
+    parse_reply,
+    read_request,
+    reply_length,
+    with_crc,
+)
+
+registers = st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=125)
+
+
+def test_request_matches_the_spec_example() -> None:
+    assert read_request(0x50, 3, 0x3D, 3) == bytes.fromhex("50 03 00 3D 00 03 99 86")
+
+
+def test_crc_of_a_frame_with_its_crc_is_zero() -> None:
+    assert crc16(bytes.fromhex("50 03 00 3D 00 03 99 86")) == 0
+
+
+@given(
+    st.integers(1, 247),
+    st.sampled_from([3, 4]),
+    st.integers(0, 0xFF00),
+    st.integers(1, 125),
+)
+def test_requests_carry_their_fields(dev: int, function: int, address: int, count: int) -> None:
+    frame = read_request(dev, function, address, count)
+    assert len(frame) == 8
+    assert crc16(frame) == 0
+    assert (frame[0], frame[1]) == (dev, function)
+    assert int.from_bytes(frame[2:4], "big") == address
+    assert int.from_bytes(frame[4:6], "big") == count
+
+
+@given(st.integers(0, 247), st.sampled_from([3, 4]), registers)
+def test_register_replies_round_trip(dev: int, function: int, values: list[int]) -> None:
+    body = bytes((dev, function, 2 * len(values))) + b"".join(v.to_bytes(2, "big") for v in values)
+    frame = with_crc(body)
+    assert reply_length(frame[:3]) == len(frame)
+    assert parse_reply(frame, function) == RegisterReply(dev, function, tuple(values))
+
+
+@given(st.integers(0, 247), st.sampled_from([3, 4]), st.integers(0, 255))
+def test_exception_replies_round_trip(dev: int, function: int, code: int) -> None:
+    frame = with_crc(bytes((dev, function | 0x80, code)))
+    assert reply_length(frame[:2]) == 5
+    reply = parse_reply(frame, function)
+    assert reply.is_error
+    assert reply.exception_code == code
+
+
+@given(st.integers(0, 247), st.sampled_from([3, 4]), registers, st.data())
+def test_a_flipped_bit_is_never_a_reply(
+    dev: int, function: int, values: list[int], data: st.DataObject
+) -> None:
+    body = bytes((dev, function, 2 * len(values))) + b"".join(v.to_bytes(2, "big") for v in values)
+    frame = bytearray(with_crc(body))
+    bit = data.draw(st.integers(0, 8 * len(frame) - 1))
+    frame[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(ProtocolError):
+        parse_reply(frame, function)  # CRC-16 catches every single-bit error
+
+
+@given(st.binary(max_size=300), st.sampled_from([3, 4]))
+def test_any_bytes_parse_or_raise_a_protocol_error(raw: bytes, function: int) -> None:
+    try:
+        reply = parse_reply(raw, function)
+    except ProtocolError:
+        return
+    assert crc16(raw) == 0
+    assert reply.function == function
+
+
+def test_bad_crc_is_named() -> None:
+    frame = bytearray(with_crc(bytes((1, 3, 2, 0, 7))))
+    frame[-1] ^= 0xFF
+    with pytest.raises(CrcError):
+        parse_reply(frame, 3)
+
+
+@pytest.mark.parametrize(
+    ("dev", "function", "address", "count"),
+    [(248, 3, 0, 1), (1, 6, 0, 1), (1, 3, 0, 0), (1, 3, 0, 126), (1, 3, 0xFFFF, 2)],
+)
+def test_impossible_requests_are_refused(dev: int, function: int, address: int, count: int) -> None:
+    with pytest.raises(ValueError, match=r"\d"):
+        read_request(dev, function, address, count)
+
+
+async def test_master_reads_simulated_slaves_and_hears_silence(
+    make_scenario: Callable[..., Scenario],
+) -> None:
+    scenario = make_scenario(
+        buses=[
+            {
+                "name": "bus",
+                "slaves": [
+                    {"model": "wit_inclinometer", "address": 0x50, "roll_deg": -12.5},
+                    {"model": "qdy30a_level", "address": 1, "level": 1.234, "decimals": 3},
+                ],
+            }
+        ],
+    )
+    async with ScenarioRunner(scenario) as sim:
+        master = RtuMaster(sim.endpoints().buses["bus"]["path"], timeout_s=0.3, retries=1)
+        assert await master.connect()
+        try:
+            _, tilt = await read_profile(master, 0x50, WIT_INCLINOMETER)
+            assert tilt["roll_deg"] == pytest.approx(-12.5, abs=0.01)
+            _, level = await read_profile(master, 1, QDY30A_LEVEL)
+            assert level["level"] == pytest.approx(1.234)
+            with pytest.raises(NoReplyError):  # nobody at address 9
+                await master.read_holding_registers(0, count=1, device_id=9)
+            assert (await probe(master, 9, timeout_s=0.3)).answered is False
+            assert (await probe(master, 1, timeout_s=0.3)).answered is True
+            # A cancelled transaction leaves the link ready for the next one.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(master.read_holding_registers(0, device_id=9), 0.01)
+            _, again = await read_profile(master, 1, QDY30A_LEVEL)
+            assert again == level
+        finally:
+            master.close()
+        assert not master.connected
+
+
+async def _answer(port: PtyPort, reply: bytes) -> bytes:
+    """Play a slave: wait for a request on the pty, answer ``reply``; the request."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        data = port.read_nowait()
+        if data and not got.done():
+            got.set_result(data)
+
+    loop.add_reader(port.master, readable)
+    try:
+        request = await asyncio.wait_for(got, 5)
+    finally:
+        loop.remove_reader(port.master)
+    if reply:
+        port.write(reply)
+    return request
+
+
+async def test_garbled_wrong_slave_and_exception_replies() -> None:
+    port = PtyPort()
+    master = RtuMaster(port.path, timeout_s=0.3, retries=0)
+    assert await master.connect()
+    try:
+        bad = bytearray(with_crc(bytes((1, 3, 2, 0, 7))))
+        bad[3] ^= 0x10
+        peer = asyncio.create_task(_answer(port, bytes(bad)))
+        with pytest.raises(ModbusLinkError, match="garbled") as caught:
+            await master.read_holding_registers(4, count=1, device_id=1)
+        assert not isinstance(caught.value, NoReplyError)
+        assert await peer == read_request(1, 3, 4, 1)
+
+        peer = asyncio.create_task(_answer(port, with_crc(bytes((1, 0x83, 2)))))
+        reply = await master.read_holding_registers(4, count=1, device_id=1)
+        assert reply.exception_code == 2
+        await peer
+
+        peer = asyncio.create_task(_answer(port, b"\x01\x2b\x00"))  # never frames
+        with pytest.raises(ModbusLinkError, match="garbled"):
+            await master.read_input_registers(4, count=1, device_id=1)
+        await peer
+
+        other = with_crc(bytes((7, 3, 2, 0, 9)))  # someone else answers
+        peer = asyncio.create_task(_answer(port, other))
+        assert (await master.read_holding_registers(4, device_id=1)).dev_id == 7
+        await peer
+    finally:
+        master.close()
+        port.close()
+
+
+async def test_a_closed_adapter_fails_the_transaction_and_the_link() -> None:
+    port = PtyPort()
+    master = RtuMaster(port.path, timeout_s=2.0, retries=3)
+    assert await master.connect()
+    try:
+        reading = asyncio.create_task(master.read_holding_registers(0, device_id=1))
+        await asyncio.sleep(0)  # the request is on the wire
+        port.close()  # the adapter is pulled
+        with pytest.raises(ModbusLinkError) as caught:
+            await reading
+        assert not isinstance(caught.value, NoReplyError)
+        assert not master.connected
+    finally:
+        master.close()
+
+
+async def test_a_missing_port_does_not_open() -> None:
+    master = RtuMaster("/dev/covergw-no-such-port", timeout_s=0.1)
+    assert not await master.connect()
+    assert master.last_error
