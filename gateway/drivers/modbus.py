@@ -16,8 +16,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.config import ModbusConfig, SlaveConfig
@@ -26,6 +26,7 @@ from gateway.drivers.rtu import ModbusLinkError, RtuMaster
 from gateway.errors import GatewayError, RegisterDecodeError, TransportError
 from gateway.events import SlaveFailed, SlaveRead
 from gateway.protocol.modbus_profiles import DeviceProfile, registers_from_blocks
+from gateway.protocol.modbus_rtu import RegisterReply, read_request
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +106,34 @@ async def read_profile(
     read = client.read_input_registers if profile.function == 4 else client.read_holding_registers
     for block in plan:
         try:
-            reply = await read(block.address, count=block.count, device_id=address)
+            reply: RegisterReply | ModbusLinkError = await read(
+                block.address, count=block.count, device_id=address
+            )
         except ModbusLinkError as err:
-            raise SlaveError(f"no valid reply: {err}") from err
-        code = reply.exception_code
-        if code is not None:
-            meaning = EXCEPTION_MEANINGS.get(code, "")
-            raise SlaveError(f"exception reply {code} {meaning}".rstrip())
-        if reply.dev_id != address:
-            raise SlaveError(f"reply from slave {reply.dev_id}")
-        replies.append(reply.registers)
-    registers = registers_from_blocks(plan, replies)
+            reply = err
+        replies.append(registers_of(reply, address))
+    return decoded(profile, replies)
+
+
+def registers_of(reply: RegisterReply | ModbusLinkError, address: int) -> tuple[int, ...]:
+    """A read's registers, or ``SlaveError`` saying why there are none."""
+    if isinstance(reply, ModbusLinkError):
+        raise SlaveError(f"no valid reply: {reply}") from reply
+    code = reply.exception_code
+    if code is not None:
+        meaning = EXCEPTION_MEANINGS.get(code, "")
+        raise SlaveError(f"exception reply {code} {meaning}".rstrip())
+    if reply.dev_id != address:
+        raise SlaveError(f"reply from slave {reply.dev_id}")
+    return reply.registers
+
+
+def decoded(
+    profile: DeviceProfile, replies: Sequence[Sequence[int]]
+) -> tuple[dict[int, int], dict[str, float]]:
+    """The plan's replies joined and decoded; ``SlaveError`` if they do not fit the profile."""
     try:
+        registers = registers_from_blocks(profile.read_plan(), replies)
         return registers, profile.decode(registers)
     except RegisterDecodeError as err:
         raise SlaveError(str(err)) from err
@@ -130,16 +147,30 @@ class _Slave:
     reads: int = 0
     failures: int = 0
     last_error: str | None = None
+    requests: tuple[bytes, ...] = ()  # the plan's read requests, as sent every poll
+
+    def __post_init__(self) -> None:
+        profile, address = self.config.profile, self.config.address
+        self.requests = tuple(
+            read_request(address, profile.function, b.address, b.count) for b in profile.read_plan()
+        )
+
+
+@dataclass(slots=True)
+class _Cycle:
+    """One poll cycle in flight: the slaves still due, the readings taken so far."""
+
+    client: RtuMaster
+    start: float
+    due: list[_Slave]
+    readings: list[SlaveRead] = field(default_factory=list)
+    slave: _Slave | None = None  # the one being read
+    replies: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def _why_not(port: str) -> str:
     """What a technician needs to hear when pymodbus only says the port did not open."""
     return "" if os.path.exists(port) else " (no such device)"
-
-
-def _settle(wake: asyncio.Future[None]) -> None:
-    if not wake.done():
-        wake.set_result(None)
 
 
 def _closed_why(client: RtuMaster) -> str:
@@ -178,7 +209,11 @@ class ModbusBus:
         self._requests: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue(
             maxsize=MAX_LENT_JOBS
         )
-        self._wake: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Future[None] | None = None  # the poll task's sleep
+        self._idle: asyncio.Future[None] | None = None  # it waits for a cycle to end
+        self._timer: asyncio.TimerHandle | None = None  # the next cycle's start
+        self._cycle: _Cycle | None = None
 
     async def read_now(self, address: int) -> dict[str, float]:
         """One reading for a person (console, command), taken between the scheduled polls."""
@@ -259,54 +294,133 @@ class ModbusBus:
             raise OSError(f"cannot open {self.config.port}{why}")
 
     async def _poll(self, client: RtuMaster, stop: asyncio.Event) -> None:
-        """Poll each slave when due; sleep in between until a slave or a tool's job is due.
+        """Poll each slave when due; between cycles, serve the tools' jobs.
 
-        Slaves due at the same moment are polled in one cycle and their next
-        polls are counted from the cycle's start, so slaves with the same
-        interval stay on one schedule: one wake-up per interval for the bus.
+        A cycle runs in the event loop's callbacks, not in this task: a timer
+        starts it, each reply starts the next transaction, and the readings
+        are handed on together at its end; the next timer is set then. This
+        task wakes only for a tool's job, stop, or a failure: it lets a cycle
+        in flight finish first, so a job never overlaps a poll. Slaves due at
+        the same moment are polled in one cycle, and their next polls are
+        counted from its start, so slaves with one interval stay on one
+        schedule: one wake-up per interval for the bus.
         """
         loop = asyncio.get_running_loop()
+        self._loop = loop
         stopper = loop.create_task(stop.wait(), name=f"modbus-{self.name}-stop")
         stopper.add_done_callback(lambda _: self._nudge())
         try:
             while not stop.is_set():
                 await self._serve_requests(client)
-                now = self._monotonic()
-                wait = min(s.next_due for s in self.slaves.values()) - now
-                if wait > DUE_SLACK_S:
-                    await self._sleep(loop, wait)
-                    continue
-                for slave in self.slaves.values():
-                    if slave.next_due - now > DUE_SLACK_S:
-                        continue
-                    if not client.connected:
-                        raise OSError(f"adapter closed{_closed_why(client)}")
-                    try:
-                        values = await self._read(client, slave.config)
-                    except SlaveError as err:
-                        self._failed(slave, str(err), cycle=now)
-                    else:
-                        self._succeeded(slave, values, cycle=now)
-                    if stop.is_set():
-                        return
+                if not client.connected:
+                    raise OSError(f"adapter closed{_closed_why(client)}")
+                wake: asyncio.Future[None] = loop.create_future()
+                self._wake = wake
+                self._arm(client)
+                await wake  # raises what ended a cycle: the adapter gone, or a bug
+                if self._cycle is not None and not stop.is_set():
+                    idle: asyncio.Future[None] = loop.create_future()
+                    self._idle = idle
+                    await idle  # the cycle stops after its transaction in flight
         finally:
             stopper.cancel()
-
-    async def _sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        """Until ``seconds`` pass or ``_nudge`` (a tool's job, or stop): one timer, no tasks."""
-        wake: asyncio.Future[None] = loop.create_future()
-        self._wake = wake
-        timer = loop.call_later(seconds, _settle, wake)
-        try:
-            await wake
-        finally:
-            timer.cancel()
-            self._wake = None
+            self._halt(client)
 
     def _nudge(self) -> None:
+        """Wake the poll task (a tool's job, or stop)."""
         wake = self._wake
-        if wake is not None:
-            _settle(wake)
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _arm(self, client: RtuMaster) -> None:
+        assert self._loop is not None
+        due = min(s.next_due for s in self.slaves.values())
+        delay = max(0.0, due - self._monotonic())
+        self._timer = self._loop.call_later(delay, self._begin, client)
+
+    def _halt(self, client: RtuMaster) -> None:
+        """The poll task ends: no timer, no transaction; what a cycle read is handed on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._cycle is not None:
+            client.cancel()
+            self._end_cycle(arm=False)
+        self._wake = self._idle = None
+
+    def _begin(self, client: RtuMaster) -> None:
+        self._timer = None
+        try:
+            now = self._monotonic()
+            due = [s for s in self.slaves.values() if s.next_due - now <= DUE_SLACK_S]
+            if not due:
+                self._arm(client)  # the timer fired a hair early
+                return
+            self._cycle = _Cycle(client, now, due)
+            self._next_slave(self._cycle)
+        except Exception as err:
+            self._crash(err)
+
+    def _next_slave(self, cycle: _Cycle) -> None:
+        wake = self._wake
+        if not cycle.due or wake is None or wake.done():
+            self._end_cycle(arm=True)  # done, or a tool waits: the rest stay due
+            return
+        if not cycle.client.connected:
+            self._crash(OSError(f"adapter closed{_closed_why(cycle.client)}"))
+            return
+        cycle.slave = cycle.due.pop(0)
+        cycle.replies = []
+        self._request(cycle)
+
+    def _request(self, cycle: _Cycle) -> None:
+        assert cycle.slave is not None
+        request = cycle.slave.requests[len(cycle.replies)]
+        try:
+            cycle.client.start(request, self._answered)
+        except ModbusLinkError as err:
+            self._answered(err)
+
+    def _answered(self, reply: RegisterReply | ModbusLinkError) -> None:
+        try:
+            cycle = self._cycle
+            if cycle is None or cycle.slave is None:
+                return
+            slave = cycle.slave
+            try:
+                cycle.replies.append(registers_of(reply, slave.config.address))
+                if len(cycle.replies) < len(slave.requests):
+                    self._request(cycle)
+                    return
+                _, values = decoded(slave.config.profile, cycle.replies)
+            except SlaveError as err:
+                self._failed(slave, str(err), cycle=cycle.start)
+            else:
+                cycle.readings.append(self._succeeded(slave, values, cycle=cycle.start))
+            cycle.slave = None
+            self._next_slave(cycle)
+        except Exception as err:
+            self._crash(err)
+
+    def _end_cycle(self, *, arm: bool) -> None:
+        """Hand the cycle's readings on together (one wake-up of the pipeline), then go on."""
+        cycle, self._cycle = self._cycle, None
+        if cycle is not None:
+            for reading in cycle.readings:
+                self._sink(reading, False)
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        elif arm and cycle is not None and self._wake is not None and not self._wake.done():
+            self._arm(cycle.client)
+
+    def _crash(self, err: BaseException) -> None:
+        """A cycle cannot go on: the poll task raises ``err`` (an OSError reopens the port)."""
+        self._end_cycle(arm=False)
+        for waiter in (self._wake, self._idle):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(err)
+                return
 
     async def _serve_requests(self, client: RtuMaster) -> None:
         while not self._requests.empty():
@@ -324,10 +438,6 @@ class ModbusBus:
             if not client.connected:
                 raise OSError("adapter closed")
 
-    async def _read(self, client: RtuMaster, slave: SlaveConfig) -> dict[str, float]:
-        _, values = await read_profile(client, slave.address, slave.profile)
-        return values
-
     def _port_failed(self, error: str) -> None:
         """The adapter is gone or will not open: one failed poll for each slave behind it."""
         reason = f"bus {self.name} port {self.config.port}: {error}"
@@ -335,14 +445,14 @@ class ModbusBus:
             self._failed(slave, reason, log_level=logging.DEBUG)
             slave.next_due = 0.0  # polled as soon as the adapter is back
 
-    def _succeeded(self, slave: _Slave, values: dict[str, float], *, cycle: float) -> None:
+    def _succeeded(self, slave: _Slave, values: dict[str, float], *, cycle: float) -> SlaveRead:
         if slave.consecutive:
             log.info("modbus %s slave %d answers again", self.name, slave.config.address)
         slave.consecutive = 0
         slave.reads += 1
         slave.last_error = None
         slave.next_due = cycle + slave.config.poll_interval_s
-        self._sink(SlaveRead(self.name, slave.config.address, self._clock(), values), False)
+        return SlaveRead(self.name, slave.config.address, self._clock(), values)
 
     def _failed(
         self,

@@ -6,6 +6,9 @@ general-purpose client (pymodbus) spent several times the CPU of the whole
 rest of the daemon on it. Here a transaction is one ``write`` of the request,
 the reply gathered by the event loop's reader callback until its length is
 known and reached, one timer for the timeout; nothing else runs per poll.
+``start`` is that transaction in callback form (the bus driver chains a poll
+cycle's transactions from the reader callback, with no task woken); the
+``read_*_registers`` coroutines, for tools, await the same.
 
 The port is opened exclusively (the same ``flock`` every tool checks), non
 blocking. A reader error or end of file (the adapter pulled, the pty closed)
@@ -18,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import serial
 
@@ -32,6 +37,9 @@ from gateway.protocol.modbus_rtu import (
 )
 
 log = logging.getLogger(__name__)
+
+Done = Callable[["RegisterReply | ModbusLinkError"], None]
+"""Where a transaction's outcome goes: the reply (an exception reply too), or the error."""
 
 RX_LIMIT = 512  # bytes gathered for one reply at most (a reply is at most 255)
 
@@ -70,7 +78,7 @@ class RtuMaster:
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx = bytearray()
-        self._waiter: asyncio.Future[bytes | None] | None = None
+        self._pending: _Transaction | None = None
 
     @property
     def connected(self) -> bool:
@@ -113,44 +121,82 @@ class RtuMaster:
     ) -> RegisterReply:
         return await self._transact(read_request(device_id, READ_INPUT, address, count))
 
-    async def _transact(self, request: bytes) -> RegisterReply:
-        if self._waiter is not None:
-            raise ModbusLinkError("a transaction is already in flight")
-        function = request[1]
-        silent = f"no reply from slave {request[0]} within {self.timeout_s} s"
-        for attempt in range(self.retries + 1):
-            frame = await self._exchange(request)
-            if frame is not None:
-                try:
-                    return parse_reply(frame, function)
-                except ProtocolError as err:
-                    why = f"garbled reply: {err}"
-            else:
-                why = f"garbled reply: {len(self._rx)} bytes that are no frame" if self._rx else ""
-            if attempt == self.retries:
-                raise ModbusLinkError(why) if why else NoReplyError(silent)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+    def start(self, request: bytes, done: Done) -> None:
+        """One transaction in callback form: ``done`` gets the reply or the error, once.
 
-    async def _exchange(self, request: bytes) -> bytes | None:
-        """Send ``request``; the reply frame, or None on silence (or bytes that never framed)."""
-        loop = self._loop
-        if self._fd < 0 or loop is None:
+        Called from the event loop (the reader callback or the timer) with no
+        transaction in flight, so ``done`` may start the next one. Raises
+        ``ModbusLinkError`` at once when the port is closed or busy.
+        """
+        if self._pending is not None:
+            raise ModbusLinkError("a transaction is already in flight")
+        if self._fd < 0 or self._loop is None:
             raise ModbusLinkError(f"port {self.port} is not open")
-        self._rx.clear()
-        waiter: asyncio.Future[bytes | None] = loop.create_future()
-        self._waiter = waiter
-        timer = loop.call_later(self.timeout_s, _expire, waiter)
+        self._pending = _Transaction(request, done, self.retries)
+        self._send(self._pending, self._loop)
+
+    def cancel(self) -> None:
+        """Abandon the transaction in flight: ``done`` is not called; a late reply is dropped."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+
+    async def _transact(self, request: bytes) -> RegisterReply:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[RegisterReply | ModbusLinkError] = loop.create_future()
+
+        def done(result: RegisterReply | ModbusLinkError) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        self.start(request, done)
         try:
+            result = await outcome
+        except asyncio.CancelledError:
+            if self._pending is not None and self._pending.done is done:
+                self.cancel()
+            raise
+        if isinstance(result, ModbusLinkError):
+            raise result
+        return result
+
+    def _send(self, pending: _Transaction, loop: asyncio.AbstractEventLoop) -> None:
+        self._rx.clear()
+        pending.timer = loop.call_later(self.timeout_s, self._answered, None)
+        try:
+            os.write(self._fd, pending.request)  # 8 bytes: a serial driver always takes them
+        except OSError as err:
+            self._lost(err)
+
+    def _answered(self, frame: bytes | None) -> None:
+        """One attempt ended: a frame, or None (the timer: silence, or bytes that never framed)."""
+        pending = self._pending
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        why = ""
+        if frame is not None:
             try:
-                os.write(self._fd, request)  # 8 bytes: a serial driver always takes them
-            except OSError as err:
-                self._waiter = None  # failed here and now, not through the future
-                self._lost(err)
-                raise ModbusLinkError(f"port {self.port}: {err.strerror or err}") from err
-            return await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+                result: RegisterReply | ModbusLinkError = parse_reply(frame, pending.request[1])
+            except ProtocolError as err:
+                why = f"garbled reply: {err}"
+            else:
+                self._finish(result)
+                return
+        elif self._rx:
+            why = f"garbled reply: {len(self._rx)} bytes that are no frame"
+        if pending.retries_left > 0 and self._loop is not None:
+            pending.retries_left -= 1
+            self._send(pending, self._loop)
+            return
+        silent = f"no reply from slave {pending.request[0]} within {self.timeout_s} s"
+        self._finish(ModbusLinkError(why) if why else NoReplyError(silent))
+
+    def _finish(self, result: RegisterReply | ModbusLinkError) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.done(result)
 
     def _readable(self) -> None:
         try:
@@ -163,16 +209,15 @@ class RtuMaster:
         if not data:
             self._lost(None)
             return
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if self._pending is None:
             return  # nobody asked: a late reply or line noise, dropped
         rx = self._rx
         rx += data
         length = reply_length(rx)
         if length is not None and len(rx) >= length:
-            waiter.set_result(bytes(rx[:length]))
+            self._answered(bytes(rx[:length]))
         elif len(rx) > RX_LIMIT:
-            waiter.set_result(None)
+            self._answered(None)
 
     def _lost(self, err: OSError | None) -> None:
         """The port closed (by us, or under us): stop reading, fail what is in flight."""
@@ -185,12 +230,17 @@ class RtuMaster:
             with contextlib.suppress(OSError, serial.SerialException):
                 self._serial.close()
             self._serial = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        pending = self._pending
+        if pending is not None:
+            if pending.timer is not None:
+                pending.timer.cancel()
             reason = f"port {self.port} closed" + (f": {self.last_error}" if err else "")
-            waiter.set_exception(ModbusLinkError(reason))
+            self._finish(ModbusLinkError(reason))
 
 
-def _expire(waiter: asyncio.Future[bytes | None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+@dataclass(slots=True)
+class _Transaction:
+    request: bytes
+    done: Done
+    retries_left: int
+    timer: asyncio.TimerHandle | None = None
