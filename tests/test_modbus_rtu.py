@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,9 +17,11 @@ from hypothesis import strategies as st
 from firmware_sim.ptys import PtyPort
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import Scenario
-from gateway.drivers.modbus import probe, read_profile
+from gateway.config import parse_config
+from gateway.drivers.modbus import ModbusBus, probe, read_profile
 from gateway.drivers.rtu import ModbusLinkError, NoReplyError, RtuMaster
 from gateway.errors import CrcError, ProtocolError
+from gateway.events import Input, SlaveRead
 from gateway.protocol.modbus_profiles import QDY30A_LEVEL, WIT_INCLINOMETER
 from gateway.protocol.modbus_rtu import (
     RegisterReply,
@@ -218,3 +221,67 @@ async def test_a_missing_port_does_not_open() -> None:
     master = RtuMaster("/dev/covergw-no-such-port", timeout_s=0.1)
     assert not await master.connect()
     assert master.last_error
+
+
+async def test_bus_hands_a_cycles_readings_on_together_and_lends_between_cycles(
+    make_scenario: Callable[..., Scenario], tmp_path: Path
+) -> None:
+    scenario = make_scenario(
+        buses=[
+            {
+                "name": "bus",
+                "slaves": [
+                    {"model": "wit_inclinometer", "address": 0x50, "roll_deg": 4.0},
+                    {"model": "qdy30a_level", "address": 1, "level": 0.75, "decimals": 2},
+                ],
+            }
+        ],
+    )
+    async with ScenarioRunner(scenario) as sim:
+        config = parse_config(
+            {
+                "gateway": {"id": "g", "state_dir": str(tmp_path)},
+                "modbus": [
+                    {
+                        "name": "rs485",
+                        "port": sim.endpoints().buses["bus"]["path"],
+                        "timeout_s": 0.3,
+                        "slaves": [
+                            {
+                                "address": 0x50,
+                                "profile": "wit_inclinometer",
+                                "poll_interval_s": 0.2,
+                            },
+                            {"address": 1, "profile": "qdy30a_level", "poll_interval_s": 0.2},
+                        ],
+                    }
+                ],
+            },
+            base_dir=tmp_path,
+        )
+        loop = asyncio.get_running_loop()
+        heard: list[Input] = []
+        seen_together: list[int] = []  # readings already handed on when the first one's turn ends
+        enough = asyncio.Event()
+
+        def sink(event: Input, critical: bool) -> None:
+            heard.append(event)
+            if len(heard) % 2 == 1:
+                loop.call_soon(lambda: seen_together.append(len(heard)))
+            if len(heard) >= 6:
+                enough.set()
+
+        bus = ModbusBus(config.modbus[0], sink)
+        stop = asyncio.Event()
+        running = asyncio.create_task(bus.run(stop))
+        try:
+            await asyncio.wait_for(enough.wait(), 10)
+            assert await bus.read_now(1) == {"level": pytest.approx(0.75)}  # between cycles
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 5)
+    assert all(isinstance(e, SlaveRead) for e in heard)
+    assert [e.address for e in heard[:6]] == [0x50, 1] * 3
+    assert all(n % 2 == 0 for n in seen_together)  # each cycle's two readings came at once
+    assert bus.slaves[1].failures == 0
+    assert bus.status()["state"] == "closed"

@@ -317,11 +317,17 @@ class ModbusBus:
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
                 self._arm(client)
-                await wake  # raises what ended a cycle: the adapter gone, or a bug
+                try:
+                    await wake  # raises what ended a cycle: the adapter gone, or a bug
+                finally:
+                    self._disarm()
                 if self._cycle is not None and not stop.is_set():
                     idle: asyncio.Future[None] = loop.create_future()
                     self._idle = idle
-                    await idle  # the cycle stops after its transaction in flight
+                    try:
+                        await idle  # the cycle stops after its transaction in flight
+                    finally:
+                        self._idle = None
         finally:
             stopper.cancel()
             self._halt(client)
@@ -334,15 +340,19 @@ class ModbusBus:
 
     def _arm(self, client: RtuMaster) -> None:
         assert self._loop is not None
+        self._disarm()
         due = min(s.next_due for s in self.slaves.values())
         delay = max(0.0, due - self._monotonic())
         self._timer = self._loop.call_later(delay, self._begin, client)
 
-    def _halt(self, client: RtuMaster) -> None:
-        """The poll task ends: no timer, no transaction; what a cycle read is handed on."""
+    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _halt(self, client: RtuMaster) -> None:
+        """The poll task ends: no timer, no transaction; what a cycle read is handed on."""
+        self._disarm()
         if self._cycle is not None:
             client.cancel()
             self._end_cycle(arm=False)
