@@ -368,7 +368,7 @@ class ModbusBus:
                 return
             self._cycle = _Cycle(client, now, due)
             self._next_slave(self._cycle)
-        except Exception as err:
+        except Exception as err:  # a callback's bug must reach the supervised task
             self._crash(err)
 
     def _next_slave(self, cycle: _Cycle) -> None:
@@ -409,7 +409,7 @@ class ModbusBus:
                 cycle.readings.append(self._succeeded(slave, values, cycle=cycle.start))
             cycle.slave = None
             self._next_slave(cycle)
-        except Exception as err:
+        except Exception as err:  # a callback's bug must reach the supervised task
             self._crash(err)
 
     def _end_cycle(self, *, arm: bool) -> None:
@@ -424,13 +424,17 @@ class ModbusBus:
         elif arm and cycle is not None and self._wake is not None and not self._wake.done():
             self._arm(cycle.client)
 
-    def _crash(self, err: BaseException) -> None:
-        """A cycle cannot go on: the poll task raises ``err`` (an OSError reopens the port)."""
+    def _crash(self, err: Exception) -> None:
+        """A cycle cannot go on: the poll task raises ``err`` (an OSError reopens the port;
+        anything else is a bug, and the supervisor restarts the bus)."""
         self._end_cycle(arm=False)
         for waiter in (self._wake, self._idle):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(err)
                 return
+        # The task is already awake (a tool's job): it finds a closed port itself.
+        if not isinstance(err, OSError):
+            log.error("modbus %s: poll cycle failed", self.name, exc_info=err)
 
     async def _serve_requests(self, client: RtuMaster) -> None:
         while not self._requests.empty():
