@@ -78,11 +78,11 @@ class AdapterGoneError(TransportError):
 
 async def probe(client: RtuMaster, address: int, *, timeout_s: float, register: int = 0) -> Probe:
     """One short read of ``register``: anything that comes back means somebody is there."""
-    try:
-        reply = await asyncio.wait_for(
-            client.read_holding_registers(register, count=1, device_id=address), timeout_s
+    try:  # the master's own timer, no retry: a silent address costs one timeout
+        reply = await client.read_holding_registers(
+            register, count=1, device_id=address, timeout_s=timeout_s, retries=0
         )
-    except TimeoutError:
+    except TimeoutError:  # NoReplyError
         reply = None
     except ModbusLinkError as err:
         if not client.connected:

@@ -112,16 +112,39 @@ class RtuMaster:
         self._lost(None)
 
     async def read_holding_registers(
-        self, address: int, *, count: int = 1, device_id: int = 1
+        self,
+        address: int,
+        *,
+        count: int = 1,
+        device_id: int = 1,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> RegisterReply:
-        return await self._transact(read_request(device_id, READ_HOLDING, address, count))
+        """Function 3; ``timeout_s`` and ``retries`` default to the master's own."""
+        request = read_request(device_id, READ_HOLDING, address, count)
+        return await self._transact(request, timeout_s, retries)
 
     async def read_input_registers(
-        self, address: int, *, count: int = 1, device_id: int = 1
+        self,
+        address: int,
+        *,
+        count: int = 1,
+        device_id: int = 1,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> RegisterReply:
-        return await self._transact(read_request(device_id, READ_INPUT, address, count))
+        """Function 4; ``timeout_s`` and ``retries`` default to the master's own."""
+        request = read_request(device_id, READ_INPUT, address, count)
+        return await self._transact(request, timeout_s, retries)
 
-    def start(self, request: bytes, done: Done) -> None:
+    def start(
+        self,
+        request: bytes,
+        done: Done,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> None:
         """One transaction in callback form: ``done`` gets the reply or the error, once.
 
         Called from the event loop (the reader callback or the timer) with no
@@ -132,7 +155,12 @@ class RtuMaster:
             raise ModbusLinkError("a transaction is already in flight")
         if self._fd < 0 or self._loop is None:
             raise ModbusLinkError(f"port {self.port} is not open")
-        self._pending = _Transaction(request, done, self.retries)
+        self._pending = _Transaction(
+            request,
+            done,
+            self.retries if retries is None else retries,
+            self.timeout_s if timeout_s is None else timeout_s,
+        )
         self._send(self._pending, self._loop)
 
     def cancel(self) -> None:
@@ -141,7 +169,9 @@ class RtuMaster:
         if pending is not None and pending.timer is not None:
             pending.timer.cancel()
 
-    async def _transact(self, request: bytes) -> RegisterReply:
+    async def _transact(
+        self, request: bytes, timeout_s: float | None, retries: int | None
+    ) -> RegisterReply:
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[RegisterReply | ModbusLinkError] = loop.create_future()
 
@@ -149,7 +179,7 @@ class RtuMaster:
             if not outcome.done():
                 outcome.set_result(result)
 
-        self.start(request, done)
+        self.start(request, done, timeout_s=timeout_s, retries=retries)
         try:
             result = await outcome
         except asyncio.CancelledError:
@@ -162,7 +192,7 @@ class RtuMaster:
 
     def _send(self, pending: _Transaction, loop: asyncio.AbstractEventLoop) -> None:
         self._rx.clear()
-        pending.timer = loop.call_later(self.timeout_s, self._answered, None)
+        pending.timer = loop.call_later(pending.timeout_s, self._answered, None)
         try:
             os.write(self._fd, pending.request)  # 8 bytes: a serial driver always takes them
         except OSError as err:
@@ -188,10 +218,16 @@ class RtuMaster:
             why = f"garbled reply: {len(self._rx)} bytes that are no frame"
         if pending.retries_left > 0 and self._loop is not None:
             pending.retries_left -= 1
-            self._send(pending, self._loop)
+            # At the next turn: a caller that gave up meanwhile (its timeout fell in this
+            # turn) cancels first, and no stray request goes out ahead of the next one.
+            self._loop.call_soon(self._retry, pending)
             return
-        silent = f"no reply from slave {pending.request[0]} within {self.timeout_s} s"
+        silent = f"no reply from slave {pending.request[0]} within {pending.timeout_s} s"
         self._finish(ModbusLinkError(why) if why else NoReplyError(silent))
+
+    def _retry(self, pending: _Transaction) -> None:
+        if self._pending is pending and self._loop is not None:
+            self._send(pending, self._loop)
 
     def _finish(self, result: RegisterReply | ModbusLinkError) -> None:
         pending, self._pending = self._pending, None
@@ -243,4 +279,5 @@ class _Transaction:
     request: bytes
     done: Done
     retries_left: int
+    timeout_s: float
     timer: asyncio.TimerHandle | None = None

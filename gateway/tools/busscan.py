@@ -13,7 +13,6 @@ address, then one summary line; the bus runs each probe between its own polls.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -84,8 +83,8 @@ async def _looks_like(client: RtuMaster, address: int, timeout_s: float) -> tupl
     found = []
     for name, register in IDENTITY_REGISTERS.items():
         try:
-            reply = await asyncio.wait_for(
-                client.read_holding_registers(register, count=1, device_id=address), timeout_s
+            reply = await client.read_holding_registers(
+                register, count=1, device_id=address, timeout_s=timeout_s, retries=0
             )
         except (TimeoutError, ModbusLinkError):
             continue
