@@ -285,3 +285,56 @@ async def test_bus_hands_a_cycles_readings_on_together_and_lends_between_cycles(
     assert all(n % 2 == 0 for n in seen_together)  # each cycle's two readings came at once
     assert bus.slaves[1].failures == 0
     assert bus.status()["state"] == "closed"
+
+
+async def test_bus_reads_a_profile_in_several_requests(
+    make_scenario: Callable[..., Scenario], tmp_path: Path
+) -> None:
+    """A user profile whose fields lie far apart: one request per block, one reading."""
+    scenario = make_scenario(
+        buses=[
+            {"name": "bus", "slaves": [{"model": "wit_inclinometer", "address": 0x50}]},
+        ],
+    )
+    async with ScenarioRunner(scenario) as sim:
+        config = parse_config(
+            {
+                "gateway": {"id": "g", "state_dir": str(tmp_path)},
+                "profiles": {
+                    "wit_split": {
+                        "fields": [
+                            {"name": "own_address", "address": 0x1A, "type": "uint16"},
+                            {"name": "temperature_c", "address": 0x40, "scale": 0.01},
+                        ]
+                    }
+                },
+                "modbus": [
+                    {
+                        "name": "rs485",
+                        "port": sim.endpoints().buses["bus"]["path"],
+                        "timeout_s": 0.3,
+                        "slaves": [{"address": 0x50, "profile": "wit_split"}],
+                    }
+                ],
+            },
+            base_dir=tmp_path,
+        )
+        assert len(config.modbus[0].slaves[0].profile.read_plan()) == 2
+        heard: list[Input] = []
+        got = asyncio.Event()
+
+        def sink(event: Input, critical: bool) -> None:
+            heard.append(event)
+            got.set()
+
+        bus = ModbusBus(config.modbus[0], sink)
+        stop = asyncio.Event()
+        running = asyncio.create_task(bus.run(stop))
+        try:
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 5)
+    first = heard[0]
+    assert isinstance(first, SlaveRead)
+    assert first.values == {"own_address": 0x50, "temperature_c": pytest.approx(15.0)}
