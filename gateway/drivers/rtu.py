@@ -3,9 +3,12 @@
 What the gateway asks of a bus is small (register reads, one at a time, a
 timeout and a few retries), and it asks it every second for years: the
 general-purpose client (pymodbus) spent several times the CPU of the whole
-rest of the daemon on it. Here a transaction is one ``write`` of the request,
-the reply gathered by the event loop's reader callback until its length is
-known and reached, one timer for the timeout; nothing else runs per poll.
+rest of the daemon on it, in its transaction manager and transport. Here the
+transport is ours and the frames stay pymodbus's (built and parsed through its
+RTU framer in ``gateway/protocol/modbus_rtu.py``): a transaction is one
+``write`` of the request, the reply gathered by the event loop's reader
+callback until its length is known and reached, one timer for the timeout;
+nothing else runs per poll.
 ``start`` is that transaction in callback form (the bus driver chains a poll
 cycle's transactions from the reader callback, with no task woken); the
 ``read_*_registers`` coroutines, for tools, await the same.
