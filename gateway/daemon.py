@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
-from gateway.commands import CommandHandler
+from gateway.commands import Answer, CommandHandler, Delivery
 from gateway.config import GatewayConfig, SlaveConfig
 from gateway.console import Console
 from gateway.control import ControlServer
@@ -57,7 +57,9 @@ log = logging.getLogger(__name__)
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 MEMORY_ALARMS = 10_000  # of which alarms; past it the oldest held alarm goes, counted
-TICK_S = 1.0
+TICK_S = 1.0  # stats refreshed for metrics and systemd's status line; storage rechecked
+IDLE_TICK_MAX_S = 10.0  # the longest an idle pipeline sleeps: storage and clock steps seen then
+DEADLINE_SLACK_S = 0.001  # wake a hair after a deadline: timers may fire a hair early
 STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
 UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
 
@@ -68,6 +70,29 @@ class PipelineStats:
     dropped_unwritten_telemetry: int = 0  # held in memory while the disk refused, then dropped
     dropped_unwritten_alarm: int = 0  # only past MEMORY_ALARMS, never while telemetry can go
     queue_write_errors: int = 0
+
+
+class _WakingCommands:
+    """The command handler as the uplink sees it, waking the pipeline after each command.
+
+    What a command changes in the engine (thresholds, maintenance, an
+    acknowledgement) is committed at the pipeline's next turn; an idle
+    pipeline sleeps for seconds, so a command wakes it.
+    """
+
+    def __init__(self, handler: CommandHandler, wake: asyncio.Event) -> None:
+        self._handler = handler
+        self._wake = wake
+        self.changed = handler.changed
+
+    def answer(self, payload: bytes, delivery: Delivery | None = None) -> Answer | None:
+        try:
+            return self._handler.answer(payload, delivery)
+        finally:
+            self._wake.set()
+
+    def overrides_message(self) -> bytes:
+        return self._handler.overrides_message()
 
 
 def slave_map(config: GatewayConfig) -> dict[tuple[str, int], SlaveConfig]:
@@ -283,7 +308,8 @@ class Gateway:
             birth=self.birth,
             stats_payload=self.stats_payload,
             stats_interval_s=self.config.uplink.stats_interval_s,
-            on_command=self.commands,  # answers whatever a handler does (``internal`` at worst)
+            # Answers whatever a handler does (``internal`` at worst).
+            on_command=_WakingCommands(self.commands, self._input_ready),
             covers=self.cover_record,
             cover_records=None
             if self.config.uplink.telemetry_encoding.carries_covers
@@ -368,10 +394,17 @@ class Gateway:
         self._wakeup.set()  # a salvaged queue has rows to publish
 
     async def _pipeline(self, stop: asyncio.Event) -> None:
-        """The only writer: engine → pending → one commit per batch."""
+        """The only writer: engine → pending → one commit per batch.
+
+        Idle, it sleeps until something is due: an input, a flush, the next
+        offline deadline, the watchdog, the metrics endpoint's figures (each
+        second, when it is enabled); never longer than ``IDLE_TICK_MAX_S``.
+        systemd's status line is refreshed at most each second, at these wakes.
+        """
         flush_every = self.config.queue.flush_interval_s
         first_pending: float | None = None
         next_tick = time.monotonic() + TICK_S
+        next_status = 0.0
         while True:
             urgent = False
             if self._reload_requested:
@@ -381,23 +414,29 @@ class Gateway:
                 urgent |= any(m.lane is Lane.ALARM for m in out)
                 self._pending += out
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
-            if time.monotonic() >= next_tick:
-                if self.notifier.enabled or self.metrics is not None:
-                    snapshot = self.stats_payload()  # once, for whoever reads it
-                    self.notifier.status(status_line(snapshot))
-                    if self.metrics is not None:
-                        self.metrics.snapshot = snapshot
+            now = time.monotonic()
+            if self._stats_read and now >= next_status:
+                self._refresh_stats()
+                next_status = now + TICK_S
+            if self._flush_failing or self.queue.degraded is not None:
+                next_tick = min(next_tick, now + TICK_S)  # look for room each second
+            if now >= next_tick:
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
                 self._pending += out
                 await self._watch_storage()
-                next_tick = time.monotonic() + TICK_S
+                next_tick = time.monotonic() + IDLE_TICK_MAX_S
+            due = self.engine.next_deadline()  # inputs and reloads move it
+            if due is not None:
+                next_tick = min(next_tick, time.monotonic() + max(0.0, due - self.clock()))
             if self._pending and first_pending is None:
                 first_pending = time.monotonic()
-            due = first_pending is not None and time.monotonic() - first_pending >= flush_every
+            due_flush = (
+                first_pending is not None and time.monotonic() - first_pending >= flush_every
+            )
             full = len(self._pending) >= self.config.queue.flush_max
             owed = self.engine.dirty or bool(self._pending_state)  # state rows not yet on disk
-            if (urgent or due or full or owed) and await self._flush():
+            if (urgent or due_flush or full or owed) and await self._flush():
                 first_pending = None
             if stop.is_set() and not self._inputs and not self._critical:
                 if not await self._flush() and self._pending:
@@ -410,13 +449,35 @@ class Gateway:
                 return
             self._input_ready.clear()
             if not self._inputs and not self._critical and not stop.is_set():
-                wait = flush_every if self._pending else TICK_S
-                if self.notifier.watchdog_interval_s is not None:
-                    wait = min(wait, self.notifier.watchdog_interval_s)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._input_ready.wait(), wait)
+                wakes = [next_tick + DEADLINE_SLACK_S]
+                if self._pending:
+                    wakes.append(time.monotonic() + flush_every)
+                if self.metrics is not None:  # scrapes want figures a second old at most
+                    wakes.append(next_status)
+                await self._sleep_until(min(wakes))
             else:
                 await asyncio.sleep(0)
+
+    @property
+    def _stats_read(self) -> bool:
+        """Is anyone reading the stats each second (the metrics endpoint, systemd's status)?"""
+        return self.notifier.enabled or self.metrics is not None
+
+    def _refresh_stats(self) -> None:
+        snapshot = self.stats_payload()  # once, for whoever reads it
+        self.notifier.status(status_line(snapshot))
+        if self.metrics is not None:
+            self.metrics.snapshot = snapshot
+
+    async def _sleep_until(self, when: float) -> None:
+        """Until an input arrives or ``when`` (monotonic), pinging the watchdog in time."""
+        wait = when - time.monotonic()
+        if self.notifier.watchdog_interval_s is not None:
+            wait = min(wait, self.notifier.watchdog_interval_s)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                    await self._input_ready.wait()
 
     def _take(self, limit: int = 1000) -> list[Input]:
         """Alarms first, each after what its own device said before it; then the rest."""
@@ -615,6 +676,7 @@ class Gateway:
     def run_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """The same path as the platform's commands: validated, idempotent, logged."""
         raw = self.commands.handle(json.dumps(request).encode())
+        self._input_ready.set()  # what it changed is committed at the pipeline's next turn
         if raw is None:  # dropped under a command flood
             return {"ok": False, "error": {"code": "busy", "message": "too many commands"}}
         answer: dict[str, Any] = json.loads(raw)

@@ -10,6 +10,9 @@
 - A connection the broker closes while CONNECT is pending fails at once with
   :class:`ConnectClosedError` instead of waiting for the CONNACK timeout; that is
   how some brokers (RabbitMQ 3.10) answer an MQTT version they do not speak.
+- paho's housekeeping (a PINGREQ when the keepalive falls due, the connection
+  dropped when its PINGRESP is overdue) runs when it next has something to do,
+  not every second as aiomqtt runs it: an idle gateway sleeps.
 
 Only private members of aiomqtt 2.5 (pinned in pyproject.toml) are used here,
 so the rest of the gateway sees the public API plus these three.
@@ -18,6 +21,7 @@ so the rest of the gateway sees the public API plus these three.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -29,6 +33,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
+
+MISC_MIN_S = 0.01  # paho's keepalive housekeeping: never sooner than this after the last
+MISC_MAX_S = 60.0  # ...nor later than this (a keepalive of 0 means nothing to do)
 
 # CONNACK codes that mean "not this protocol version": 3.1.1's 0x01 and MQTT 5's 0x84.
 VERSION_REFUSED = frozenset({1, 0x84})
@@ -93,6 +100,11 @@ class UplinkClient(aiomqtt.Client):
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
+    async def _misc_loop(self) -> None:
+        """aiomqtt's loop calls ``loop_misc`` every second; it only acts at keepalive deadlines."""
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - a timer, no event
+            await asyncio.sleep(misc_due_in(self._client, time.monotonic()))
+
     # --- what the uplink calls ---
 
     async def publish_acked(
@@ -146,3 +158,27 @@ class UplinkClient(aiomqtt.Client):
         self._client._sock_close()
         if not self._disconnected.done():
             self._disconnected.set_result(None)  # ends whoever iterates ``messages``
+
+
+def misc_due_in(client: mqtt.Client, now: float) -> float:
+    """Seconds until paho's ``loop_misc`` can next act: a keepalive or a PINGRESP falls due.
+
+    paho keeps these times on ``time.monotonic``. Unknown attributes (another
+    paho) fall back to aiomqtt's one second.
+    """
+    keepalive = client.keepalive
+    out = getattr(client, "_last_msg_out", None)
+    heard = getattr(client, "_last_bytes_received", None)
+    ping = getattr(client, "_ping_t", None)
+    if not (
+        isinstance(out, int | float)
+        and isinstance(heard, int | float)
+        and isinstance(ping, int | float)
+    ):
+        return 1.0
+    if keepalive <= 0:
+        return MISC_MAX_S
+    due = min(out, heard) + keepalive
+    if ping:
+        due = min(due, ping + keepalive)
+    return min(MISC_MAX_S, max(MISC_MIN_S, due - now + MISC_MIN_S))

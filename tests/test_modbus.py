@@ -79,6 +79,23 @@ def test_scale_and_offset(raw: int, scale: float, offset: float) -> None:
     assert field.decode({0: raw & 0xFFFF}) == pytest.approx(raw * scale + offset)
 
 
+@given(
+    st.integers(0, 0xFFFF),
+    st.sampled_from([DataType.INT16, DataType.UINT16]),
+    st.sampled_from(list(Order)),
+    st.integers(0, 6),
+    st.floats(-100, 100),
+    st.floats(-1000, 1000),
+)
+def test_one_register_fields_decode_as_their_bytes_say(
+    word: int, dtype: DataType, byte: Order, dp: int, scale: float, offset: float
+) -> None:
+    data = word.to_bytes(2, "big" if byte is Order.BIG else "little")
+    raw = struct.unpack(">h" if dtype is DataType.INT16 else ">H", data)[0]
+    field = RegisterField("v", 7, dtype, scale, offset, byte_order=byte, decimals_register=9)
+    assert field.decode({7: word, 9: dp}) == raw * scale / 10.0**dp + offset
+
+
 @given(st.dictionaries(st.integers(0, 0x50), st.integers(-(2**17), 2**17)))
 def test_profiles_decode_or_raise_register_error(regs: dict[int, int]) -> None:
     for profile in BUILTIN_PROFILES.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 from firmware_sim.broker import Broker
@@ -29,7 +30,9 @@ def opened(node: int) -> FrameHeard:
     frame = Frame(
         node, 1, MessageType.EVENT, FrameFlags.NODE_ALARM, (Event(EventCode.COVER_OPENED, 0, 0),)
     )
-    return FrameHeard("lora0", 0.0, Received(frame, b""))
+    # Heard now: a frame stamped at the epoch would be long overdue, and the node offline
+    # at the pipeline's first look at the offline deadlines.
+    return FrameHeard("lora0", time.time(), Received(frame, b""))
 
 
 async def test_reload_applies_registry_and_thresholds_and_refuses_bad_files(tmp_path: Path) -> None:

@@ -16,23 +16,22 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ModbusException
 
 from gateway.config import ModbusConfig, SlaveConfig
 from gateway.drivers.base import PortHealth, PortState, Sink
+from gateway.drivers.rtu import ModbusLinkError, RtuMaster
 from gateway.errors import GatewayError, RegisterDecodeError, TransportError
 from gateway.events import SlaveFailed, SlaveRead
 from gateway.protocol.modbus_profiles import DeviceProfile, registers_from_blocks
+from gateway.protocol.modbus_rtu import RegisterReply, read_request
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Job = Callable[[AsyncModbusSerialClient], Awaitable[Any]]
+Job = Callable[[RtuMaster], Awaitable[Any]]
 
 EXCEPTION_MEANINGS = {
     1: "illegal function",
@@ -77,31 +76,29 @@ class AdapterGoneError(TransportError):
     """The bus adapter went away during a tool's transaction (pulled, or the port closed)."""
 
 
-async def probe(
-    client: AsyncModbusSerialClient, address: int, *, timeout_s: float, register: int = 0
-) -> Probe:
+async def probe(client: RtuMaster, address: int, *, timeout_s: float, register: int = 0) -> Probe:
     """One short read of ``register``: anything that comes back means somebody is there."""
-    try:
-        reply = await asyncio.wait_for(
-            client.read_holding_registers(register, count=1, device_id=address), timeout_s
+    try:  # the master's own timer, no retry: a silent address costs one timeout
+        reply = await client.read_holding_registers(
+            register, count=1, device_id=address, timeout_s=timeout_s, retries=0
         )
-    except TimeoutError:
+    except TimeoutError:  # NoReplyError
         reply = None
-    except ModbusException as err:
+    except ModbusLinkError as err:
         if not client.connected:
             raise AdapterGoneError(f"adapter gone: {err}") from err
-        return Probe(address, answered=True, note=f"garbled reply: {err}")
+        return Probe(address, answered=True, note=str(err))
     if not client.connected:
         raise AdapterGoneError("adapter gone (port closed)")
     if reply is None:
         return Probe(address, answered=False)
-    if reply.isError():
-        return Probe(address, answered=True, exception_code=int(reply.exception_code))
+    if reply.exception_code is not None:
+        return Probe(address, answered=True, exception_code=reply.exception_code)
     return Probe(address, answered=True)
 
 
 async def read_profile(
-    client: AsyncModbusSerialClient, address: int, profile: DeviceProfile
+    client: RtuMaster, address: int, profile: DeviceProfile
 ) -> tuple[dict[int, int], dict[str, float]]:
     """The registers a profile's plan reads from ``address``, and what they decode to."""
     plan = profile.read_plan()
@@ -109,18 +106,34 @@ async def read_profile(
     read = client.read_input_registers if profile.function == 4 else client.read_holding_registers
     for block in plan:
         try:
-            reply = await read(block.address, count=block.count, device_id=address)
-        except ModbusException as err:
-            raise SlaveError(f"no valid reply: {err}") from err
-        if reply.isError():
-            code = getattr(reply, "exception_code", None)
-            meaning = EXCEPTION_MEANINGS.get(code, "") if isinstance(code, int) else ""
-            raise SlaveError(f"exception reply {code} {meaning}".rstrip())
-        if reply.dev_id != address:
-            raise SlaveError(f"reply from slave {reply.dev_id}")
-        replies.append(reply.registers)
-    registers = registers_from_blocks(plan, replies)
+            reply: RegisterReply | ModbusLinkError = await read(
+                block.address, count=block.count, device_id=address
+            )
+        except ModbusLinkError as err:
+            reply = err
+        replies.append(registers_of(reply, address))
+    return decoded(profile, replies)
+
+
+def registers_of(reply: RegisterReply | ModbusLinkError, address: int) -> tuple[int, ...]:
+    """A read's registers, or ``SlaveError`` saying why there are none."""
+    if isinstance(reply, ModbusLinkError):
+        raise SlaveError(f"no valid reply: {reply}") from reply
+    code = reply.exception_code
+    if code is not None:
+        meaning = EXCEPTION_MEANINGS.get(code, "")
+        raise SlaveError(f"exception reply {code} {meaning}".rstrip())
+    if reply.dev_id != address:
+        raise SlaveError(f"reply from slave {reply.dev_id}")
+    return reply.registers
+
+
+def decoded(
+    profile: DeviceProfile, replies: Sequence[Sequence[int]]
+) -> tuple[dict[int, int], dict[str, float]]:
+    """The plan's replies joined and decoded; ``SlaveError`` if they do not fit the profile."""
     try:
+        registers = registers_from_blocks(profile.read_plan(), replies)
         return registers, profile.decode(registers)
     except RegisterDecodeError as err:
         raise SlaveError(str(err)) from err
@@ -134,6 +147,25 @@ class _Slave:
     reads: int = 0
     failures: int = 0
     last_error: str | None = None
+    requests: tuple[bytes, ...] = ()  # the plan's read requests, as sent every poll
+
+    def __post_init__(self) -> None:
+        profile, address = self.config.profile, self.config.address
+        self.requests = tuple(
+            read_request(address, profile.function, b.address, b.count) for b in profile.read_plan()
+        )
+
+
+@dataclass(slots=True)
+class _Cycle:
+    """One poll cycle in flight: the slaves still due, the readings taken so far."""
+
+    client: RtuMaster
+    start: float
+    due: list[_Slave]
+    readings: list[SlaveRead] = field(default_factory=list)
+    slave: _Slave | None = None  # the one being read
+    replies: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def _why_not(port: str) -> str:
@@ -141,10 +173,15 @@ def _why_not(port: str) -> str:
     return "" if os.path.exists(port) else " (no such device)"
 
 
+def _closed_why(client: RtuMaster) -> str:
+    return f": {client.last_error}" if client.last_error else ""
+
+
 class SlaveError(TransportError):
     """One failed transaction; the reason is what a technician needs to read."""
 
 
+DUE_SLACK_S = 0.001  # a slave due this soon is polled now (timers may fire a hair early)
 MAX_LENT_JOBS = 16  # tool transactions waiting for the bus; more are refused
 LEND_TIMEOUT_S = 5.0  # plus the bus's own reply time: how long a tool waits for its turn
 
@@ -172,7 +209,11 @@ class ModbusBus:
         self._requests: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue(
             maxsize=MAX_LENT_JOBS
         )
-        self._request_ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Future[None] | None = None  # the poll task's sleep
+        self._idle: asyncio.Future[None] | None = None  # it waits for a cycle to end
+        self._timer: asyncio.TimerHandle | None = None  # the next cycle's start
+        self._cycle: _Cycle | None = None
 
     async def read_now(self, address: int) -> dict[str, float]:
         """One reading for a person (console, command), taken between the scheduled polls."""
@@ -182,7 +223,7 @@ class ModbusBus:
         _, values = await self.lend(lambda client: read_profile(client, address, profile))
         return values
 
-    async def lend(self, job: Callable[[AsyncModbusSerialClient], Awaitable[T]]) -> T:
+    async def lend(self, job: Callable[[RtuMaster], Awaitable[T]]) -> T:
         """Run ``job`` on the bus between the scheduled polls: the tools' way onto a busy bus.
 
         One transaction at a time: the poll loop runs the job itself, so a
@@ -197,7 +238,7 @@ class ModbusBus:
             self._requests.put_nowait((job, future))
         except asyncio.QueueFull as err:
             raise SlaveError(f"bus {self.name} is busy with other tools") from err
-        self._request_ready.set()
+        self._nudge()
         limit = LEND_TIMEOUT_S + self.config.timeout_s * (self.config.retries + 1) * 4
         try:
             return await asyncio.wait_for(future, limit)
@@ -222,16 +263,10 @@ class ModbusBus:
             },
         }
 
-    def _client(self) -> AsyncModbusSerialClient:
+    def _client(self) -> RtuMaster:
         c = self.config
-        return AsyncModbusSerialClient(
-            c.port,
-            baudrate=c.baudrate,
-            parity=c.parity,
-            timeout=c.timeout_s,
-            retries=c.retries,
-            reconnect_delay=0,  # reopening is ours, with our backoff and our state
-            name=f"modbus-{c.name}",
+        return RtuMaster(
+            c.port, baudrate=c.baudrate, parity=c.parity, timeout_s=c.timeout_s, retries=c.retries
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -239,7 +274,7 @@ class ModbusBus:
             return
         while not stop.is_set():
             self.health.opening()
-            client = self._client()  # pymodbus opens the port exclusively (flock)
+            client = self._client()  # opened exclusively (flock): the tools see who holds it
             try:
                 await self._open(client)
                 self.health.opened()
@@ -253,47 +288,162 @@ class ModbusBus:
                 break
         self.health.closed()
 
-    async def _open(self, client: AsyncModbusSerialClient) -> None:
+    async def _open(self, client: RtuMaster) -> None:
         if not await client.connect():
-            raise OSError(f"cannot open {self.config.port}{_why_not(self.config.port)}")
+            why = _why_not(self.config.port) or f": {client.last_error}"
+            raise OSError(f"cannot open {self.config.port}{why}")
 
-    async def _poll(self, client: AsyncModbusSerialClient, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._serve_requests(client)
-            slave = min(self.slaves.values(), key=lambda s: s.next_due)
-            wait = slave.next_due - self._monotonic()
-            if wait > 0:
-                self._request_ready.clear()
-                stopper = asyncio.ensure_future(stop.wait())
-                request = asyncio.ensure_future(self._request_ready.wait())
+    async def _poll(self, client: RtuMaster, stop: asyncio.Event) -> None:
+        """Poll each slave when due; between cycles, serve the tools' jobs.
+
+        A cycle runs in the event loop's callbacks, not in this task: a timer
+        starts it, each reply starts the next transaction, and the readings
+        are handed on together at its end; the next timer is set then. This
+        task wakes only for a tool's job, stop, or a failure: it lets a cycle
+        in flight finish first, so a job never overlaps a poll. Slaves due at
+        the same moment are polled in one cycle, and their next polls are
+        counted from its start, so slaves with one interval stay on one
+        schedule: one wake-up per interval for the bus.
+        """
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        stopper = loop.create_task(stop.wait(), name=f"modbus-{self.name}-stop")
+        stopper.add_done_callback(lambda _: self._nudge())
+        try:
+            while not stop.is_set():
+                await self._serve_requests(client)
+                if not client.connected:
+                    raise OSError(f"adapter closed{_closed_why(client)}")
+                wake: asyncio.Future[None] = loop.create_future()
+                self._wake = wake
+                self._arm(client)
                 try:
-                    await asyncio.wait(
-                        {stopper, request}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await wake  # raises what ended a cycle: the adapter gone, or a bug
                 finally:
-                    stopper.cancel()
-                    request.cancel()
-                if stop.is_set():
-                    return
-                if self._request_ready.is_set() or self._monotonic() < slave.next_due:
-                    continue
-            if not client.connected:
-                raise OSError("adapter closed")
-            try:
-                values = await self._read(client, slave.config)
-            except SlaveError as err:
-                self._failed(slave, str(err))
-            else:
-                self._succeeded(slave, values)
+                    self._disarm()
+                if self._cycle is not None and not stop.is_set():
+                    idle: asyncio.Future[None] = loop.create_future()
+                    self._idle = idle
+                    try:
+                        await idle  # the cycle stops after its transaction in flight
+                    finally:
+                        self._idle = None
+        finally:
+            stopper.cancel()
+            self._halt(client)
 
-    async def _serve_requests(self, client: AsyncModbusSerialClient) -> None:
+    def _nudge(self) -> None:
+        """Wake the poll task (a tool's job, or stop)."""
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _arm(self, client: RtuMaster) -> None:
+        assert self._loop is not None
+        self._disarm()
+        due = min(s.next_due for s in self.slaves.values())
+        delay = max(0.0, due - self._monotonic())
+        self._timer = self._loop.call_later(delay, self._begin, client)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _halt(self, client: RtuMaster) -> None:
+        """The poll task ends: no timer, no transaction; what a cycle read is handed on."""
+        self._disarm()
+        if self._cycle is not None:
+            client.cancel()
+            self._end_cycle(arm=False)
+        self._wake = self._idle = None
+
+    def _begin(self, client: RtuMaster) -> None:
+        self._timer = None
+        try:
+            now = self._monotonic()
+            due = [s for s in self.slaves.values() if s.next_due - now <= DUE_SLACK_S]
+            if not due:
+                self._arm(client)  # the timer fired a hair early
+                return
+            self._cycle = _Cycle(client, now, due)
+            self._next_slave(self._cycle)
+        except Exception as err:  # a callback's bug must reach the supervised task
+            self._crash(err)
+
+    def _next_slave(self, cycle: _Cycle) -> None:
+        wake = self._wake
+        if not cycle.due or wake is None or wake.done():
+            self._end_cycle(arm=True)  # done, or a tool waits: the rest stay due
+            return
+        if not cycle.client.connected:
+            self._crash(OSError(f"adapter closed{_closed_why(cycle.client)}"))
+            return
+        cycle.slave = cycle.due.pop(0)
+        cycle.replies = []
+        self._request(cycle)
+
+    def _request(self, cycle: _Cycle) -> None:
+        assert cycle.slave is not None
+        request = cycle.slave.requests[len(cycle.replies)]
+        try:
+            cycle.client.start(request, self._answered)
+        except ModbusLinkError as err:
+            self._answered(err)
+
+    def _answered(self, reply: RegisterReply | ModbusLinkError) -> None:
+        try:
+            cycle = self._cycle
+            if cycle is None or cycle.slave is None:
+                return
+            slave = cycle.slave
+            try:
+                cycle.replies.append(registers_of(reply, slave.config.address))
+                if len(cycle.replies) < len(slave.requests):
+                    self._request(cycle)
+                    return
+                _, values = decoded(slave.config.profile, cycle.replies)
+            except SlaveError as err:
+                self._failed(slave, str(err), cycle=cycle.start)
+            else:
+                cycle.readings.append(self._succeeded(slave, values, cycle=cycle.start))
+            cycle.slave = None
+            self._next_slave(cycle)
+        except Exception as err:  # a callback's bug must reach the supervised task
+            self._crash(err)
+
+    def _end_cycle(self, *, arm: bool) -> None:
+        """Hand the cycle's readings on together (one wake-up of the pipeline), then go on."""
+        cycle, self._cycle = self._cycle, None
+        if cycle is not None:
+            for reading in cycle.readings:
+                self._sink(reading, False)
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        elif arm and cycle is not None and self._wake is not None and not self._wake.done():
+            self._arm(cycle.client)
+
+    def _crash(self, err: Exception) -> None:
+        """A cycle cannot go on: the poll task raises ``err`` (an OSError reopens the port;
+        anything else is a bug, and the supervisor restarts the bus)."""
+        self._end_cycle(arm=False)
+        for waiter in (self._wake, self._idle):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(err)
+                return
+        # The task is already awake (a tool's job): it finds a closed port itself.
+        if not isinstance(err, OSError):
+            log.error("modbus %s: poll cycle failed", self.name, exc_info=err)
+
+    async def _serve_requests(self, client: RtuMaster) -> None:
         while not self._requests.empty():
             job, future = self._requests.get_nowait()
             if future.done():
                 continue  # its caller gave up
             try:
                 result = await job(client)
-            except (GatewayError, ModbusException, OSError) as err:
+            except (GatewayError, OSError) as err:
                 if not future.done():
                     future.set_exception(err)
             else:
@@ -302,10 +452,6 @@ class ModbusBus:
             if not client.connected:
                 raise OSError("adapter closed")
 
-    async def _read(self, client: AsyncModbusSerialClient, slave: SlaveConfig) -> dict[str, float]:
-        _, values = await read_profile(client, slave.address, slave.profile)
-        return values
-
     def _port_failed(self, error: str) -> None:
         """The adapter is gone or will not open: one failed poll for each slave behind it."""
         reason = f"bus {self.name} port {self.config.port}: {error}"
@@ -313,22 +459,30 @@ class ModbusBus:
             self._failed(slave, reason, log_level=logging.DEBUG)
             slave.next_due = 0.0  # polled as soon as the adapter is back
 
-    def _succeeded(self, slave: _Slave, values: dict[str, float]) -> None:
+    def _succeeded(self, slave: _Slave, values: dict[str, float], *, cycle: float) -> SlaveRead:
         if slave.consecutive:
             log.info("modbus %s slave %d answers again", self.name, slave.config.address)
         slave.consecutive = 0
         slave.reads += 1
         slave.last_error = None
-        slave.next_due = self._monotonic() + slave.config.poll_interval_s
-        self._sink(SlaveRead(self.name, slave.config.address, self._clock(), values), False)
+        slave.next_due = cycle + slave.config.poll_interval_s
+        return SlaveRead(self.name, slave.config.address, self._clock(), values)
 
-    def _failed(self, slave: _Slave, reason: str, *, log_level: int | None = None) -> None:
+    def _failed(
+        self,
+        slave: _Slave,
+        reason: str,
+        *,
+        cycle: float | None = None,
+        log_level: int | None = None,
+    ) -> None:
         slave.consecutive += 1
         slave.failures += 1
         slave.last_error = reason
         interval = slave.config.poll_interval_s
         delay = min(self.config.backoff_max_s, interval * 2 ** min(slave.consecutive - 1, 16))
-        slave.next_due = self._monotonic() + max(interval, delay)
+        start = self._monotonic() if cycle is None else cycle
+        slave.next_due = start + max(interval, delay)
         level = logging.WARNING if slave.consecutive == 1 else logging.DEBUG
         level = level if log_level is None else log_level  # the port said it once already
         log.log(level, "modbus %s slave %d: %s", self.name, slave.config.address, reason)

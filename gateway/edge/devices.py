@@ -146,6 +146,10 @@ class Deadlines:
             out.append(device)
         return out
 
+    def next_due(self) -> float | None:
+        """The earliest deadline (it may be stale: the device heard since), None if none."""
+        return self._heap[0][0] if self._heap else None
+
     def clear(self) -> None:
         self._heap.clear()
         self._queued.clear()

@@ -383,6 +383,10 @@ class EdgeEngine:
 
     # --- time passing ---
 
+    def next_deadline(self) -> float | None:
+        """When ``tick`` may next have something to do (clock time), None if never."""
+        return self._deadlines.next_due()
+
     def tick(self, now: float) -> list[Outgoing]:
         """Registered devices not heard from within their offline timeout (what fell due only)."""
         out: list[Outgoing] = []

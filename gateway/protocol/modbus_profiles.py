@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gateway.confcheck import Table
@@ -65,6 +65,8 @@ class RegisterField:
         return range(self.address, self.address + self.dtype.registers)
 
     def decode(self, registers: Mapping[int, int]) -> float:
+        if self.dtype is DataType.INT16 or self.dtype is DataType.UINT16:
+            return self._decode_one(registers)
         try:
             words = [registers[a] for a in self.addresses()]
             dp = registers[self.decimals_register] if self.decimals_register is not None else 0
@@ -81,6 +83,23 @@ class RegisterField:
             data = b"".join(data[i : i + 2][::-1] for i in range(0, len(data), 2))
         raw = float(struct.unpack(_STRUCT[self.dtype], data)[0])
         return raw * self.scale / 10.0**dp + self.offset
+
+    def _decode_one(self, registers: Mapping[int, int]) -> float:
+        """A one-register field, as ``decode`` does it, without the bytes in between."""
+        try:
+            word = registers[self.address]
+            dp = registers[self.decimals_register] if self.decimals_register is not None else 0
+        except KeyError as err:
+            raise RegisterDecodeError(f"{self.name}: register {err} was not read") from err
+        if not 0 <= word <= 0xFFFF:
+            raise RegisterDecodeError(f"{self.name}: register value outside 0..65535: {[word]}")
+        if not 0 <= dp <= 6:
+            raise RegisterDecodeError(f"{self.name}: decimal places register holds {dp}")
+        if self.byte_order is Order.LITTLE:
+            word = ((word & 0xFF) << 8) | (word >> 8)
+        if self.dtype is DataType.INT16 and word & 0x8000:
+            word -= 0x10000
+        return float(word) * self.scale / 10.0**dp + self.offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +119,16 @@ class DeviceProfile:
     fields: tuple[RegisterField, ...]
     function: int = 3  # 3 holding registers, 4 input registers
     max_gap: int = 4  # registers between fields still read in one request
+    _plan: tuple[ReadBlock, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_plan", self._make_plan())  # polled every second: once
 
     def read_plan(self) -> tuple[ReadBlock, ...]:
         """The fewest requests that read every register the fields need."""
+        return self._plan
+
+    def _make_plan(self) -> tuple[ReadBlock, ...]:
         needed = sorted(
             {a for f in self.fields for a in f.addresses()}
             | {f.decimals_register for f in self.fields if f.decimals_register is not None}

@@ -56,7 +56,11 @@ class NodeBoard:
 
     def _put(self, key: str, seen: Seen) -> None:
         previous = self._seen.pop(key, None)
-        if previous is not None:  # a frame without a battery record keeps the last known level
+        # A frame without a battery record keeps the last known level.
+        if previous is not None and (
+            (seen.battery_mv is None and previous.battery_mv is not None)
+            or (seen.battery_pct is None and previous.battery_pct is not None)
+        ):
             seen = replace(
                 seen,
                 battery_mv=seen.battery_mv if seen.battery_mv is not None else previous.battery_mv,

@@ -13,15 +13,11 @@ address, then one summary line; the bus runs each probe between its own polls.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ModbusException
 
 from gateway.drivers.modbus import (
     AdapterGoneError,
@@ -31,6 +27,7 @@ from gateway.drivers.modbus import (
     read_profile,
     reply_timeout_s,
 )
+from gateway.drivers.rtu import ModbusLinkError, RtuMaster
 from gateway.protocol.modbus_profiles import BUILTIN_PROFILES
 
 # Where each built-in part keeps its own slave address (shared/spec/rs485-sensors.md).
@@ -82,24 +79,22 @@ def parse_slaves(text: str) -> list[int]:
     return out
 
 
-async def _looks_like(
-    client: AsyncModbusSerialClient, address: int, timeout_s: float
-) -> tuple[str, ...]:
+async def _looks_like(client: RtuMaster, address: int, timeout_s: float) -> tuple[str, ...]:
     found = []
     for name, register in IDENTITY_REGISTERS.items():
         try:
-            reply = await asyncio.wait_for(
-                client.read_holding_registers(register, count=1, device_id=address), timeout_s
+            reply = await client.read_holding_registers(
+                register, count=1, device_id=address, timeout_s=timeout_s, retries=0
             )
-        except (TimeoutError, ModbusException):
+        except (TimeoutError, ModbusLinkError):
             continue
-        if not reply.isError() and reply.registers and reply.registers[0] == address:
+        if not reply.is_error and reply.registers and reply.registers[0] == address:
             found.append(name)
     return tuple(found)
 
 
 async def scan_one(
-    client: AsyncModbusSerialClient, address: int, *, timeout_s: float, configured: str | None
+    client: RtuMaster, address: int, *, timeout_s: float, configured: str | None
 ) -> ScanRow:
     """Probe one address; raises ``AdapterGoneError`` when the port went away under it."""
     result = await probe(client, address, timeout_s=timeout_s)
@@ -190,7 +185,7 @@ async def _scan(bus: ModbusBus, request: dict[str, Any]) -> AsyncIterator[str]:
         configured = bus.slaves[address].config.profile.name if address in bus.slaves else None
 
         async def job(
-            client: AsyncModbusSerialClient,
+            client: RtuMaster,
             address: int = address,
             configured: str | None = configured,
         ) -> ScanRow:
@@ -220,7 +215,7 @@ async def _read(bus: ModbusBus, request: dict[str, Any]) -> str:
             return _line({"error": f"give a profile: one of {sorted(known)}"})
         profile = known[name]
 
-    async def job(client: AsyncModbusSerialClient) -> tuple[dict[int, int], dict[str, float]]:
+    async def job(client: RtuMaster) -> tuple[dict[int, int], dict[str, float]]:
         return await read_profile(client, slave, profile)
 
     try:

@@ -19,11 +19,11 @@ from typing import Any, BinaryIO, TextIO
 
 import serial
 import serial_asyncio_fast
-from pymodbus.client import AsyncModbusSerialClient
 
 from gateway.control import follow
 from gateway.drivers.modbus import AdapterGoneError, SlaveError, read_profile, reply_timeout_s
 from gateway.drivers.portlock import PortBusyError, PortLock
+from gateway.drivers.rtu import RtuMaster
 from gateway.protocol.framing import IDLE_GAP_S, Item, Received, make_framer
 from gateway.protocol.modbus_profiles import DeviceProfile
 from gateway.protocol.render import describe
@@ -121,17 +121,15 @@ def print_summary(counters: dict[str, int], err: TextIO, *, as_json: bool) -> No
         print(f"  {name.replace('_', ' '):<{width}}  {value:>8}", file=err)
 
 
-def _client(port: str, baudrate: int, timeout_s: float) -> AsyncModbusSerialClient:
-    return AsyncModbusSerialClient(
-        port, baudrate=baudrate, timeout=timeout_s, retries=0, reconnect_delay=0
-    )
+def _client(port: str, baudrate: int, timeout_s: float) -> RtuMaster:
+    return RtuMaster(port, baudrate=baudrate, timeout_s=timeout_s, retries=0)
 
 
 def _busy(port: str, err: TextIO, *, quiet: bool = False) -> int | None:
     """Why the port cannot be had (the exit status), or None if it is free.
 
-    pymodbus opens ports exclusively too, so this only probes the lock to be
-    able to say who holds the port, then lets go before pymodbus opens it.
+    The RTU master opens ports exclusively too, so this only probes the lock to
+    be able to say who holds the port, then lets go before the master opens it.
     """
     try:
         with PortLock(port):
