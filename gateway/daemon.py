@@ -81,7 +81,10 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         config_path: Path | None = None,
+        census: tuple[Registry, list[str]] | None = None,
     ) -> None:
+        """``census``: the registry and its refused rows as ``validate`` read them (read again
+        from ``config.registry`` when not given)."""
         self.config = config
         self.config_path = config_path
         self.last_reload: dict[str, Any] | None = None
@@ -100,7 +103,9 @@ class Gateway:
         self._pending: list[Outgoing] = []
         self._flush_failing = False
         self._storage_said: str | None = None
-        registry, errors = self._load_registry()
+        registry, errors = census or self._load_registry()
+        if config.registry is not None:
+            log.info("registry: %d covers (%d rows refused)", len(registry.covers), len(errors))
         self.registry_errors = errors
         self.engine = EdgeEngine(
             gateway_id=config.gateway_id,
@@ -183,7 +188,6 @@ class Gateway:
         if self.config.registry is None:
             return Registry(), []
         registry, errors = read_registry(self.config.registry)
-        log.info("registry: %d covers (%d rows refused)", len(registry.covers), len(errors))
         return registry, [str(e) for e in errors]
 
     # --- the drivers' sink ---
