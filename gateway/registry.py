@@ -232,9 +232,13 @@ class Registry:
         found = self.by_device.get(device.device_id.lower())
         return found[1] if found is not None and found[0].model == device.model else None
 
-    def radio_devices(self) -> list[tuple[DeviceRef, Cover]]:
-        """Registered devices that report on their own, so silence means something (offline)."""
-        nodes = [(DeviceRef("scn1", f"{node:08X}"), cover) for node, cover in self.by_node.items()]
+    def radio_devices(self) -> list[tuple[DeviceRef | int, Cover]]:
+        """Registered devices that report on their own, so silence means something (offline).
+
+        SCN-1 nodes come as their number (the registry's own int: a city of them needs
+        no ``DeviceRef`` and hex string each to be watched), other devices as their ref.
+        """
+        nodes: list[tuple[DeviceRef | int, Cover]] = list(self.by_node.items())
         return nodes + list(self.by_device.values())
 
 

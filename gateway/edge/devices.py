@@ -30,8 +30,10 @@ _OTHERS = 1 << 32  # heap tie-breakers of devices other than SCN-1 nodes start a
 Token = int | DeviceRef  # an SCN-1 node by its number; any other device by its ref
 
 
-def token(device: DeviceRef) -> Token:
+def token(device: Token) -> Token:
     """The key a device is kept under: an SCN-1 node's number when its id is canonical."""
+    if isinstance(device, int):
+        return device
     if device.model == SCN1 and len(device.device_id) == 8:
         try:
             number = int(device.device_id, 16)
@@ -111,18 +113,23 @@ class DeviceTable:
         self.unregistered: OrderedDict[DeviceRef, DeviceState] = OrderedDict()
         self.forgotten = 0  # unregistered devices pushed out by newer ones
 
-    def get(self, device: DeviceRef) -> DeviceState | None:
-        return self.registered.get(token(device)) or self.unregistered.get(device)
+    def get(self, device: Token) -> DeviceState | None:
+        key = token(device)
+        found = self.registered.get(key)
+        if found is None and self.unregistered:
+            found = self.unregistered.get(from_token(key))
+        return found
 
-    def touch(self, device: DeviceRef, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
+    def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
         """The device's state (created if new) and the devices forgotten to make room."""
         if registered:
             key = token(device)
             state = self.registered.get(key)
             if state is None:
-                state = self.unregistered.pop(device, None) or DeviceState()
+                state = self.unregistered.pop(from_token(key), None) or DeviceState()
                 self.registered[key] = state
             return state, []
+        device = from_token(device)
         state = self.unregistered.get(device)
         if state is not None:
             self.unregistered.move_to_end(device)
@@ -177,11 +184,15 @@ class Deadlines:
         self._heap: list[tuple[float, int] | tuple[float, int, DeviceRef]] = []
         self._queued: set[Token] = set()
         self._tie = itertools.count(_OTHERS)
+        self._last = 0.0
 
-    def watch(self, device: DeviceRef, deadline: float) -> None:
+    def watch(self, device: Token, deadline: float) -> None:
         key = token(device)
         if key not in self._queued:
             self._queued.add(key)
+            if deadline == self._last:
+                deadline = self._last  # one float for the many watched from the same start
+            self._last = deadline
             if isinstance(key, int):
                 heapq.heappush(self._heap, (deadline, key))
             else:
