@@ -32,18 +32,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from importlib import resources
-from typing import Any, Protocol
-
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.buffer.queue import Lane, Outgoing, QueueError
 from gateway.config import CommandsConfig
-from gateway.drivers.lorawan import DownlinkError
 from gateway.edge.alarm import SEVERITY, AlarmKind
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import GatewayError
 from gateway.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("gateway.audit")
@@ -151,6 +150,11 @@ def _schemas() -> dict[str, Any]:
 
 
 def _validator(schemas: dict[str, Any]) -> Draft202012Validator:
+    """Compiled at the first command: jsonschema is most of what the handler would cost
+    a gateway that is never sent one."""
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+    from referencing import Registry, Resource  # noqa: PLC0415
+
     registry: Registry[Any] = Registry().with_resources(
         (s["$id"], Resource.from_contents(s)) for s in schemas.values()
     )
@@ -233,8 +237,8 @@ class CommandHandler:
         self.changed = asyncio.Event()  # overrides changed: the uplink republishes them
         self._secrets = secrets
         self._new_id = new_id
-        schemas = _schemas()
-        self._validator = _validator(schemas)
+        schemas = self._schemas = _schemas()
+        self._compiled: Draft202012Validator | None = None
         self._ranges: dict[str, Any] = schemas["command.schema.json"]["$defs"]["thresholds"][
             "properties"
         ]
@@ -356,7 +360,7 @@ class CommandHandler:
                 f"response topic outside {self.topic_root}/; answers go only there",
             )
             return Answer(self._refuse(request_id, cmd, error))
-        errors = list(itertools.islice(self._validator.iter_errors(request), 20))
+        errors = list(itertools.islice(self._validator().iter_errors(request), 20))
         if errors:
             first = min(errors, key=lambda e: len(list(e.absolute_path)))
             where = "/".join(str(p) for p in first.absolute_path) or "(request)"
@@ -389,6 +393,11 @@ class CommandHandler:
         if outcome.overrides_changed:
             self.changed.set()
         return Answer(answer)
+
+    def _validator(self) -> Draft202012Validator:
+        if self._compiled is None:
+            self._compiled = _validator(self._schemas)
+        return self._compiled
 
     def _check_expiry(self, request: dict[str, Any], delivery: Delivery) -> None:
         deadlines: list[float] = []
@@ -569,6 +578,8 @@ class CommandHandler:
             case "ack_alarm":
                 return self._ack_alarm(args, request_id, outcome)
             case "device_downlink":
+                from gateway.drivers.lorawan import DownlinkError  # noqa: PLC0415 - used rarely
+
                 try:
                     return self.host.device_downlink(args, request_id=request_id)
                 except DownlinkError as err:

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import ssl
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -248,7 +249,7 @@ class Thresholds:
         default_factory=lambda: {"CH4": 2.0, "H2S": 2.0, "CO": 5.0, "O2": 0.5}
     )
 
-    def merged(self, overrides: dict[str, Any]) -> Thresholds:
+    def merged(self, overrides: Mapping[str, Any]) -> Thresholds:
         if not overrides:
             return self
         values = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -18,39 +18,39 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 from gateway.commands import Answer, CommandHandler, Delivery
 from gateway.config import GatewayConfig, SlaveConfig
-from gateway.console import Console
 from gateway.control import ControlServer
 from gateway.cover_records import CoverRecords
 from gateway.downlinks import Downlinks
 from gateway.drivers.base import Driver
-from gateway.drivers.lorawan import LorawanInput
-from gateway.drivers.modbus import ModbusBus, SlaveError
 from gateway.drivers.serial_radio import SerialRadio
-from gateway.drivers.tcp import TcpListener
-from gateway.drivers.udp import UdpListener
 from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError, StartupError, TransportError
 from gateway.events import Input, origin
-from gateway.metrics import MetricsServer, StatsCollector
 from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
 from gateway.registry import Registry
 from gateway.sdnotify import Notifier
 from gateway.supervisor import Supervisor
 from gateway.tap import Heard, Tap
-from gateway.tools import busscan
 from gateway.tools.board import NodeBoard, attention, cover_rows
 from gateway.tools.status import status_line
 from gateway.tools.tailing import TailFilter, Watch, tail_record
 from gateway.uplink import Uplink, UplinkState
 from gateway.validation import read_registry, validate
+
+if TYPE_CHECKING:
+    from gateway.drivers.lorawan import LorawanInput
+    from gateway.metrics import MetricsServer, StatsCollector
+
+# Inputs, the console and metrics are imported when the configuration has them:
+# a gateway with one radio does not carry pymodbus, Prometheus or the LoRaWAN codecs.
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,10 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         config_path: Path | None = None,
+        census: tuple[Registry, list[str]] | None = None,
     ) -> None:
+        """``census``: the registry and its refused rows as ``validate`` read them (read again
+        from ``config.registry`` when not given)."""
         self.config = config
         self.config_path = config_path
         self.last_reload: dict[str, Any] | None = None
@@ -126,7 +129,9 @@ class Gateway:
         self._pending: list[Outgoing] = []
         self._flush_failing = False
         self._storage_said: str | None = None
-        registry, errors = self._load_registry()
+        registry, errors = census or self._load_registry()
+        if config.registry is not None:
+            log.info("registry: %d covers (%d rows refused)", len(registry.covers), len(errors))
         self.registry_errors = errors
         self.engine = EdgeEngine(
             gateway_id=config.gateway_id,
@@ -146,35 +151,19 @@ class Gateway:
             registry=lambda: self.engine.registry,
             emit=self.emit,
         )
-        lorawan = [
-            LorawanInput(
-                lw,
-                self.submit,
-                lookup=self.device_lookup,
-                on_outcome=self.downlinks.outcome,
-                clock=clock,
-            )
-            for lw in config.lorawan
-        ]
+        lorawan = self._lorawan_inputs(clock)
         self.downlinks.inputs = lorawan
         self.board = NodeBoard()
         self.watch = Watch(self.tap, self.board, clock)
         self.drivers: list[Driver] = [
             *(SerialRadio(r, self.submit, clock=clock, tap=self._heard) for r in config.radios),
-            *(
-                UdpListener(u, self.submit, clock=clock, tap=self._heard, lookup=self.device_lookup)
-                for u in config.udp
-            ),
-            *(ModbusBus(b, self.submit, clock=clock) for b in config.modbus),
-            *lorawan,
-            *(
-                TcpListener(t, self.submit, lookup=self.device_lookup, clock=clock)
-                for t in config.tcp
-            ),
+            *self._other_inputs(clock, lorawan),
         ]
         # A device bound to an input that is no longer configured may bind again.
         self.engine.admission.known_inputs = frozenset(d.name for d in self.drivers)
         if config.console is not None:
+            from gateway.console import Console  # noqa: PLC0415 - only when configured
+
             self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))
         # After a crash the queue's integrity check runs beside the start (_check_queue),
         # so a large backlog does not delay READY and the retained ``online``.
@@ -190,19 +179,63 @@ class Gateway:
             secrets=lambda: [self.config.uplink.password or ""],
         )
         self.uplink: Uplink | None = None
-        self.metrics = StatsCollector() if config.metrics.enabled else None
-        self.metrics_server = (
-            MetricsServer(
+        self.metrics: StatsCollector | None = None
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics.enabled:
+            from gateway.metrics import MetricsServer, StatsCollector  # noqa: PLC0415
+
+            self.metrics = StatsCollector()
+            self.metrics_server = MetricsServer(
                 self.metrics,
                 config.metrics.host,
                 config.metrics.port,
                 max_clients=config.metrics.max_clients,
             )
-            if self.metrics is not None
-            else None
-        )
         self.supervisor = Supervisor(clock=clock)
         self.control: ControlServer | None = None
+
+    def _lorawan_inputs(self, clock: Callable[[], float]) -> list[LorawanInput]:
+        if not self.config.lorawan:
+            return []
+        from gateway.drivers.lorawan import LorawanInput  # noqa: PLC0415 - only when configured
+
+        return [
+            LorawanInput(
+                lw,
+                self.submit,
+                lookup=self.device_lookup,
+                on_outcome=self.downlinks.outcome,
+                clock=clock,
+            )
+            for lw in self.config.lorawan
+        ]
+
+    def _other_inputs(
+        self, clock: Callable[[], float], lorawan: list[LorawanInput]
+    ) -> list[Driver]:
+        """UDP, Modbus, LoRaWAN and TCP inputs, in that order; each module imported if used."""
+        config = self.config
+        out: list[Driver] = []
+        if config.udp:
+            from gateway.drivers.udp import UdpListener  # noqa: PLC0415
+
+            out += (
+                UdpListener(u, self.submit, clock=clock, tap=self._heard, lookup=self.device_lookup)
+                for u in config.udp
+            )
+        if config.modbus:
+            from gateway.drivers.modbus import ModbusBus  # noqa: PLC0415
+
+            out += (ModbusBus(b, self.submit, clock=clock) for b in config.modbus)
+        out += lorawan
+        if config.tcp:
+            from gateway.drivers.tcp import TcpListener  # noqa: PLC0415
+
+            out += (
+                TcpListener(t, self.submit, lookup=self.device_lookup, clock=clock)
+                for t in config.tcp
+            )
+        return out
 
     def cover_record(self, cover_id: str) -> dict[str, Any] | None:
         """The record a telemetry batch carries for a cover, from the registry as loaded now."""
@@ -213,7 +246,6 @@ class Gateway:
         if self.config.registry is None:
             return Registry(), []
         registry, errors = read_registry(self.config.registry)
-        log.info("registry: %d covers (%d rows refused)", len(registry.covers), len(errors))
         return registry, [str(e) for e in errors]
 
     # --- the drivers' sink ---
@@ -288,9 +320,12 @@ class Gateway:
         """Bind what others reach us on before READY, so a port in use ends the start."""
         try:
             await control.start()
-            for driver in self.drivers:
-                if isinstance(driver, UdpListener):
-                    await driver.bind()
+            if self.config.udp:
+                from gateway.drivers.udp import UdpListener  # noqa: PLC0415 - imported if used
+
+                for driver in self.drivers:
+                    if isinstance(driver, UdpListener):
+                        await driver.bind()
             if self.metrics_server is not None:
                 await self.metrics_server.start()
         except TransportError as err:
@@ -683,6 +718,8 @@ class Gateway:
         return answer
 
     async def modbus_read(self, bus: str, slave: int) -> dict[str, float]:
+        from gateway.drivers.modbus import ModbusBus, SlaveError  # noqa: PLC0415 - a tool's
+
         for driver in self.drivers:
             if isinstance(driver, ModbusBus) and driver.name == bus:
                 return await driver.read_now(slave)
@@ -690,6 +727,9 @@ class Gateway:
 
     def modbus_lines(self, request: dict[str, Any]) -> AsyncIterator[str]:
         """``covergw diag modbus`` through the daemon: probes run between the bus's own polls."""
+        from gateway.drivers.modbus import ModbusBus  # noqa: PLC0415 - a tool's
+        from gateway.tools import busscan  # noqa: PLC0415
+
         buses = [d for d in self.drivers if isinstance(d, ModbusBus)]
         return busscan.serve(buses, request)
 

@@ -15,6 +15,7 @@ the same failure with ``RestartPreventExitStatus=2 3``):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -80,7 +81,17 @@ def run_daemon(path: Path) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     notifier = Notifier.from_env()
     try:
-        gateway = Gateway(validated.config, notifier=notifier, config_path=path)
+        # The census as validated: read once (a city's registry is 100k rows), held once.
+        gateway = Gateway(
+            validated.config,
+            notifier=notifier,
+            config_path=path,
+            census=(validated.registry, [str(e) for e in validated.registry_errors]),
+        )
+        del validated  # the engine holds the registry; after a reload nothing keeps the old one
+        # What start-up made lives as long as the process: the collector need not walk
+        # it again and again (100k covers are a million objects).
+        gc.freeze()
         asyncio.run(serve(gateway, hard_stop_s=HARD_STOP_S))
     except ConfigError as err:  # the registry changed between validation and start
         log.error("config refused: %s", err)  # noqa: TRY400

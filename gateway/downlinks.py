@@ -16,19 +16,17 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.queue import Lane, Outgoing
-from gateway.drivers.lorawan import (
-    DownlinkError,
-    DownlinkOutcome,
-    DownlinkRequest,
-    LorawanInput,
-    new_downlink_id,
-)
 from gateway.observation import DeviceRef
-from gateway.protocol.devices import DeviceDecodeError, get_model
 from gateway.registry import Registry, device_transport
+
+if TYPE_CHECKING:
+    from gateway.drivers.lorawan import DownlinkOutcome, LorawanInput
+
+# The LoRaWAN input and the device codecs are imported by the first downlink
+# request: a gateway without LoRaWAN devices never sends one.
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +52,13 @@ class Downlinks:
 
     def request(self, args: dict[str, Any], *, request_id: str | None) -> dict[str, Any]:
         """Validate, encode and enqueue one downlink; raises ``DownlinkError`` with a code."""
+        from gateway.drivers.lorawan import (  # noqa: PLC0415
+            DownlinkError,
+            DownlinkRequest,
+            new_downlink_id,
+        )
+        from gateway.protocol.devices import DeviceDecodeError, get_model  # noqa: PLC0415
+
         device, cover_id = self._device(args)
         action = str(args["action"])
         params = args.get("params") or {}
@@ -88,6 +93,9 @@ class Downlinks:
         }
 
     def _device(self, args: dict[str, Any]) -> tuple[DeviceRef, str | None]:
+        from gateway.drivers.lorawan import DownlinkError  # noqa: PLC0415
+        from gateway.protocol.devices import get_model  # noqa: PLC0415
+
         registry = self._registry()
         if args.get("device_id"):
             found = registry.device(str(args["device_id"]))
@@ -122,6 +130,8 @@ class Downlinks:
         return candidates[0], cover_id
 
     def _input_for(self, device: DeviceRef) -> LorawanInput:
+        from gateway.drivers.lorawan import DownlinkError  # noqa: PLC0415
+
         if not self.inputs:
             raise DownlinkError("refused", "no [[lorawan]] input is configured")
         for lorawan in self.inputs:

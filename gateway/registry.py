@@ -31,9 +31,12 @@ import csv
 import io
 import logging
 import math
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from gateway.config import INTEGER_THRESHOLDS, THRESHOLD_KEYS, THRESHOLD_RANGES
@@ -87,11 +90,13 @@ DEVICE_TRANSPORTS: dict[str, frozenset[str]] = {
 # others describe the cover and must agree with its first row.
 DEVICE_COLUMNS = frozenset({"node_id", "modbus", "device", "device_id"})
 
+_NO_OVERRIDES: Mapping[str, Any] = MappingProxyType({})  # shared by every cover without any
+
 _YES = {"yes", "y", "true", "1", "是"}
 _NO = {"no", "n", "false", "0", "否", ""}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a city has 100k of them
 class Cover:
     cover_id: str
     owner_unit: OwnerUnit
@@ -105,7 +110,7 @@ class Cover:
     sensor_depth_mm: float | None = None
     maintenance: bool = False
     baseline_deg: tuple[float, float] | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=lambda: _NO_OVERRIDES)
     # Devices bound by the device/device_id columns (LoRaWAN, NB-IoT); SCN-1
     # nodes stay in node_id, Modbus slaves in modbus.
     devices: tuple[DeviceRef, ...] = ()
@@ -227,9 +232,13 @@ class Registry:
         found = self.by_device.get(device.device_id.lower())
         return found[1] if found is not None and found[0].model == device.model else None
 
-    def radio_devices(self) -> list[tuple[DeviceRef, Cover]]:
-        """Registered devices that report on their own, so silence means something (offline)."""
-        nodes = [(DeviceRef("scn1", f"{node:08X}"), cover) for node, cover in self.by_node.items()]
+    def radio_devices(self) -> list[tuple[DeviceRef | int, Cover]]:
+        """Registered devices that report on their own, so silence means something (offline).
+
+        SCN-1 nodes come as their number (the registry's own int: a city of them needs
+        no ``DeviceRef`` and hex string each to be watched), other devices as their ref.
+        """
+        nodes: list[tuple[DeviceRef | int, Cover]] = list(self.by_node.items())
         return nodes + list(self.by_device.values())
 
 
@@ -345,7 +354,8 @@ def parse_row(row: dict[str, str]) -> Cover:
     return Cover(
         cover_id=cover_id,
         owner_unit=owner,
-        cover_kind=(row.get("cover_kind") or "").strip(),
+        # Few distinct values in many rows: one string each, not one per row.
+        cover_kind=sys.intern((row.get("cover_kind") or "").strip()),
         name=(row.get("name") or "").strip(),
         address=(row.get("address") or "").strip(),
         latitude=lat,
@@ -355,19 +365,54 @@ def parse_row(row: dict[str, str]) -> Cover:
         sensor_depth_mm=_float(row, "sensor_depth_mm"),
         maintenance=maintenance_text in _YES,
         baseline_deg=(bx or 0.0, by or 0.0) if bx is not None or by is not None else None,
-        overrides=overrides,
+        overrides=overrides or _NO_OVERRIDES,
         devices=devices,
-        inputs=tuple((row.get("input") or "").replace(",", " ").split()),
+        inputs=_inputs(row.get("input") or ""),
     )
+
+
+_INPUTS: dict[str, tuple[str, ...]] = {}  # the input column's few distinct values, shared
+
+
+def _inputs(text: str) -> tuple[str, ...]:
+    found = _INPUTS.get(text)
+    if found is None:
+        found = tuple(sys.intern(name) for name in text.replace(",", " ").split())
+        if len(_INPUTS) < 1024:  # a bound whatever the sheet holds
+            _INPUTS[text] = found
+    return found
+
+
+def _repeated_ids(text: str) -> set[str]:
+    """The cover ids on more than one row: only their first rows need keeping while parsing.
+
+    Keeping every first row (a dict of strings per cover) until the end doubled what a
+    large census cost to load, and the memory freed after it stayed with the process.
+    """
+    rows = csv.reader(io.StringIO(text))
+    header = [name.strip().lower() for name in next(rows, [])]
+    column = header.index("cover_id")
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for row in rows:
+        if len(row) > column:
+            cover_id = row[column].strip()
+            if cover_id in seen:
+                repeated.add(cover_id)
+            else:
+                seen.add(cover_id)
+    return repeated
 
 
 def parse_registry(text: str) -> tuple[Registry, list[RowError]]:
     registry = Registry()
     errors: list[RowError] = []
-    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
+    text = text.removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "cover_id" not in reader.fieldnames:
         return registry, [RowError(1, "header has no cover_id column")]
     reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+    repeated = _repeated_ids(text)
     first_rows: dict[str, tuple[int, dict[str, str]]] = {}
     for row in reader:
         line = reader.line_num
@@ -382,7 +427,7 @@ def parse_registry(text: str) -> tuple[Registry, list[RowError]]:
             continue
         if first is None:
             clash = registry.add(cover)
-            if not clash:
+            if not clash and cover.cover_id in repeated:
                 first_rows[cover.cover_id] = (line, row)
         else:
             clash = registry.add_devices(cover.cover_id, cover)

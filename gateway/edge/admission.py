@@ -18,7 +18,7 @@ from enum import Enum
 
 from gateway.config import LimitsConfig
 from gateway.edge import state
-from gateway.edge.devices import DeviceTable, device_key
+from gateway.edge.devices import SCN1, DeviceTable, Token, device_key
 from gateway.edge.seqtrack import digest
 from gateway.edge.state import StateLog
 from gateway.observation import DeviceEventKind, DeviceRef, Observation
@@ -67,8 +67,12 @@ class Admission:
     def admit(self, obs: Observation, cover: Cover | None) -> tuple[Admitted, list[DeviceRef]]:
         """The verdict on one reception, and the unregistered devices forgotten to make room."""
         # Our own polled sensors are configured, not strangers: never in the LRU.
+        # A registered SCN-1 node is kept under its cover's node number (the registry's int).
+        key: Token = obs.device
+        if cover is not None and cover.node_id is not None and obs.device.model == SCN1:
+            key = cover.node_id
         device_state, forgotten = self.devices.touch(
-            obs.device, registered=cover is not None or obs.polled
+            key, registered=cover is not None or obs.polled
         )
         restart = any(e.kind in _RESTARTS for e in obs.events)
         counted = obs.counter is not None or obs.message_id is not None

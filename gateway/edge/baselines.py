@@ -19,10 +19,18 @@ log = logging.getLogger(__name__)
 
 
 class Baselines:
+    """One orientation per (subject, sensor).
+
+    A cover's own SCN-1 node is the sensor ``""``: its baseline is kept under the
+    subject's key alone, with nothing else per cover (a city of covers is a city
+    of baselines). Other sensors are kept under ``(subject, sub)`` and indexed by
+    subject for ``rezero``.
+    """
+
     def __init__(self, log_: StateLog) -> None:
         self._log = log_
-        self._by_key: dict[tuple[str, str], Orientation] = {}  # (subject, sub)
-        # Each subject's sensors: ``rezero`` (every forgotten device) without a scan.
+        self._by_key: dict[str | tuple[str, str], Orientation] = {}
+        # Each subject's other sensors: ``rezero`` (every forgotten device) without a scan.
         self._subs: dict[str, set[str]] = {}
 
     def relative_tilt(
@@ -35,27 +43,38 @@ class Baselines:
         may_record: bool,
     ) -> float:
         """Tilt against the installed orientation; until there is one, against level."""
-        key = (subject_key, sub)
+        key = (subject_key, sub) if sub else subject_key
         baseline = self._by_key.get(key)
         if baseline is None and cover is not None and cover.baseline_deg and len(now) == 2:
             baseline = cover.baseline_deg
         if baseline is None and may_record:
             baseline = now
-            self._by_key[key] = baseline
-            self._subs.setdefault(subject_key, set()).add(sub)
-            self._log.put(state.BASELINE + state.join(*key), list(baseline))
-            log.info("tilt baseline of %s recorded: %s deg", key, baseline)
+            self._remember(subject_key, sub, baseline)
+            self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline))
+            # DEBUG: every tilt sensor records one at first contact, and a city's
+            # 100k lines at INFO cost first contact ~15 % of its CPU. The row is kept.
+            log.debug("tilt baseline of %s recorded: %s deg", (subject_key, sub), baseline)
         return tilt_deg(now, baseline)
 
+    def _remember(self, subject_key: str, sub: str, baseline: Orientation) -> None:
+        if sub:
+            self._by_key[(subject_key, sub)] = baseline
+            self._subs.setdefault(subject_key, set()).add(sub)
+        else:
+            self._by_key[subject_key] = baseline
+
     def rezero(self, subject_key: str, *, urgent: bool = True) -> None:
-        for sub in sorted(self._subs.pop(subject_key, ())):
+        subs = sorted(self._subs.pop(subject_key, ()))
+        if self._by_key.pop(subject_key, None) is not None:
+            self._log.delete(state.BASELINE + state.join(subject_key, ""), urgent=urgent)
+        for sub in subs:
             del self._by_key[(subject_key, sub)]
             self._log.delete(state.BASELINE + state.join(subject_key, sub), urgent=urgent)
 
     def load(self, key: str, value: Any, *, save: bool = False) -> None:
         subject_key, sub = state.split(key)
-        self._by_key[(subject_key, sub)] = baseline = tuple(float(v) for v in value)
-        self._subs.setdefault(subject_key, set()).add(sub)
+        baseline = tuple(float(v) for v in value)
+        self._remember(subject_key, sub, baseline)
         if save:
             self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline))
 
@@ -63,4 +82,7 @@ class Baselines:
         return len(self._by_key)
 
     def snapshot(self) -> dict[str, list[float]]:
-        return {state.join(*k): list(v) for k, v in self._by_key.items()}
+        return {
+            state.join(*(k if isinstance(k, tuple) else (k, ""))): list(v)
+            for k, v in self._by_key.items()
+        }

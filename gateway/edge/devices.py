@@ -6,39 +6,75 @@ unregistered_nodes``), the least recently heard forgotten first, and nobody
 expects to hear from them again, so they never go "offline". Silence is found
 with a deadline heap: a tick costs the deadlines that fall due, not the
 number of devices.
+
+Memory is per device, so a city's worth of it counts: an SCN-1 node is known
+by its number (an int) in the table and the heap, not by a ``DeviceRef`` and
+its hex string, and a device's counters live in its state object.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
+import sys
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.edge.seqtrack import CounterState
 from gateway.observation import DeviceRef
 
+SCN1 = "scn1"
+_OTHERS = 1 << 32  # heap tie-breakers of devices other than SCN-1 nodes start above node ids
+
+Token = int | DeviceRef  # an SCN-1 node by its number; any other device by its ref
+
+
+def token(device: Token) -> Token:
+    """The key a device is kept under: an SCN-1 node's number when its id is canonical."""
+    if isinstance(device, int):
+        return device
+    if device.model == SCN1 and len(device.device_id) == 8:
+        try:
+            number = int(device.device_id, 16)
+        except ValueError:
+            return device
+        if f"{number:08X}" == device.device_id:
+            return number
+    return device
+
+
+def from_token(key: Token) -> DeviceRef:
+    return key if isinstance(key, DeviceRef) else DeviceRef(SCN1, f"{key:08X}")
+
 
 @dataclass(slots=True)
-class DeviceState:
+class DeviceState(CounterState):
+    """A device's state: its counters (``CounterState``, the same object) and the rest."""
+
     last_seen: float | None = None
     bound_input: str | None = None  # the input it was first heard on
-    counters: CounterState = field(default_factory=CounterState)
     # Rate limit (a token bucket, not persisted): readings forwarded per minute.
     tokens: float = -1.0
     tokens_at: float = 0.0
 
+    @property
+    def counters(self) -> CounterState:
+        return self
+
     def to_json(self) -> dict[str, Any]:
-        return {"seen": self.last_seen, "input": self.bound_input, **self.counters.to_json()}
+        return {"seen": self.last_seen, "input": self.bound_input, **CounterState.to_json(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceState:
         seen = data.get("seen")
         bound = data.get("input")
+        counters = CounterState.from_json(data)
         return cls(
+            last=counters.last,
+            recent=counters.recent,
             last_seen=None if seen is None else float(seen),
-            bound_input=None if bound is None else str(bound),
-            counters=CounterState.from_json(data),
+            bound_input=None if bound is None else sys.intern(str(bound)),
         )
 
     def take_token(self, at: float, per_minute: int) -> bool:
@@ -65,30 +101,40 @@ def parse_device_key(key: str) -> DeviceRef:
 
 
 class DeviceTable:
-    """Every device's state: registered ones without limit, others in an LRU of ``limit``."""
+    """Every device's state: registered ones without limit, others in an LRU of ``limit``.
+
+    Registered devices are kept by ``token`` (a city of SCN-1 nodes costs an int
+    each as key); the few unregistered ones by their ``DeviceRef``.
+    """
 
     def __init__(self, unregistered_limit: int) -> None:
         self.limit = unregistered_limit
-        self.registered: dict[DeviceRef, DeviceState] = {}
+        self.registered: dict[Token, DeviceState] = {}
         self.unregistered: OrderedDict[DeviceRef, DeviceState] = OrderedDict()
         self.forgotten = 0  # unregistered devices pushed out by newer ones
 
-    def get(self, device: DeviceRef) -> DeviceState | None:
-        return self.registered.get(device) or self.unregistered.get(device)
+    def get(self, device: Token) -> DeviceState | None:
+        key = token(device)
+        found = self.registered.get(key)
+        if found is None and self.unregistered:
+            found = self.unregistered.get(from_token(key))
+        return found
 
-    def touch(self, device: DeviceRef, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
+    def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
         """The device's state (created if new) and the devices forgotten to make room."""
         if registered:
-            state = self.registered.get(device)
+            key = token(device)
+            state = self.registered.get(key)
             if state is None:
-                state = self.unregistered.pop(device, None) or DeviceState()
-                self.registered[device] = state
+                state = self.unregistered.pop(from_token(key), None) or DeviceState()
+                self.registered[key] = state
             return state, []
+        device = from_token(device)
         state = self.unregistered.get(device)
         if state is not None:
             self.unregistered.move_to_end(device)
             return state, []
-        state = self.registered.pop(device, None) or DeviceState()
+        state = self.registered.pop(token(device), None) or DeviceState()
         self.unregistered[device] = state
         return state, self._trim()
 
@@ -102,21 +148,24 @@ class DeviceTable:
 
     def load(self, device: DeviceRef, state: DeviceState, *, registered: bool) -> list[DeviceRef]:
         if registered:
-            self.registered[device] = state
+            self.registered[token(device)] = state
             return []
         self.unregistered[device] = state
         return self._trim()
 
     def regroup(self, is_registered: Any) -> list[DeviceRef]:
         """After a registry reload: move devices between the two groups; those forgotten."""
-        for device in [d for d in self.registered if not is_registered(d)]:
-            self.unregistered[device] = self.registered.pop(device)
+        for key in [k for k in self.registered if not is_registered(from_token(k))]:
+            self.unregistered[from_token(key)] = self.registered.pop(key)
         for device in [d for d in self.unregistered if is_registered(d)]:
-            self.registered[device] = self.unregistered.pop(device)
+            self.registered[token(device)] = self.unregistered.pop(device)
         return self._trim()
 
     def items(self) -> list[tuple[DeviceRef, DeviceState]]:
-        return [*self.registered.items(), *self.unregistered.items()]
+        return [
+            *((from_token(k), s) for k, s in self.registered.items()),
+            *self.unregistered.items(),
+        ]
 
     def __len__(self) -> int:
         return len(self.registered) + len(self.unregistered)
@@ -127,23 +176,35 @@ class Deadlines:
 
     An entry is checked only when it falls due; a device heard since is pushed
     back to its new deadline then, so hearing a device costs nothing here.
+    An SCN-1 node's entry is ``(deadline, number)``; another device's is
+    ``(deadline, tie, ref)`` with a tie-breaker above every node number.
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, str, DeviceRef]] = []
-        self._queued: set[DeviceRef] = set()
+        self._heap: list[tuple[float, int] | tuple[float, int, DeviceRef]] = []
+        self._queued: set[Token] = set()
+        self._tie = itertools.count(_OTHERS)
+        self._last = 0.0
 
-    def watch(self, device: DeviceRef, deadline: float) -> None:
-        if device not in self._queued:
-            self._queued.add(device)
-            heapq.heappush(self._heap, (deadline, device_key(device), device))
+    def watch(self, device: Token, deadline: float) -> None:
+        key = token(device)
+        if key not in self._queued:
+            self._queued.add(key)
+            if deadline == self._last:
+                deadline = self._last  # one float for the many watched from the same start
+            self._last = deadline
+            if isinstance(key, int):
+                heapq.heappush(self._heap, (deadline, key))
+            else:
+                heapq.heappush(self._heap, (deadline, next(self._tie), key))
 
     def due(self, now: float) -> list[DeviceRef]:
         out = []
         while self._heap and self._heap[0][0] <= now:
-            _, _, device = heapq.heappop(self._heap)
-            self._queued.discard(device)
-            out.append(device)
+            entry = heapq.heappop(self._heap)
+            key: Token = entry[2] if len(entry) == 3 else entry[1]
+            self._queued.discard(key)
+            out.append(from_token(key))
         return out
 
     def next_due(self) -> float | None:

@@ -25,16 +25,25 @@ class Overrides:
         self.cover: dict[str, dict[str, Any]] = {}
         self.maintenance_until: dict[str, float] = {}
         self._log = log
+        # By cover for the covers with thresholds of their own, else by kind: a city of
+        # covers with the thresholds of their kind costs an entry per kind.
         self._cache: dict[str, Thresholds] = {}
+        self._kind_cache: dict[str, Thresholds] = {}
 
     def reconfigure(self, base: Thresholds, kind_thresholds: dict[str, dict[str, Any]]) -> None:
         self.base, self.kind_thresholds = base, kind_thresholds
+        self._forget_cached()
+
+    def _forget_cached(self) -> None:
         self._cache.clear()
+        self._kind_cache.clear()
 
     def thresholds(self, cover: Cover | None) -> Thresholds:
         if cover is None:
             return self.base
-        cached = self._cache.get(cover.cover_id)
+        own = bool(cover.overrides) or cover.cover_id in self.cover
+        cache, key = (self._cache, cover.cover_id) if own else (self._kind_cache, cover.cover_kind)
+        cached = cache.get(key)
         if cached is None:
             cached = (
                 self.base.merged(self.kind_thresholds.get(cover.cover_kind, {}))
@@ -42,7 +51,7 @@ class Overrides:
                 .merged(cover.overrides)
                 .merged(self.cover.get(cover.cover_id, {}))
             )
-            self._cache[cover.cover_id] = cached
+            cache[key] = cached
         return cached
 
     def set_thresholds(
@@ -55,7 +64,7 @@ class Overrides:
             key = cover_kind or ""
             self.kind[key] = merged = {**self.kind.get(key, {}), **values}
             self._log.put(state.KIND_OVERRIDE + key, merged)
-        self._cache.clear()
+        self._forget_cached()
 
     def clear_thresholds(
         self, *, cover_id: str | None, cover_kind: str | None, keys: list[str] | None
@@ -74,7 +83,7 @@ class Overrides:
         else:
             target.pop(key, None)
             self._log.delete(prefix + key)
-        self._cache.clear()
+        self._forget_cached()
         return removed
 
     def set_maintenance(self, cover_id: str, until: float | None) -> None:
@@ -100,7 +109,7 @@ class Overrides:
             self.maintenance_until[key.removeprefix(state.MAINTENANCE)] = float(value)
         else:
             return False
-        self._cache.clear()
+        self._forget_cached()
         return True
 
     def save_all(self) -> None:

@@ -11,7 +11,7 @@ forged frame can never make the real one with that number be discarded.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DUPLICATE_WINDOW_S = 600.0  # spec: same (NODE, SEQ) within 10 minutes
@@ -35,24 +35,39 @@ class CounterState:
     """One device's counters; persisted as a row so duplicates are known across restarts."""
 
     last: int | None = None
-    # (counter or -1, fingerprint digest) → when heard, oldest first (a dict keeps order)
-    recent: dict[tuple[int, int], float] = field(default_factory=dict)
+    # (counter or -1, fingerprint digest, when heard) flat, oldest first: one tuple per
+    # device (a dict of tuples cost ~300 bytes for the one entry most devices have).
+    recent: tuple[int | float, ...] = ()
+
+    def pairs(self) -> list[tuple[int, int, float]]:
+        """The remembered receptions, oldest first."""
+        r = self.recent
+        return [(int(r[i]), int(r[i + 1]), float(r[i + 2])) for i in range(0, len(r), 3)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"last": self.last, "recent": [[c, f, t] for (c, f), t in self.recent.items()]}
+        return {"last": self.last, "recent": [list(p) for p in self.pairs()]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CounterState:
         state = cls(last=None if data.get("last") is None else int(data["last"]))
+        kept: dict[tuple[int, int], float] = {}
         for counter, fp, at in data.get("recent", [])[-MAX_RECENT:]:
-            state.recent[(int(counter), int(fp))] = float(at)
+            kept[(int(counter), int(fp))] = float(at)
+        state.recent = tuple(v for (c, f), t in kept.items() for v in (c, f, t))
         return state
+
+    def _has_fingerprint(self, fingerprint: int) -> bool:
+        return fingerprint in self.recent[1::3]
+
+    def _has(self, counter: int, fingerprint: int) -> bool:
+        r = self.recent
+        return any(r[i] == counter and r[i + 1] == fingerprint for i in range(0, len(r), 3))
 
     def seen(self, counter: int | None, fingerprint: int, *, by_message_id: bool = False) -> bool:
         """Would this reception be a duplicate? (Nothing is recorded.)"""
         if by_message_id:
-            return any(fp == fingerprint for _, fp in self.recent)
-        return counter is not None and (counter, fingerprint) in self.recent
+            return self._has_fingerprint(fingerprint)
+        return counter is not None and self._has(counter, fingerprint)
 
     def observe(
         self,
@@ -65,19 +80,23 @@ class CounterState:
         modulus: int = 1 << 16,
         window_s: float = DUPLICATE_WINDOW_S,
     ) -> Verdict:
-        while self.recent and (
-            len(self.recent) >= MAX_RECENT or at - next(iter(self.recent.values())) > window_s
+        r = self.recent
+        drop = 0  # entries (of three) forgotten from the front: too many, or too old
+        while drop * 3 < len(r) and (
+            len(r) // 3 - drop >= MAX_RECENT or at - r[drop * 3 + 2] > window_s
         ):
-            del self.recent[next(iter(self.recent))]
+            drop += 1
+        if drop:
+            self.recent = r = r[drop * 3 :]
         if restart:
-            self.recent.clear()  # a rebooted node counts again; old numbers are not duplicates
-        key = (-1 if counter is None else counter, fingerprint)
+            self.recent = r = ()  # a rebooted node counts again; old numbers are not duplicates
+        key = -1 if counter is None else counter
         if by_message_id:
-            if any(fp == fingerprint for _, fp in self.recent):
+            if self._has_fingerprint(fingerprint):
                 return Verdict(duplicate=True, lost=0)
-        elif counter is not None and key in self.recent:
+        elif counter is not None and self._has(key, fingerprint):
             return Verdict(duplicate=True, lost=0)
-        anomaly = counter is not None and any(c == counter for c, _ in self.recent)
+        anomaly = counter is not None and counter in r[0::3]
         lost = 0
         if counter is not None:
             half = modulus // 2
@@ -91,7 +110,7 @@ class CounterState:
                 or (not anomaly and (counter - self.last) % modulus < half)
             ):
                 self.last = counter
-        self.recent[key] = at
+        self.recent = (*r, key, fingerprint, at)
         return Verdict(duplicate=False, lost=lost, anomaly=anomaly)
 
 

@@ -1,0 +1,95 @@
+"""The daemon imports what its configuration uses: a radio-only gateway carries no
+pymodbus, Prometheus, jsonschema or LoRaWAN codecs (idle memory, docs/performance.md).
+
+The real daemon runs (``covergw run`` as a process, a pty for its radio, a
+Mosquitto of its own) under ``-X importtime``, which names every module as it
+is imported; it is stopped once systemd's READY=1 says it is serving.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from firmware_sim.broker import Broker, free_port
+from firmware_sim.ptys import PtyPort
+
+# Only when the configuration has them (or a command or tool needs them).
+NOT_FOR_A_RADIO = (
+    "pymodbus",
+    "prometheus_client",
+    "jsonschema",
+    "gateway.console",
+    "gateway.drivers.modbus",
+    "gateway.drivers.lorawan",
+    "gateway.drivers.udp",
+    "gateway.drivers.tcp",
+    "gateway.metrics",
+    "gateway.protocol.devices",
+    "gateway.tools.busscan",
+)
+
+
+def imported_by_daemon(tmp_path: Path, extra: str = "") -> set[str]:
+    """Every module the daemon imported from start until it was serving and stopped."""
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    registry = tmp_path / "covers.csv"
+    registry.write_text("cover_id,owner_unit,node_id\nHZ-1,drainage,00C0FFEE\n", encoding="utf-8")
+    radio = PtyPort()
+    with Broker(tmp_path / "broker") as broker:
+        config = tmp_path / "gw.toml"
+        config.write_text(
+            f'[gateway]\nid = "gw-lazy"\nstate_dir = "{tmp_path}/state"\n'
+            f'registry = "{registry}"\n'
+            f'[uplink]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            f'[[radio]]\nname = "lora0"\nport = "{radio.path}"\nbaudrate = 115200\n' + extra,
+            encoding="utf-8",
+        )
+        daemon = [sys.executable, "-X", "importtime", "-m", "gateway.cli", "run"]
+        proc = subprocess.Popen(
+            [*daemon, "--config", str(config)],
+            env={
+                "NOTIFY_SOCKET": str(notify),
+                "PATH": "/usr/bin:/bin",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            },
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            sock.settimeout(30)
+            while sock.recv(4096) != b"READY=1":
+                pass
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+            radio.close()
+            sock.close()
+    assert proc.returncode == 0, stderr[-2000:]
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", stderr, re.MULTILINE))
+
+
+def loaded(modules: set[str], name: str) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def test_a_radio_gateway_imports_no_modbus_metrics_schemas_or_lorawan(tmp_path: Path) -> None:
+    modules = imported_by_daemon(tmp_path)
+    # What it does use is in the list: the capture works.
+    assert {"gateway.drivers.serial_radio", "gateway.edge.engine", "aiomqtt"} <= modules
+    assert [name for name in NOT_FOR_A_RADIO if loaded(modules, name)] == []
+
+
+def test_what_the_configuration_has_is_imported(tmp_path: Path) -> None:
+    extra = f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{free_port()}"\n'
+    modules = imported_by_daemon(tmp_path, extra)
+    assert loaded(modules, "prometheus_client")
+    assert "gateway.metrics" in modules
+    assert not loaded(modules, "pymodbus")
