@@ -11,9 +11,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.values import quick_init
+
 ENTRY_OVERHEAD = 200  # bytes an entry costs besides its raw frame (objects, strings)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Heard:
     device: str

@@ -21,11 +21,29 @@ import orjson
 
 from gateway.observation import DeviceRef, Observation, Quantities
 from gateway.registry import Cover
+from gateway.values import quick_init
 from gateway.wire import pack_row
 
 
-def iso(at: float) -> str:
+def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _last_iso() -> Callable[[float], str]:
+    """``_iso`` remembering its last answer: a port's read stamps every frame in it alike."""
+    last_at = math.nan  # equal to nothing: the first call formats
+    last = ""
+
+    def iso(at: float) -> str:
+        nonlocal last_at, last
+        if at != last_at:
+            last, last_at = _iso(at), at
+        return last
+
+    return iso
+
+
+iso = _last_iso()
 
 
 def finite(value: Any) -> Any:
@@ -49,6 +67,7 @@ def dumps(payload: dict[str, Any]) -> bytes:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Who an alarm is about: a registered cover, or a device not in the registry."""

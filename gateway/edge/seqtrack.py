@@ -14,6 +14,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.values import quick_init
+
 DUPLICATE_WINDOW_S = 600.0  # spec: same (NODE, SEQ) within 10 minutes
 MAX_RECENT = 16  # remembered (counter, fingerprint) pairs per device
 
@@ -23,6 +25,7 @@ def digest(content: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     duplicate: bool

@@ -49,6 +49,8 @@ _MESSAGE_TYPES = {t.value: t for t in MessageType}
 _GAS_KINDS = {k.value: k for k in GasKind}
 _EVENT_CODES = {c.value: c for c in EventCode}
 _RESET_CAUSES = {c.value: c for c in ResetCauseCode}
+# FLAGS byte -> its known bits as FrameFlags: a lookup, not an IntFlag call and ``&``
+_FLAGS = tuple(FrameFlags(bits & KNOWN_FLAGS) for bits in range(256))
 
 
 def _gas(raw: bytes, kind_code: int, value: int) -> Record:
@@ -136,7 +138,7 @@ def decode_body(body: bytes) -> Frame:
         node_id=node_id,
         seq=seq,
         msg_type=msg_type,
-        flags=FrameFlags(flags & KNOWN_FLAGS),
+        flags=_FLAGS[flags],
         records=decode_records(body),
     )
 
