@@ -32,7 +32,7 @@ from gateway.protocol.messages import (
     Tilt,
     WaterDepth,
 )
-from gateway.protocol.render import record_to_dict
+from gateway.protocol.render import records_to_dicts
 
 SCN1 = "scn1"
 MODBUS = "modbus"
@@ -100,19 +100,21 @@ def from_frame(event: FrameHeard) -> Observation:
     temperature: Temperature | None = None
     gases: dict[str, tuple[float, str]] | None = None
     for r in frame.records:
-        if isinstance(r, Tilt):
+        kind = type(r)  # records are final classes: ``is`` costs no call, isinstance does
+        if kind is Tilt:
             if tilt is None:
-                tilt = r
-        elif isinstance(r, Battery):
+                tilt = r  # type: ignore[assignment]
+        elif kind is Battery:
             if battery is None:
-                battery = r
-        elif isinstance(r, WaterDepth):
+                battery = r  # type: ignore[assignment]
+        elif kind is WaterDepth:
             if water is None:
-                water = r
-        elif isinstance(r, Temperature):
+                water = r  # type: ignore[assignment]
+        elif kind is Temperature:
             if temperature is None:
-                temperature = r
-        elif isinstance(r, Gas):
+                temperature = r  # type: ignore[assignment]
+        elif kind is Gas:
+            assert isinstance(r, Gas)
             gases = gases if gases is not None else {}
             gases[r.kind.name] = (r.value, r.unit)
     bits = int(frame.flags)  # plain ints: IntFlag membership is slow on this hot path
@@ -169,7 +171,7 @@ def from_frame(event: FrameHeard) -> Observation:
         extra=MappingProxyType(
             {
                 "source": source,
-                "records": [record_to_dict(r) for r in frame.records],
+                "records": records_to_dicts(frame.records),
             }
         ),
         purpose=_PURPOSE[frame.msg_type],

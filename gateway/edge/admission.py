@@ -70,7 +70,7 @@ class Admission:
         device_state, forgotten = self.devices.touch(
             obs.device, registered=cover is not None or obs.polled
         )
-        restart = any(e.kind in _RESTARTS for e in obs.events)
+        restart = bool(obs.events) and any(e.kind in _RESTARTS for e in obs.events)
         counted = obs.counter is not None or obs.message_id is not None
         by_id = obs.message_id is not None
         fp = digest(

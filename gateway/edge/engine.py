@@ -137,6 +137,7 @@ class EdgeEngine:
         self.alarms = AlarmBook(self._log)
         self.baselines = Baselines(self._log)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
+        self._rules: dict[tuple[float, int], Debounce] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         self._watch_registered()
 
@@ -226,10 +227,18 @@ class EdgeEngine:
         key = cover.cover_id if cover else _unregistered_key(device)
         return Subject(key, cover, device)
 
+    def _rule(self, thr: Thresholds, *, polled: bool) -> Debounce:
+        """The debounce for THR: made once per (hold, count), not per observation."""
+        key = (thr.hold_s, 1) if polled else (0.0, thr.report_count)
+        rule = self._rules.get(key)
+        if rule is None:
+            rule = self._rules[key] = Debounce(hold_s=key[0], count=key[1])
+        return rule
+
     def observe(self, obs: Observation) -> list[Outgoing]:
         """One observation: tracked, judged, rendered."""
         subject = self._subject(obs.device)
-        failure = [e for e in obs.events if "failures" in e.detail]
+        failure = [e for e in obs.events if "failures" in e.detail] if obs.events else []
         if obs.raw:
             self._remember(obs)
         forward = True
@@ -240,11 +249,7 @@ class EdgeEngine:
             forward = accepted
         thr = self.thresholds(subject.cover)
         sub, fsub = alarm_sub(obs.device), fault_sub(obs.device)
-        rule = (
-            Debounce(hold_s=thr.hold_s, count=1)
-            if obs.polled
-            else Debounce(hold_s=0.0, count=thr.report_count)
-        )
+        rule = self._rule(thr, polled=obs.polled)
         verdicts: list[Verdict] = []
         if failure:
             verdicts += filter(None, (fault.from_failures(e, thr, fsub) for e in failure))
@@ -254,10 +259,11 @@ class EdgeEngine:
                 verdicts.append(offline.heard(sub))
             if obs.polled and self.alarms.active(subject.key, AlarmKind.SENSOR_FAULT, fsub):
                 verdicts.append(fault.answered(fsub))
-        verdicts += events.forces(obs.events, sub=sub, fault_sub=fsub, iso=iso)
-        out = self._apply(subject, obs, verdicts)
+        if obs.events:
+            verdicts += events.forces(obs.events, sub=sub, fault_sub=fsub, iso=iso)
+        out = self._apply(subject, obs, verdicts) if verdicts else []
         derived: dict[str, Any] = {}
-        out += self._judge(subject, obs, thr, rule, derived)
+        out += self._judge(subject, obs, thr, rule, derived, sub=sub, fsub=fsub)
         if forward and not failure and self._telemetry_due(obs, bool(out)):
             reading_id = self._new_id()
             payload = render_reading(obs, reading_id, subject, derived)
@@ -273,10 +279,12 @@ class EdgeEngine:
         thr: Thresholds,
         rule: Debounce,
         derived: dict[str, Any],
+        *,
+        sub: str,
+        fsub: str,
     ) -> list[Outgoing]:
         """The quantities against the thresholds; fills ``derived`` for the reading."""
         q = obs.quantities
-        sub, fsub = alarm_sub(obs.device), fault_sub(obs.device)
         judged = obs.purpose is not Purpose.STATUS
         in_alarm = bool(q.device_alarms - LOW_BATTERY_BITS)
         out: list[Outgoing] = []
@@ -419,7 +427,14 @@ class EdgeEngine:
         self, subject: Subject, obs: Observation, verdicts: Iterable[Verdict]
     ) -> list[Outgoing]:
         out: list[Outgoing] = []
+        alarms = self.alarms
         for verdict in verdicts:
+            if (
+                type(verdict) is Check
+                and not verdict.bad
+                and not alarms.has(subject.key, verdict.kind, verdict.sub)
+            ):
+                continue  # as in _apply_one, without the call: most checks of most readings
             out += self._apply_one(
                 subject, verdict, obs.at, obs, evidence=obs.quantities.device_alarms
             )

@@ -94,6 +94,12 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     return to_dict(record)
 
 
+def records_to_dicts(records: tuple[Record, ...]) -> list[dict[str, Any]]:
+    """``record_to_dict`` of each (a frame's records: what ``Frame`` holds, nothing else)."""
+    to_dict = _TO_DICT
+    return [to_dict[type(r)](r) for r in records]
+
+
 def flags_to_dict(flags: FrameFlags) -> dict[str, Any]:
     return {
         "node_alarm": FrameFlags.NODE_ALARM in flags,

@@ -26,19 +26,26 @@ def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
 
 
 def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[Check]:
+    high, overflow, margin = thr.water_high_mm, thr.water_overflow_mm, thr.water_clear_margin_mm
     return [
         Check(
-            kind,
+            AlarmKind.WATER_HIGH,
             sub,
-            bad=distance <= limit,
-            good=distance > limit + thr.water_clear_margin_mm,
+            bad=distance <= high,
+            good=distance > high + margin,
             rule=rule,
             value=distance,
             unit="mm",
-            threshold=limit,
-        )
-        for kind, limit in (
-            (AlarmKind.WATER_HIGH, thr.water_high_mm),
-            (AlarmKind.WATER_OVERFLOW, thr.water_overflow_mm),
-        )
+            threshold=high,
+        ),
+        Check(
+            AlarmKind.WATER_OVERFLOW,
+            sub,
+            bad=distance <= overflow,
+            good=distance > overflow + margin,
+            rule=rule,
+            value=distance,
+            unit="mm",
+            threshold=overflow,
+        ),
     ]
