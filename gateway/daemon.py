@@ -52,6 +52,7 @@ from gateway.uplink import Uplink, UplinkState
 from gateway.validation import read_registry, validate
 
 log = logging.getLogger(__name__)
+_ALARM = Lane.ALARM  # per message in the pipeline: a global, not an Enum class attribute
 
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
@@ -349,7 +350,7 @@ class Gateway:
                 self._reload()
             for event in self._take():
                 out = self.engine.handle(event)
-                urgent |= any(m.lane is Lane.ALARM for m in out)
+                urgent |= any(m.lane is _ALARM for m in out)
                 self._pending += out
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             if time.monotonic() >= next_tick:

@@ -51,6 +51,9 @@ _PURPOSE = {
     MessageType.HEARTBEAT: Purpose.STATUS,
     MessageType.BOOT: Purpose.STATUS,
 }
+# Enum members the per-frame path names, as module constants: on Python 3.11 an
+# Enum class attribute costs ~0.1 µs a lookup (EnumType.__getattr__), a global ~0.03.
+_EVENT, _BOOT = MessageType.EVENT, MessageType.BOOT
 _FLAGS_OFFSET = 11  # SYNC 2, LEN 1, VER 1, TYPE 1, NODE 4, SEQ 2
 NODE_ALARM = "node_alarm"  # SCN-1's FLAGS bit 0, as a device alarm bit
 LOW_BATTERY = "low_battery"  # SCN-1's FLAGS bit 2
@@ -129,7 +132,7 @@ def from_frame(event: FrameHeard) -> Observation:
         device_alarms=_ALARM_SETS.get(bits & 0xFF, _NO_ALARMS),
     )
     events: list[DeviceEvent] = []
-    if frame.msg_type is MessageType.EVENT:
+    if frame.msg_type is _EVENT:
         # Only an EVENT frame's events are news; any other frame's are history.
         events = [
             DeviceEvent(
@@ -141,7 +144,7 @@ def from_frame(event: FrameHeard) -> Observation:
             )
             for e in frame.all(Event)
         ]
-    elif frame.msg_type is MessageType.BOOT:
+    elif frame.msg_type is _BOOT:
         events = [DeviceEvent(DeviceEventKind.BOOT, event.at)]
     source: dict[str, Any] = {
         "type": "node",

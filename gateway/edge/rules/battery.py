@@ -12,12 +12,17 @@ LOW_PCT = 15.0  # devices that report a percentage only (Milesight): raise below
 CLEAR_PCT = 20.0  # and clear at or above
 
 
+# Enum members the per-frame path names, as module constants: on Python 3.11 an
+# Enum class attribute costs ~0.1 µs a lookup (EnumType.__getattr__), a global ~0.03.
+_LOW_BATTERY = AlarmKind.LOW_BATTERY
+
+
 def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | None:
     flagged = bool(q.device_alarms & LOW_BATTERY_BITS)
     if q.battery_mv is not None or (flagged and q.battery_pct is None):
         mv = q.battery_mv
         return Check(
-            AlarmKind.LOW_BATTERY,
+            _LOW_BATTERY,
             sub,
             bad=flagged or (mv is not None and mv < thr.low_battery_mv),
             good=not flagged and mv is not None and mv >= thr.low_battery_clear_mv,
@@ -29,7 +34,7 @@ def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | N
     if q.battery_pct is not None:
         pct = q.battery_pct
         return Check(
-            AlarmKind.LOW_BATTERY,
+            _LOW_BATTERY,
             sub,
             bad=flagged or pct < LOW_PCT,
             good=not flagged and pct >= CLEAR_PCT,

@@ -14,6 +14,11 @@ from gateway.edge.alarm import AlarmKind, Debounce
 from gateway.edge.rules import Check
 from gateway.observation import Quantities
 
+# Enum members the per-frame path names, as module constants: on Python 3.11 an
+# Enum class attribute costs ~0.1 µs a lookup (EnumType.__getattr__), a global ~0.03.
+_HIGH = AlarmKind.WATER_HIGH
+_OVERFLOW = AlarmKind.WATER_OVERFLOW
+
 
 def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
     if q.distance_mm is not None:
@@ -29,7 +34,7 @@ def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[C
     high, overflow, margin = thr.water_high_mm, thr.water_overflow_mm, thr.water_clear_margin_mm
     return [
         Check(
-            AlarmKind.WATER_HIGH,
+            _HIGH,
             sub,
             bad=distance <= high,
             good=distance > high + margin,
@@ -39,7 +44,7 @@ def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[C
             threshold=high,
         ),
         Check(
-            AlarmKind.WATER_OVERFLOW,
+            _OVERFLOW,
             sub,
             bad=distance <= overflow,
             good=distance > overflow + margin,
