@@ -63,6 +63,9 @@ def scn1_device(node_id: int) -> DeviceRef:
     return DeviceRef(SCN1, f"{node_id:08X}")
 
 
+_TYPE_NAMES = {t: t.name for t in MessageType}  # Enum .name is a Python-level property
+
+
 def modbus_device(bus: str, address: int) -> DeviceRef:
     return DeviceRef(MODBUS, f"{bus}:{address}")
 
@@ -146,12 +149,13 @@ def from_frame(event: FrameHeard) -> Observation:
         ]
     elif frame.msg_type is _BOOT:
         events = [DeviceEvent(DeviceEventKind.BOOT, event.at)]
+    node_hex = f"{frame.node_id:08X}"
     source: dict[str, Any] = {
         "type": "node",
         "port": event.source,
-        "node": frame.node_hex,
+        "node": node_hex,
         "seq": frame.seq,
-        "msg_type": frame.msg_type.name,
+        "msg_type": _TYPE_NAMES[frame.msg_type],
         "flags": {  # as ``flags_to_dict``, without its slow IntFlag membership tests
             "node_alarm": bool(bits & _NODE_ALARM_BIT),
             "retransmission": bool(bits & _RETRANSMISSION_BIT),
@@ -161,7 +165,7 @@ def from_frame(event: FrameHeard) -> Observation:
         "rx_snr_db": received.snr_db,
     }
     return Observation(
-        device=scn1_device(frame.node_id),
+        device=DeviceRef(SCN1, node_hex),  # scn1_device, its id formatted once
         source=event.source,
         at=event.at,
         quantities=quantities,

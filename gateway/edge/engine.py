@@ -295,7 +295,7 @@ class EdgeEngine:
         """The quantities against the thresholds; fills ``derived`` for the reading."""
         q = obs.quantities
         judged = obs.purpose is not _STATUS
-        in_alarm = bool(q.device_alarms - LOW_BATTERY_BITS)
+        in_alarm = not q.device_alarms <= LOW_BATTERY_BITS  # bits beyond low battery; no new set
         out: list[Outgoing] = []
         opened = self._active(subject, _COVER_OPEN, "")
         rel_tilt = None
@@ -324,14 +324,17 @@ class EdgeEngine:
                     thr=thr,
                     rule=rule,
                 )
-            out += self._apply(subject, obs, verdicts)
-            verdicts = []
+            if verdicts:
+                out += self._apply(subject, obs, verdicts)
+                opened = self._active(subject, _COVER_OPEN, "")  # the verdicts may have moved it
+                verdicts = []
             # An opened cover is tilted by definition: one alarm for one incident.
-            if rel_tilt is not None and not self._active(subject, _COVER_OPEN, ""):
+            if rel_tilt is not None and not opened:
                 verdicts.append(tilt.check(rel_tilt, thr, rule, sub))
             if distance is not None:
                 verdicts += water.checks(distance, thr, rule, sub)
-            verdicts += gas.checks(q.gas, thr, rule)
+            if q.gas:
+                verdicts += gas.checks(q.gas, thr, rule)
         if (
             obs.purpose is _REPORT
             and not in_alarm
@@ -344,7 +347,8 @@ class EdgeEngine:
         low = battery.check(q, thr, rule, sub)
         if low is not None:
             verdicts.append(low)
-        out += self._apply(subject, obs, verdicts)
+        if verdicts:
+            out += self._apply(subject, obs, verdicts)
         return out
 
     def _telemetry_due(self, obs: Observation, alarmed: bool) -> bool:

@@ -40,10 +40,11 @@ class RecentFrames:
         self._entries: deque[Heard] = deque()
 
     def add(self, heard: Heard) -> None:
-        if heard.cost > self.max_bytes:
+        cost = heard.cost
+        if cost > self.max_bytes:
             return
         self._entries.append(heard)
-        self.bytes += heard.cost
+        self.bytes += cost
         while self.bytes > self.max_bytes:
             self.bytes -= self._entries.popleft().cost
 

@@ -130,10 +130,11 @@ def id_maker() -> Callable[[], str]:
 
 def lean_source(source: dict[str, Any]) -> dict[str, Any]:
     """A source block without what carries nothing: nulls, and flags that are all clear."""
-    flags = source.get("flags")
+    lean = {k: v for k, v in source.items() if v is not None}
+    flags = lean.get("flags")
     if flags is not None and not any(flags.values()):
-        return {k: v for k, v in source.items() if v is not None and k != "flags"}
-    return {k: v for k, v in source.items() if v is not None}
+        del lean["flags"]
+    return lean
 
 
 def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[str, Any]) -> bytes:
@@ -174,7 +175,9 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
             body["partial"] = obs.partial
     else:
         body["source"] = lean_source(source)
-    body.update((k, v) for k, v in obs.extra.items() if k != "source")
+    for k, v in obs.extra.items():
+        if k != "source":
+            body[k] = v
     if derived:
         body["derived"] = {k: finite(v) for k, v in derived.items()}
     return pack_row(dumps(body))

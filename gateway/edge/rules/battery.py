@@ -18,7 +18,7 @@ _LOW_BATTERY = AlarmKind.LOW_BATTERY
 
 
 def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | None:
-    flagged = bool(q.device_alarms & LOW_BATTERY_BITS)
+    flagged = not q.device_alarms.isdisjoint(LOW_BATTERY_BITS)  # no new set per reading
     if q.battery_mv is not None or (flagged and q.battery_pct is None):
         mv = q.battery_mv
         return Check(
