@@ -31,7 +31,7 @@ from gateway.protocol.messages import (
     WaterDepth,
 )
 from gateway.protocol.render import flags_to_dict
-from gateway.values import quick_init
+from gateway.values import maker, quick_init
 from tests.strategies import frames
 
 # What readings, alarms and state rows hold: JSON-ready values, finite floats
@@ -113,6 +113,9 @@ class _Quick:
     d: int = field(default=4, kw_only=True)
 
 
+_make_quick = maker(_Quick)
+
+
 @dataclass(frozen=True, slots=True)
 class _Plain:
     a: int
@@ -135,6 +138,13 @@ def test_quick_init_makes_what_the_dataclass_init_makes(
         quick.a = a  # type: ignore[misc]
     with pytest.raises(TypeError):
         _Quick(a, b, c, d)  # type: ignore[call-arg]  # keyword-only stays keyword-only
+    made = _make_quick(a, b, c, d=d)
+    assert type(made) is _Quick
+    assert made == quick
+    assert _make_quick(a) == _Quick(a)
+    assert _make_quick(a).c is not _make_quick(a).c
+    with pytest.raises(FrozenInstanceError):
+        made.b = b  # type: ignore[misc]
 
 
 def test_quick_init_refuses_what_it_cannot_keep_frozen() -> None:
@@ -149,6 +159,8 @@ def test_quick_init_refuses_what_it_cannot_keep_frozen() -> None:
     for cls in (Mutable, NoSlots):
         with pytest.raises(TypeError):
             quick_init(cls)
+        with pytest.raises(TypeError):
+            maker(cls)
 
 
 @given(st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=6))

@@ -33,6 +33,7 @@ from gateway.protocol.messages import (
     WaterDepth,
 )
 from gateway.protocol.render import records_to_dicts
+from gateway.values import maker
 
 SCN1 = "scn1"
 MODBUS = "modbus"
@@ -96,6 +97,11 @@ _ALARM_SETS = {  # the flag bits' alarm sets, built once
 }
 
 
+# Every frame makes one of each, with a dozen keywords: without ``type.__call__``.
+_make_quantities = maker(Quantities)
+_make_observation = maker(Observation)
+
+
 def from_frame(event: FrameHeard) -> Observation:
     received = event.received
     frame = received.frame
@@ -124,7 +130,7 @@ def from_frame(event: FrameHeard) -> Observation:
             gases = gases if gases is not None else {}
             gases[r.kind.name] = (r.value, r.unit)
     bits = int(frame.flags)  # plain ints: IntFlag membership is slow on this hot path
-    quantities = Quantities(
+    quantities = _make_quantities(
         tilt_x_deg=None if tilt is None else tilt.x_deg,
         tilt_y_deg=None if tilt is None else tilt.y_deg,
         distance_mm=None if water is None or water.distance_mm is None else water.distance_mm,
@@ -164,7 +170,7 @@ def from_frame(event: FrameHeard) -> Observation:
         "rx_rssi_dbm": received.rssi_dbm,
         "rx_snr_db": received.snr_db,
     }
-    return Observation(
+    return _make_observation(
         device=DeviceRef(SCN1, node_hex),  # scn1_device, its id formatted once
         source=event.source,
         at=event.at,

@@ -72,11 +72,13 @@ from gateway.edge.state import StateLog
 from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
 from gateway.observation import DeviceRef, Observation, Purpose
 from gateway.registry import Cover, Registry
+from gateway.values import maker
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
+_make_heard = maker(Heard)  # one per frame, eight keywords: without ``type.__call__``
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
 
 # Enum members the per-frame path names, as module constants: on Python 3.11 an
@@ -387,7 +389,7 @@ class EdgeEngine:
         source = obs.extra.get("source")
         msg_type = source.get("msg_type") if isinstance(source, dict) else None
         self._recent.add(
-            Heard(
+            _make_heard(
                 device=device_key(obs.device),
                 at=obs.at,
                 port=obs.source,

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.edge.alarm import AlarmKind, Debounce
-from gateway.values import quick_init
+from gateway.values import maker, quick_init
 
 Iso = Callable[[float], str]  # a time as the wire shows it
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -49,3 +49,6 @@ class Force:
 
 
 Verdict = Check | Force
+
+# Rules make several checks per reading, with keywords: without ``type.__call__``.
+make_check = maker(Check)

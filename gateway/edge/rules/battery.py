@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.config import Thresholds
 from gateway.edge.alarm import AlarmKind, Debounce
-from gateway.edge.rules import Check
+from gateway.edge.rules import Check, make_check
 from gateway.observation import Quantities
 
 LOW_BATTERY_BITS = frozenset({"low_battery"})  # device alarm bits that mean "my battery is low"
@@ -21,7 +21,7 @@ def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | N
     flagged = not q.device_alarms.isdisjoint(LOW_BATTERY_BITS)  # no new set per reading
     if q.battery_mv is not None or (flagged and q.battery_pct is None):
         mv = q.battery_mv
-        return Check(
+        return make_check(
             _LOW_BATTERY,
             sub,
             bad=flagged or (mv is not None and mv < thr.low_battery_mv),
@@ -33,7 +33,7 @@ def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | N
         )
     if q.battery_pct is not None:
         pct = q.battery_pct
-        return Check(
+        return make_check(
             _LOW_BATTERY,
             sub,
             bad=flagged or pct < LOW_PCT,

@@ -14,7 +14,7 @@ import math
 
 from gateway.config import Thresholds
 from gateway.edge.alarm import AlarmKind, Debounce
-from gateway.edge.rules import Check
+from gateway.edge.rules import Check, make_check
 from gateway.observation import Quantities
 
 Orientation = tuple[float, ...]  # (x, y) degrees, or (x, y, z) degrees
@@ -51,7 +51,7 @@ def tilt_deg(now: Orientation, baseline: Orientation | None) -> float:
 
 
 def check(tilt: float, thr: Thresholds, rule: Debounce, sub: str) -> Check:
-    return Check(
+    return make_check(
         _TILT,
         sub,
         bad=tilt >= thr.tilt_deg,

@@ -11,7 +11,7 @@ import math
 
 from gateway.config import Thresholds
 from gateway.edge.alarm import AlarmKind, Debounce
-from gateway.edge.rules import Check
+from gateway.edge.rules import Check, make_check
 from gateway.observation import Quantities
 
 # Enum members the per-frame path names, as module constants: on Python 3.11 an
@@ -33,7 +33,7 @@ def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
 def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[Check]:
     high, overflow, margin = thr.water_high_mm, thr.water_overflow_mm, thr.water_clear_margin_mm
     return [
-        Check(
+        make_check(
             _HIGH,
             sub,
             bad=distance <= high,
@@ -43,7 +43,7 @@ def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[C
             unit="mm",
             threshold=high,
         ),
-        Check(
+        make_check(
             _OVERFLOW,
             sub,
             bad=distance <= overflow,
