@@ -80,7 +80,9 @@ class CounterState:
                 return Verdict(duplicate=True, lost=0)
         elif counter is not None and key in self.recent:
             return Verdict(duplicate=True, lost=0)
-        anomaly = counter is not None and any(c == counter for c, _ in self.recent)
+        anomaly = (
+            counter is not None and bool(self.recent) and any(c == counter for c, _ in self.recent)
+        )
         lost = 0
         if counter is not None:
             half = modulus // 2
@@ -95,7 +97,7 @@ class CounterState:
             ):
                 self.last = counter
         self.recent[key] = at
-        return Verdict(duplicate=False, lost=lost, anomaly=anomaly)
+        return Verdict(False, lost, anomaly)  # duplicate, lost, anomaly: positional, every frame
 
 
 class SeqTracker:
