@@ -43,6 +43,7 @@ from gateway.protocol.messages import (
     WaterDepth,
 )
 from gateway.protocol.scn1 import Tag
+from gateway.values import maker
 
 NO_ECHO = 0xFFFF
 _MESSAGE_TYPES = {t.value: t for t in MessageType}
@@ -93,6 +94,7 @@ _RECORDS: dict[
     for tag, layout in scn1.TLV_LAYOUTS.items()
 }
 _unpack_header = scn1.HEADER_LAYOUT.fields.unpack_from
+_make_frame = maker(Frame)  # every frame, five keywords: without ``type.__call__``
 
 
 def decode_records(body: bytes, start: int = scn1.HEADER_SIZE) -> tuple[Record, ...]:
@@ -138,7 +140,7 @@ def decode_body(body: bytes) -> Frame:
     msg_type = _MESSAGE_TYPES.get(msg_code)
     if msg_type is None:
         raise UnknownTypeError(f"message type {msg_code}")
-    return Frame(
+    return _make_frame(
         node_id=node_id,
         seq=seq,
         msg_type=msg_type,
