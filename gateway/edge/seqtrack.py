@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from gateway.values import quick_init
 
 DUPLICATE_WINDOW_S = 600.0  # spec: same (NODE, SEQ) within 10 minutes
 MAX_RECENT = 16  # remembered (counter, fingerprint) pairs per device
+_counter_of = itemgetter(0)  # of a history key (counter, fingerprint)
 
 
 def digest(content: bytes) -> int:
@@ -80,9 +82,8 @@ class CounterState:
                 return Verdict(duplicate=True, lost=0)
         elif counter is not None and key in self.recent:
             return Verdict(duplicate=True, lost=0)
-        anomaly = (
-            counter is not None and bool(self.recent) and any(c == counter for c, _ in self.recent)
-        )
+        # The history's counters compared in C (a generator over 16 costs ~1 µs).
+        anomaly = counter is not None and counter in map(_counter_of, self.recent)
         lost = 0
         if counter is not None:
             half = modulus // 2
