@@ -31,14 +31,14 @@ def _iso(at: float) -> str:
 
 def _last_iso() -> Callable[[float], str]:
     """``_iso`` remembering its last answer: a port's read stamps every frame in it alike."""
-    last_at = math.nan  # equal to nothing: the first call formats
-    last = ""
+    last = (math.nan, "")  # one tuple, replaced whole: a reader never sees half of it
 
     def iso(at: float) -> str:
-        nonlocal last_at, last
-        if at != last_at:
-            last, last_at = _iso(at), at
-        return last
+        nonlocal last
+        memo = last
+        if at != memo[0]:  # NaN equals nothing: the first call formats
+            memo = last = (at, _iso(at))
+        return memo[1]
 
     return iso
 
