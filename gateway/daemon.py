@@ -348,14 +348,10 @@ class Gateway:
             urgent = False
             if self._reload_requested:
                 self._reload()
-            handle, pending = self.engine.handle, self._pending
             for event in self._take():
-                out = handle(event)
-                if out:
-                    for m in out:
-                        if m.lane is _ALARM:
-                            urgent = True
-                    pending += out
+                out = self.engine.handle(event)
+                urgent |= any(m.lane is _ALARM for m in out)
+                self._pending += out
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             if time.monotonic() >= next_tick:
                 if self.notifier.enabled or self.metrics is not None:

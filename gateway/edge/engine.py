@@ -79,7 +79,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
 _make_heard = maker(Heard)  # one per frame, eight keywords: without ``type.__call__``
-_make_outgoing = maker(Outgoing)  # one per reading
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
 
 # Enum members the per-frame path names, as module constants: on Python 3.11 an
@@ -282,7 +281,7 @@ class EdgeEngine:
         if forward and not failure and self._telemetry_due(obs, bool(out)):
             reading_id = self._new_id()
             payload = render_reading(obs, reading_id, subject, derived)
-            out.insert(0, _make_outgoing(reading_id, _TELEMETRY, self._telemetry_topic, payload))
+            out.insert(0, Outgoing(reading_id, _TELEMETRY, self._telemetry_topic, payload))
         return out
 
     def _judge(
