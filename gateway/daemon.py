@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 # a gateway with one radio does not carry pymodbus, Prometheus or the LoRaWAN codecs.
 
 log = logging.getLogger(__name__)
+_ALARM = Lane.ALARM  # per message in the pipeline: a global, not an Enum class attribute
 
 INPUT_QUEUE = 20_000
 MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
@@ -446,7 +447,7 @@ class Gateway:
                 self._reload()
             for event in self._take():
                 out = self.engine.handle(event)
-                urgent |= any(m.lane is Lane.ALARM for m in out)
+                urgent |= any(m.lane is _ALARM for m in out)
                 self._pending += out
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             now = time.monotonic()

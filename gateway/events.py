@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from gateway.observation import Observation
 from gateway.protocol.framing import Received
+from gateway.values import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class FrameHeard:
     source: str  # the port's name in the config (``lora0``, ``nbiot``)
@@ -19,6 +21,7 @@ class FrameHeard:
     received: Received
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SlaveRead:
     bus: str
@@ -27,6 +30,7 @@ class SlaveRead:
     values: dict[str, float]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SlaveFailed:
     bus: str

@@ -18,6 +18,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from gateway.values import quick_init
+
 
 class DeviceEventKind(StrEnum):
     """Things a device says happened, as opposed to values it measured."""
@@ -34,6 +36,7 @@ class DeviceEventKind(StrEnum):
     DEVICE_INFO = "device_info"  # firmware, hardware, serial number
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeviceEvent:
     kind: DeviceEventKind
@@ -43,6 +46,7 @@ class DeviceEvent:
     detail: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Link:
     """Radio link quality as the device's transport reports it."""
@@ -52,6 +56,7 @@ class Link:
     csq: int | None = None  # cellular signal quality, 0 to 31, 99 unknown
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Quantities:
     # Tilt: raw axes as the device reports them; the engine compares them to
@@ -88,6 +93,7 @@ class Purpose(StrEnum):
     STATUS = "status"  # heartbeat, boot, network status: battery and liveness only
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeviceRef:
     """Which device: its model and its id in that model's id space.
@@ -103,6 +109,7 @@ class DeviceRef:
         return f"{self.model}:{self.device_id}"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Observation:
     device: DeviceRef

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import zlib
+from dataclasses import FrozenInstanceError, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import wire
+from gateway.drivers.serial_radio import is_critical
 from gateway.edge import render, state
 from gateway.edge.adapters import from_frame
 from gateway.events import FrameHeard
-from gateway.protocol.codec import decode_frame, encode_frame
+from gateway.protocol.codec import decode_body, decode_frame, encode_frame
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import (
+    KNOWN_FLAGS,
     Battery,
     Frame,
     FrameFlags,
@@ -24,6 +31,7 @@ from gateway.protocol.messages import (
     WaterDepth,
 )
 from gateway.protocol.render import flags_to_dict
+from gateway.values import maker, quick_init
 from tests.strategies import frames
 
 # What readings, alarms and state rows hold: JSON-ready values, finite floats
@@ -91,3 +99,102 @@ def test_adapter_quantities_are_the_first_record_of_each_kind(frame: Frame) -> N
     flags = flags_to_dict(decoded.flags)
     expected = {n for n in ("node_alarm", "low_battery") if flags[n]}
     assert q.device_alarms == expected
+
+
+# --- cheaper values and formatting on the per-frame path ---
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class _Quick:
+    a: int
+    b: str = "b"
+    c: list[int] = field(default_factory=list)
+    d: int = field(default=4, kw_only=True)
+
+
+_make_quick = maker(_Quick)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    a: int
+    b: str = "b"
+    c: list[int] = field(default_factory=list)
+    d: int = field(default=4, kw_only=True)
+
+
+@given(st.integers(), st.text(), st.lists(st.integers(), max_size=3), st.integers())
+def test_quick_init_makes_what_the_dataclass_init_makes(
+    a: int, b: str, c: list[int], d: int
+) -> None:
+    quick, plain = _Quick(a, b, c, d=d), _Plain(a, b, c, d=d)
+    assert (quick.a, quick.b, quick.c, quick.d) == (plain.a, plain.b, plain.c, plain.d)
+    assert quick == _Quick(a, b=b, c=list(c), d=d)
+    assert repr(quick).removeprefix("_Quick") == repr(plain).removeprefix("_Plain")
+    assert _Quick(a) == _Quick(a, "b", [], d=4)
+    assert _Quick(a).c is not _Quick(a).c  # a factory default is made per value
+    with pytest.raises(FrozenInstanceError):
+        quick.a = a  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        _Quick(a, b, c, d)  # type: ignore[call-arg]  # keyword-only stays keyword-only
+    made = _make_quick(a, b, c, d=d)
+    assert type(made) is _Quick
+    assert made == quick
+    assert _make_quick(a) == _Quick(a)
+    assert _make_quick(a).c is not _make_quick(a).c
+    with pytest.raises(FrozenInstanceError):
+        made.b = b  # type: ignore[misc]
+
+
+def test_quick_init_refuses_what_it_cannot_keep_frozen() -> None:
+    @dataclass(slots=True)
+    class Mutable:
+        a: int
+
+    @dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    for cls in (Mutable, NoSlots):
+        with pytest.raises(TypeError):
+            quick_init(cls)
+        with pytest.raises(TypeError):
+            maker(cls)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=6))
+def test_iso_remembering_its_last_answer_gives_the_same_text(stamps: list[float]) -> None:
+    for at in [*stamps, *stamps, stamps[0]]:
+        assert render.iso(at) == (
+            datetime.fromtimestamp(at, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+
+
+@given(st.binary(max_size=600))
+def test_packed_rows_are_what_a_freshly_primed_packer_makes(row: bytes) -> None:
+    fresh = zlib.compressobj(
+        wire.ROW_LEVEL,
+        zlib.DEFLATED,
+        wire.ROW_WBITS,
+        wire.ROW_MEMLEVEL,
+        zlib.Z_DEFAULT_STRATEGY,
+        wire._ROW_ZDICT,
+    )
+    packed = wire.pack_row(row)
+    assert packed == fresh.compress(row) + fresh.flush()
+    assert wire.pack_row(row) == packed  # the primed packer is never used up
+    assert wire.unpack_row(packed) == row
+
+
+@given(st.integers(min_value=0, max_value=255))
+def test_decoded_flags_are_the_known_bits(bits: int) -> None:
+    raw = encode_frame(Frame(1, 1, MessageType.REPORT, FrameFlags.NONE, (Battery(3600),)))
+    body = bytearray(raw[3:-2])
+    body[8] = bits  # FLAGS: VER, TYPE, NODE 4, SEQ 2
+    frame = decode_body(bytes(body))
+    assert frame.flags == FrameFlags(bits & KNOWN_FLAGS)
+    assert type(frame.flags) is FrameFlags
+    assert is_critical(Received(frame, raw)) == bool(bits & FrameFlags.NODE_ALARM)

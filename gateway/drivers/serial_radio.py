@@ -25,9 +25,14 @@ log = logging.getLogger(__name__)
 READ_SIZE = 4096
 
 
+_NODE_ALARM_BIT = int(FrameFlags.NODE_ALARM)
+_EVENT = MessageType.EVENT  # a global: an Enum class attribute is slow on 3.11
+
+
 def is_critical(received: Received) -> bool:
     frame = received.frame
-    return frame.msg_type is MessageType.EVENT or FrameFlags.NODE_ALARM in frame.flags
+    # int(): IntFlag membership is a Python-level call, on every frame
+    return frame.msg_type is _EVENT or bool(int(frame.flags) & _NODE_ALARM_BIT)
 
 
 class SerialRadio:

@@ -55,6 +55,11 @@ class Admitted(Enum):
     FORWARD = "forward"
 
 
+# Enum members the per-frame path names, as module constants: on Python 3.11 an
+# Enum class attribute costs ~0.1 µs a lookup (EnumType.__getattr__), a global ~0.03.
+_REFUSED, _JUDGE_ONLY, _FORWARD = Admitted.REFUSED, Admitted.JUDGE_ONLY, Admitted.FORWARD
+
+
 class Admission:
     def __init__(self, *, stats: EdgeStats, log: StateLog, limits: LimitsConfig) -> None:
         self.stats = stats
@@ -74,7 +79,7 @@ class Admission:
         device_state, forgotten = self.devices.touch(
             key, registered=cover is not None or obs.polled
         )
-        restart = any(e.kind in _RESTARTS for e in obs.events)
+        restart = bool(obs.events) and any(e.kind in _RESTARTS for e in obs.events)
         counted = obs.counter is not None or obs.message_id is not None
         by_id = obs.message_id is not None
         fp = digest(
@@ -94,7 +99,7 @@ class Admission:
             else:
                 self.stats.wrong_input += 1
                 log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
-            return Admitted.REFUSED, forgotten
+            return _REFUSED, forgotten
         verdict = None
         if counted:
             verdict = device_state.counters.observe(
@@ -107,7 +112,7 @@ class Admission:
             )
             if verdict.duplicate:
                 self.stats.duplicates += 1
-                return Admitted.REFUSED, forgotten
+                return _REFUSED, forgotten
         if device_state.bound_input is None and not obs.polled:
             device_state.bound_input = obs.source
         if verdict is not None:
@@ -122,9 +127,9 @@ class Admission:
         if obs.partial:
             self.stats.partial_readings += 1
         if obs.polled:
-            return Admitted.FORWARD, forgotten  # the gateway paces its own polls
+            return _FORWARD, forgotten  # the gateway paces its own polls
         self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
         if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
             self.stats.rate_limited += 1
-            return Admitted.JUDGE_ONLY, forgotten
-        return Admitted.FORWARD, forgotten
+            return _JUDGE_ONLY, forgotten
+        return _FORWARD, forgotten

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from gateway.values import quick_init
+
 
 class AlarmKind(StrEnum):
     COVER_OPEN = "cover_open"
@@ -51,6 +53,7 @@ class Transition(StrEnum):
     CLEARED = "cleared"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Debounce:
     hold_s: float = 0.0

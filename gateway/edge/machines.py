@@ -29,6 +29,11 @@ class AlarmBook:
     def get(self, subject_key: str, kind: AlarmKind, sub: str) -> AlarmMachine | None:
         return self._machines.get(subject_key, {}).get((kind, sub))
 
+    def has(self, subject_key: str, kind: AlarmKind, sub: str) -> bool:
+        """Whether the subject has this machine (only those away from normal are kept)."""
+        machines = self._machines.get(subject_key)
+        return machines is not None and (kind, sub) in machines
+
     def active(self, subject_key: str, kind: AlarmKind, sub: str) -> bool:
         return (subject_key, kind, sub) in self._active
 

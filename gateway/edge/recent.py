@@ -11,9 +11,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.values import quick_init
+
 ENTRY_OVERHEAD = 200  # bytes an entry costs besides its raw frame (objects, strings)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Heard:
     device: str
@@ -37,10 +40,11 @@ class RecentFrames:
         self._entries: deque[Heard] = deque()
 
     def add(self, heard: Heard) -> None:
-        if heard.cost > self.max_bytes:
+        cost = heard.cost
+        if cost > self.max_bytes:
             return
         self._entries.append(heard)
-        self.bytes += heard.cost
+        self.bytes += cost
         while self.bytes > self.max_bytes:
             self.bytes -= self._entries.popleft().cost
 

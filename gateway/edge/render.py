@@ -21,11 +21,29 @@ import orjson
 
 from gateway.observation import DeviceRef, Observation, Quantities
 from gateway.registry import Cover
+from gateway.values import quick_init
 from gateway.wire import pack_row
 
 
-def iso(at: float) -> str:
+def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _last_iso() -> Callable[[float], str]:
+    """``_iso`` remembering its last answer: a port's read stamps every frame in it alike."""
+    last = (math.nan, "")  # one tuple, replaced whole: a reader never sees half of it
+
+    def iso(at: float) -> str:
+        nonlocal last
+        memo = last
+        if at != memo[0]:  # NaN equals nothing: the first call formats
+            memo = last = (at, _iso(at))
+        return memo[1]
+
+    return iso
+
+
+iso = _last_iso()
 
 
 def finite(value: Any) -> Any:
@@ -49,6 +67,7 @@ def dumps(payload: dict[str, Any]) -> bytes:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Who an alarm is about: a registered cover, or a device not in the registry."""
@@ -111,10 +130,11 @@ def id_maker() -> Callable[[], str]:
 
 def lean_source(source: dict[str, Any]) -> dict[str, Any]:
     """A source block without what carries nothing: nulls, and flags that are all clear."""
-    flags = source.get("flags")
+    lean = {k: v for k, v in source.items() if v is not None}
+    flags = lean.get("flags")
     if flags is not None and not any(flags.values()):
-        return {k: v for k, v in source.items() if v is not None and k != "flags"}
-    return {k: v for k, v in source.items() if v is not None}
+        del lean["flags"]
+    return lean
 
 
 def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[str, Any]) -> bytes:
@@ -155,7 +175,9 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
             body["partial"] = obs.partial
     else:
         body["source"] = lean_source(source)
-    body.update((k, v) for k, v in obs.extra.items() if k != "source")
+    for k, v in obs.extra.items():
+        if k != "source":
+            body[k] = v
     if derived:
         body["derived"] = {k: finite(v) for k, v in derived.items()}
     return pack_row(dumps(body))

@@ -39,6 +39,9 @@ def dumps(value: Any) -> str:
 
 def join(*parts: str) -> str:
     """Key parts joined by ``|``; a ``|`` inside a part (ids come from outside) is escaped."""
+    joined = "|".join(parts)
+    if "%" not in joined and joined.count("|") == len(parts) - 1:
+        return joined  # nothing to escape: the common case, without a pass per part
     return "|".join(p.replace("%", "%25").replace("|", "%7C") for p in parts)
 
 

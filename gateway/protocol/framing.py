@@ -24,6 +24,7 @@ from gateway.errors import (
 from gateway.protocol import scn1
 from gateway.protocol.codec import check_envelope, decode_body, decode_frame
 from gateway.protocol.messages import Frame
+from gateway.values import quick_init
 
 log = logging.getLogger(__name__)
 # Per-frame logging sits below DEBUG so a flood cannot drown the log.
@@ -33,6 +34,7 @@ IDLE_GAP_S = 0.5
 """A partial frame still incomplete after this much silence is truncated (spec)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Received:
     """A frame found on the wire, with the link quality the dialect reported."""
@@ -43,6 +45,7 @@ class Received:
     snr_db: float | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A candidate that failed a check; ``raw`` is what was looked at."""

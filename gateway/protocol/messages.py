@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import TypeVar
 
+from gateway.values import quick_init
+
 
 class MessageType(IntEnum):
     REPORT = 1
@@ -62,6 +64,7 @@ class ResetCauseCode(IntEnum):
     OTHER = 4
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Tilt:
     x_deg: float
@@ -72,6 +75,7 @@ class Tilt:
         return math.hypot(self.x_deg, self.y_deg)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WaterDepth:
     """Distance from the cover's underside down to the water; None is "no echo"."""
@@ -79,16 +83,19 @@ class WaterDepth:
     distance_mm: int | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Battery:
     voltage_mv: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Temperature:
     celsius: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Gas:
     kind: GasKind
@@ -99,6 +106,7 @@ class Gas:
         return GAS_UNITS[self.kind]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Link:
     """The node's view of the gateway's signal (not the gateway's receive RSSI)."""
@@ -107,6 +115,7 @@ class Link:
     snr_db: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Event:
     """``value_raw`` is in the triggering sensor's wire unit (0.01° tilt, mm water)."""
@@ -130,6 +139,7 @@ class Event:
         return "raw"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Firmware:
     major: int
@@ -140,21 +150,25 @@ class Firmware:
         return f"{self.major}.{self.minor}.{self.build}"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ResetCause:
     cause: ResetCauseCode
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Pressure:
     kpa: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Vibration:
     peak_mg: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UnknownTlv:
     """A record this gateway does not understand, kept so nothing is silently lost.
@@ -185,6 +199,7 @@ Record = (
 R = TypeVar("R", bound=Record)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One decoded SCN-1 frame; ``records`` keeps wire order."""
@@ -210,4 +225,4 @@ class Frame:
 
     @property
     def unknown_count(self) -> int:
-        return sum(1 for r in self.records if isinstance(r, UnknownTlv))
+        return list(map(type, self.records)).count(UnknownTlv)  # every frame: no generator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway.protocol.framing import Received, Rejected
@@ -24,51 +25,79 @@ from gateway.protocol.messages import (
 )
 
 
+def _tilt(r: Tilt) -> dict[str, Any]:
+    return {
+        "tlv": "tilt",
+        "x_deg": r.x_deg,
+        "y_deg": r.y_deg,
+        "tilt_deg": round(r.magnitude_deg, 2),
+    }
+
+
+def _water(r: WaterDepth) -> dict[str, Any]:
+    mm = r.distance_mm
+    return {"tlv": "water_depth", "distance_mm": mm, "no_echo": mm is None}
+
+
+def _event(r: Event) -> dict[str, Any]:
+    code = r.code
+    return {
+        "tlv": "event",
+        "event": code.name.lower(),
+        "code": int(code),
+        "age_s": r.age_s,
+        "value": r.value,
+        "unit": r.value_unit,
+    }
+
+
+def _firmware(r: Firmware) -> dict[str, Any]:
+    return {
+        "tlv": "firmware",
+        "version": str(r),
+        "major": r.major,
+        "minor": r.minor,
+        "build": r.build,
+    }
+
+
+def _unknown(r: UnknownTlv) -> dict[str, Any]:
+    return {"tlv": "unknown", "tag": r.tag, "tag_hex": f"0x{r.tag:02X}", "raw_hex": r.raw.hex()}
+
+
+# One function per record type, found by the record's type: a ``match`` over
+# class patterns tries each case in turn (several per record, every frame).
+_TO_DICT: dict[type, Callable[[Any], dict[str, Any]]] = {
+    Tilt: _tilt,
+    WaterDepth: _water,
+    Battery: lambda r: {"tlv": "battery", "voltage_mv": r.voltage_mv},
+    Temperature: lambda r: {"tlv": "temperature", "celsius": r.celsius},
+    Gas: lambda r: {"tlv": "gas", "gas": r.kind.name, "value": r.value, "unit": r.unit},
+    Link: lambda r: {"tlv": "link", "rssi_dbm": r.rssi_dbm, "snr_db": r.snr_db},
+    Event: _event,
+    Firmware: _firmware,
+    ResetCause: lambda r: {
+        "tlv": "reset_cause",
+        "cause": r.cause.name.lower(),
+        "code": int(r.cause),
+    },
+    Pressure: lambda r: {"tlv": "pressure", "kpa": r.kpa},
+    Vibration: lambda r: {"tlv": "vibration", "peak_mg": r.peak_mg},
+    UnknownTlv: _unknown,
+}
+
+
 def record_to_dict(record: Record) -> dict[str, Any]:
-    match record:
-        case Tilt(x_deg=x, y_deg=y):
-            return {
-                "tlv": "tilt",
-                "x_deg": x,
-                "y_deg": y,
-                "tilt_deg": round(record.magnitude_deg, 2),
-            }
-        case WaterDepth(distance_mm=mm):
-            return {"tlv": "water_depth", "distance_mm": mm, "no_echo": mm is None}
-        case Battery(voltage_mv=mv):
-            return {"tlv": "battery", "voltage_mv": mv}
-        case Temperature(celsius=c):
-            return {"tlv": "temperature", "celsius": c}
-        case Gas(kind=kind, value=value):
-            return {"tlv": "gas", "gas": kind.name, "value": value, "unit": record.unit}
-        case Link(rssi_dbm=rssi, snr_db=snr):
-            return {"tlv": "link", "rssi_dbm": rssi, "snr_db": snr}
-        case Event(code=code, age_s=age):
-            return {
-                "tlv": "event",
-                "event": code.name.lower(),
-                "code": int(code),
-                "age_s": age,
-                "value": record.value,
-                "unit": record.value_unit,
-            }
-        case Firmware(major=major, minor=minor, build=build):
-            return {
-                "tlv": "firmware",
-                "version": str(record),
-                "major": major,
-                "minor": minor,
-                "build": build,
-            }
-        case ResetCause(cause=cause):
-            return {"tlv": "reset_cause", "cause": cause.name.lower(), "code": int(cause)}
-        case Pressure(kpa=kpa):
-            return {"tlv": "pressure", "kpa": kpa}
-        case Vibration(peak_mg=mg):
-            return {"tlv": "vibration", "peak_mg": mg}
-        case UnknownTlv(tag=tag, raw=raw):
-            return {"tlv": "unknown", "tag": tag, "tag_hex": f"0x{tag:02X}", "raw_hex": raw.hex()}
-    raise TypeError(f"not an SCN-1 record: {record!r}")  # pragma: no cover
+    to_dict = _TO_DICT.get(type(record))
+    if to_dict is None:
+        raise TypeError(f"not an SCN-1 record: {record!r}")  # pragma: no cover
+    return to_dict(record)
+
+
+def records_to_dicts(records: tuple[Record, ...]) -> list[dict[str, Any]]:
+    """``record_to_dict`` of each (a frame's records: what ``Frame`` holds, nothing else)."""
+    to_dict = _TO_DICT
+    return [to_dict[type(r)](r) for r in records]
 
 
 def flags_to_dict(flags: FrameFlags) -> dict[str, Any]:

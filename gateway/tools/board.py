@@ -18,11 +18,13 @@ from gateway.observation import Observation
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery
 from gateway.registry import Cover
+from gateway.values import quick_init
 
 MAX_DEVICES = 4096  # devices remembered for status; beyond it the longest silent is forgotten
 MAX_ROWS = 2000  # cover rows in one status reply
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Seen:
     """The last word from one device."""
@@ -73,17 +75,24 @@ class NodeBoard:
             self._seen.popitem(last=False)
 
     def frame(self, source: str, at: float, received: Received) -> None:
-        battery = received.frame.first(Battery)
-        self._put(
-            f"scn1:{received.frame.node_hex}",
-            Seen(
-                at,
-                source,
-                battery_mv=battery.voltage_mv if battery else None,
-                rssi_dbm=received.rssi_dbm,
-                snr_db=received.snr_db,
-            ),
-        )
+        """Every radio frame, console or not: one lookup and one value, nothing more."""
+        frame = received.frame
+        battery_mv: float | None = None
+        for record in frame.records:
+            if isinstance(record, Battery):
+                battery_mv = record.voltage_mv
+                break
+        key = f"scn1:{frame.node_id:08X}"
+        seen = self._seen
+        previous = seen.pop(key, None)
+        battery_pct = None
+        if previous is not None:  # a frame without a battery record keeps the last known level
+            battery_pct = previous.battery_pct
+            if battery_mv is None:
+                battery_mv = previous.battery_mv
+        seen[key] = Seen(at, source, battery_mv, battery_pct, received.rssi_dbm, received.snr_db)
+        if len(seen) > self._limit:
+            seen.popitem(last=False)
 
     def observation(self, obs: Observation) -> None:
         q, link = obs.quantities, obs.link

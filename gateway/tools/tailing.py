@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.buffer.queue import Lane, Outgoing
-from gateway.events import Input, SlaveFailed, SlaveRead
+from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
 from gateway.observation import Observation
 from gateway.protocol.framing import Item, Received
 from gateway.protocol.render import item_to_dict
@@ -37,6 +37,8 @@ class Watch:
 
     def input(self, event: Input) -> None:
         """The last word per device, and Modbus readings for tails."""
+        if isinstance(event, FrameHeard):
+            return  # every radio frame: its board entry came with ``frame``
         if isinstance(event, SlaveRead | SlaveFailed):
             failing = event.reason if isinstance(event, SlaveFailed) else None
             self.board.slave(event.bus, event.address, event.at, failing)

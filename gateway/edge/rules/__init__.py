@@ -14,11 +14,13 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.edge.alarm import AlarmKind, Debounce
+from gateway.values import maker, quick_init
 
 Iso = Callable[[float], str]  # a time as the wire shows it
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Check:
     kind: AlarmKind
@@ -32,6 +34,7 @@ class Check:
     extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Force:
     kind: AlarmKind
@@ -46,3 +49,6 @@ class Force:
 
 
 Verdict = Check | Force
+
+# Rules make several checks per reading, with keywords: without ``type.__call__``.
+make_check = maker(Check)

@@ -11,8 +11,13 @@ import math
 
 from gateway.config import Thresholds
 from gateway.edge.alarm import AlarmKind, Debounce
-from gateway.edge.rules import Check
+from gateway.edge.rules import Check, make_check
 from gateway.observation import Quantities
+
+# Enum members the per-frame path names, as module constants: on Python 3.11 an
+# Enum class attribute costs ~0.1 µs a lookup (EnumType.__getattr__), a global ~0.03.
+_HIGH = AlarmKind.WATER_HIGH
+_OVERFLOW = AlarmKind.WATER_OVERFLOW
 
 
 def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
@@ -26,19 +31,26 @@ def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
 
 
 def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[Check]:
+    high, overflow, margin = thr.water_high_mm, thr.water_overflow_mm, thr.water_clear_margin_mm
     return [
-        Check(
-            kind,
+        make_check(
+            _HIGH,
             sub,
-            bad=distance <= limit,
-            good=distance > limit + thr.water_clear_margin_mm,
+            bad=distance <= high,
+            good=distance > high + margin,
             rule=rule,
             value=distance,
             unit="mm",
-            threshold=limit,
-        )
-        for kind, limit in (
-            (AlarmKind.WATER_HIGH, thr.water_high_mm),
-            (AlarmKind.WATER_OVERFLOW, thr.water_overflow_mm),
-        )
+            threshold=high,
+        ),
+        make_check(
+            _OVERFLOW,
+            sub,
+            bad=distance <= overflow,
+            good=distance > overflow + margin,
+            rule=rule,
+            value=distance,
+            unit="mm",
+            threshold=overflow,
+        ),
     ]
