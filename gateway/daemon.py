@@ -431,8 +431,17 @@ class Gateway:
         if not self._pending and not state:
             return True
         batch = list(self._pending)
+        # Alarms are published while they are committed (the uplink deletes them
+        # only once this commit is in): latency is the slower of the two, not the sum.
+        committed: asyncio.Future[bool] | None = None
+        alarms = [m for m in batch if m.lane is Lane.ALARM]
+        if alarms and self.uplink is not None:
+            committed = asyncio.get_running_loop().create_future()
+            self.uplink.expedite(alarms, committed)
+        on_disk = False
         try:
             await self.queue.put_many_async(batch, state=state)
+            on_disk = True
             self.watch.committed(batch)
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
@@ -443,6 +452,9 @@ class Gateway:
             )
             self._trim_backlog()
             return False
+        finally:
+            if committed is not None and not committed.done():
+                committed.set_result(on_disk)
         del self._pending[: len(batch)]  # what was added meanwhile stays
         self._pending_state = {}
         self._flush_failing = False

@@ -105,9 +105,34 @@ class UplinkClient(aiomqtt.Client):
         properties: Properties | None = None,
     ) -> None:
         """Publish and wait for the PUBACK; raise :class:`PublishRefusedError` on a failure code."""
+        await self.acked(
+            self.publish_now(topic, payload, qos=qos, retain=retain, properties=properties)
+        )
+
+    def publish_now(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """Hand the PUBLISH to the connection at once, without waiting; :meth:`acked` waits.
+
+        The packet leaves with the loop's next write, so a caller can start a
+        publish and do something else (commit it to disk) while it travels.
+        """
         info = self._client.publish(topic, payload, qos, retain, properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        return info
+
+    async def acked(self, info: mqtt.MQTTMessageInfo) -> None:
+        """Until the PUBACK of a :meth:`publish_now`.
+
+        A failure code in it raises :class:`PublishRefusedError`.
+        """
         try:
             if not info.is_published():
                 confirmation = asyncio.Event()
