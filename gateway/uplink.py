@@ -968,7 +968,7 @@ class _AlarmFlight:
     async def send(self, row: Queued) -> None:
         """A row from the queue: published, deleted on its PUBACK."""
         try:
-            await self.client.publish_acked(row.message.topic, row.message.payload)
+            await self.client.acked(self.client.publish_now(row.message.topic, row.message.payload))
         except PublishRefusedError as err:
             self._refused(err)
         else:
