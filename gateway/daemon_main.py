@@ -15,6 +15,7 @@ the same failure with ``RestartPreventExitStatus=2 3``):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,10 @@ def run_daemon(path: Path) -> int:
     notifier = Notifier.from_env()
     try:
         gateway = Gateway(validated.config, notifier=notifier, config_path=path)
+        # What is loaded by now (modules, config, registry) lives as long as the
+        # process: frozen, a full collection no longer scans it. Unfrozen, each
+        # one paused the event loop (and an alarm) for 20-25 ms during a drain.
+        gc.freeze()
         asyncio.run(serve(gateway, hard_stop_s=HARD_STOP_S))
     except ConfigError as err:  # the registry changed between validation and start
         log.error("config refused: %s", err)  # noqa: TRY400
