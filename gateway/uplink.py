@@ -5,9 +5,12 @@ success code (PUBACK); a refusal (MQTT 5 reason code ≥ 0x80) leaves it queued,
 as an outage would. Until then it is published again, under the same id.
 
 Each lane has its own path on the connection: an alarm is published the
-moment it is committed, with in-flight slots of its own, whatever telemetry
-round is under way; telemetry rows go in rounds of batches bounded by count
-and bytes. Within a lane, messages are published in queue order.
+moment the pipeline commits it, while the commit runs (``Uplink.expedite``;
+its row is deleted only once both the PUBACK and the commit are in), with
+in-flight slots of its own, whatever telemetry round is under way; telemetry
+rows go in rounds of batches bounded by count and bytes, with at most
+``TELEMETRY_INFLIGHT_BYTES`` unacknowledged ahead of an alarm. Within a lane,
+messages are published in queue order.
 
 The connection is an explicit state machine with capped, jittered backoff
 over one or more broker addresses. ``protocol = "auto"`` tries MQTT 5 and
