@@ -61,6 +61,11 @@ from gateway.wire import (
 log = logging.getLogger(__name__)
 
 ROUND_ROWS = 2000  # telemetry rows taken from the queue per publishing round
+# ... read in slices of this many: the writer thread holds the GIL while it
+# builds the rows, and the event loop (an alarm) waits for it. A probe on the
+# loop while peeks ran back to back: p99 lag 6.6-9.3 ms for 2,000 rows a peek,
+# 5.1-5.4 ms for 500.
+PEEK_ROWS = 500
 # Telemetry bytes published and not yet acknowledged. An alarm queues behind
 # them in the socket and at the broker: at 1 Mbit/s, 128 KiB is a second.
 TELEMETRY_INFLIGHT_BYTES = 128 * 1024
@@ -809,7 +814,13 @@ class Uplink:
                 await _wait_any(stop, ready)
 
     async def _telemetry_round(self, client: UplinkClient) -> tuple[int, bool]:
-        rows = await self.queue.peek_lane_async(Lane.TELEMETRY, ROUND_ROWS)  # on the writer thread
+        rows: list[Queued] = []
+        while len(rows) < ROUND_ROWS:  # on the writer thread, in slices: see PEEK_ROWS
+            after = rows[-1].seq if rows else 0
+            part = await self.queue.peek_lane_async(Lane.TELEMETRY, PEEK_ROWS, after=after)
+            rows += part
+            if len(part) < PEEK_ROWS:
+                break
         if not rows:
             return 0, False
         units = iter_units(
