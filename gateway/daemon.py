@@ -98,6 +98,8 @@ class Gateway:
         self._input_ready = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._pending: list[Outgoing] = []
+        self._alarms_pending = False  # an alarm in _pending: flush now
+        self._expedited: dict[str, asyncio.Future[bool]] = {}  # msg_id → its commit, for the uplink
         self._flush_failing = False
         self._storage_said: str | None = None
         registry, errors = self._load_registry()
@@ -347,10 +349,8 @@ class Gateway:
             urgent = False
             if self._reload_requested:
                 self._reload()
-            for event in self._take():
-                out = self.engine.handle(event)
-                urgent |= any(m.lane is Lane.ALARM for m in out)
-                self._pending += out
+            urgent |= self._handle(self._take())
+            urgent |= self._alarms_pending
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             if time.monotonic() >= next_tick:
                 if self.notifier.enabled or self.metrics is not None:
@@ -360,6 +360,7 @@ class Gateway:
                         self.metrics.snapshot = snapshot
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
+                self._expedite(out)
                 self._pending += out
                 await self._watch_storage()
                 next_tick = time.monotonic() + TICK_S
@@ -371,7 +372,9 @@ class Gateway:
             if (urgent or due or full or owed) and await self._flush():
                 first_pending = None
             if stop.is_set() and not self._inputs and not self._critical:
-                if not await self._flush() and self._pending:
+                while await self._flush() and self._pending:
+                    pass  # alarms that came in during the last commit get theirs
+                if self._pending:
                     alarms = sum(m.lane is Lane.ALARM for m in self._pending)
                     log.error(
                         "stopping with %d alarms and %d readings the disk never took: lost",
@@ -380,7 +383,10 @@ class Gateway:
                     )
                 return
             self._input_ready.clear()
-            if not self._inputs and not self._critical and not stop.is_set():
+            # A reload asked for during a commit set the event this clear() just
+            # took back: the flag itself says there is work.
+            idle = not self._inputs and not self._critical and not self._reload_requested
+            if idle and not stop.is_set():
                 wait = flush_every if self._pending else TICK_S
                 if self.notifier.watchdog_interval_s is not None:
                     wait = min(wait, self.notifier.watchdog_interval_s)
@@ -389,14 +395,38 @@ class Gateway:
             else:
                 await asyncio.sleep(0)
 
-    def _take(self, limit: int = 1000) -> list[Input]:
+    def _handle(self, events: list[Input]) -> bool:
+        """Through the engine into pending; alarms also straight to the uplink. True: alarms."""
+        alarms = False
+        for event in events:
+            out = self.engine.handle(event)
+            if any(m.lane is Lane.ALARM for m in out):
+                alarms = self._alarms_pending = True
+                self._expedite(out)
+            self._pending += out
+        return alarms
+
+    def _expedite(self, out: list[Outgoing]) -> None:
+        """Hand new alarms to the uplink now: published while the commit that takes them
+        runs (and deleted only after it: ``_flush`` resolves the future)."""
+        alarms = [m for m in out if m.lane is Lane.ALARM and m.msg_id not in self._expedited]
+        if not alarms or self.uplink is None:
+            return
+        committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.uplink.expedite(alarms, committed)
+        # Offered once; resolved by the flush that writes them, taken or not (some of
+        # a batch may have been published before the connection failed).
+        for m in alarms:
+            self._expedited[m.msg_id] = committed
+
+    def _take(self, limit: int = 1000, *, critical_only: bool = False) -> list[Input]:
         """Alarms first, each after what its own device said before it; then the rest."""
         events: list[Input] = []
         while self._critical and len(events) < limit:
             arrived, event = self._critical.popleft()
             events += self._earlier_from(origin(event), arrived)
             events.append(event)
-        while self._inputs and len(events) < limit:
+        while self._inputs and len(events) < limit and not critical_only:
             events.append(self._inputs.popleft()[1])
         return events
 
@@ -431,16 +461,14 @@ class Gateway:
         if not self._pending and not state:
             return True
         batch = list(self._pending)
+        self._alarms_pending = False
         # Alarms are published while they are committed (the uplink deletes them
         # only once this commit is in): latency is the slower of the two, not the sum.
-        committed: asyncio.Future[bool] | None = None
-        alarms = [m for m in batch if m.lane is Lane.ALARM]
-        if alarms and self.uplink is not None:
-            committed = asyncio.get_running_loop().create_future()
-            self.uplink.expedite(alarms, committed)
+        self._expedite(batch)
         on_disk = False
+        put = asyncio.ensure_future(self.queue.put_many_async(batch, state=state))
         try:
-            await self.queue.put_many_async(batch, state=state)
+            await self._meanwhile(put)
             on_disk = True
             self.watch.committed(batch)
         except QueueError as err:
@@ -450,16 +478,35 @@ class Gateway:
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
+            self._alarms_pending = any(m.lane is Lane.ALARM for m in self._pending)
             self._trim_backlog()
             return False
         finally:
-            if committed is not None and not committed.done():
-                committed.set_result(on_disk)
+            put.cancel()  # only if this flush itself is cancelled (the put is done otherwise)
+            for m in batch:
+                committed = self._expedited.pop(m.msg_id, None)
+                if committed is not None and not committed.done():
+                    committed.set_result(on_disk)
         del self._pending[: len(batch)]  # what was added meanwhile stays
         self._pending_state = {}
         self._flush_failing = False
         self._wakeup.set()
         return True
+
+    async def _meanwhile(self, put: asyncio.Future[int]) -> None:
+        """Until ``put`` is committed, alarms that arrive go through the engine and to
+        the uplink at once (their own commit is the next flush's), not after the commit."""
+        while not put.done():
+            self._input_ready.clear()
+            if not self._critical:
+                waiter = asyncio.ensure_future(self._input_ready.wait())
+                either: set[asyncio.Future[Any]] = {put, waiter}
+                try:
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            self._handle(self._take(critical_only=True))
+        put.result()
 
     def _trim_backlog(self) -> None:
         """Bound what waits in memory: the oldest telemetry goes first, an alarm only
@@ -478,6 +525,9 @@ class Gateway:
             if message.lane is Lane.ALARM and drop_alarms > 0:
                 drop_alarms -= 1
                 self.stats.dropped_unwritten_alarm += 1
+                committed = self._expedited.pop(message.msg_id, None)
+                if committed is not None and not committed.done():
+                    committed.set_result(False)
                 continue
             kept.append(message)
         self._pending = kept

@@ -740,7 +740,8 @@ class Uplink:
         flight = self._flight
         if flight is None or not flight.take(alarms, committed):
             if flight is not None:
-                flight.missed += 1
+                flight.missed += 1  # left to the queue: later ones must not overtake it
+                flight.caught_up = False
             return False
         return True
 
