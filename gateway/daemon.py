@@ -372,9 +372,7 @@ class Gateway:
             if (urgent or due or full or owed) and await self._flush():
                 first_pending = None
             if stop.is_set() and not self._inputs and not self._critical:
-                while await self._flush() and self._pending:
-                    pass  # alarms that came in during the last commit get theirs
-                if self._pending:
+                if not await self._flush() and self._pending:
                     alarms = sum(m.lane is Lane.ALARM for m in self._pending)
                     log.error(
                         "stopping with %d alarms and %d readings the disk never took: lost",
@@ -419,14 +417,14 @@ class Gateway:
         for m in alarms:
             self._expedited[m.msg_id] = committed
 
-    def _take(self, limit: int = 1000, *, critical_only: bool = False) -> list[Input]:
+    def _take(self, limit: int = 1000) -> list[Input]:
         """Alarms first, each after what its own device said before it; then the rest."""
         events: list[Input] = []
         while self._critical and len(events) < limit:
             arrived, event = self._critical.popleft()
             events += self._earlier_from(origin(event), arrived)
             events.append(event)
-        while self._inputs and len(events) < limit and not critical_only:
+        while self._inputs and len(events) < limit:
             events.append(self._inputs.popleft()[1])
         return events
 
@@ -466,9 +464,8 @@ class Gateway:
         # only once this commit is in): latency is the slower of the two, not the sum.
         self._expedite(batch)
         on_disk = False
-        put = asyncio.ensure_future(self.queue.put_many_async(batch, state=state))
         try:
-            await self._meanwhile(put)
+            await self.queue.put_many_async(batch, state=state)
             on_disk = True
             self.watch.committed(batch)
         except QueueError as err:
@@ -482,7 +479,6 @@ class Gateway:
             self._trim_backlog()
             return False
         finally:
-            put.cancel()  # only if this flush itself is cancelled (the put is done otherwise)
             for m in batch:
                 committed = self._expedited.pop(m.msg_id, None)
                 if committed is not None and not committed.done():
@@ -492,21 +488,6 @@ class Gateway:
         self._flush_failing = False
         self._wakeup.set()
         return True
-
-    async def _meanwhile(self, put: asyncio.Future[int]) -> None:
-        """Until ``put`` is committed, alarms that arrive go through the engine and to
-        the uplink at once (their own commit is the next flush's), not after the commit."""
-        while not put.done():
-            self._input_ready.clear()
-            if not self._critical:
-                waiter = asyncio.ensure_future(self._input_ready.wait())
-                either: set[asyncio.Future[Any]] = {put, waiter}
-                try:
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-            self._handle(self._take(critical_only=True))
-        put.result()
 
     def _trim_backlog(self) -> None:
         """Bound what waits in memory: the oldest telemetry goes first, an alarm only
