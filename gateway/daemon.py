@@ -128,6 +128,8 @@ class Gateway:
         self._input_ready = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._pending: list[Outgoing] = []
+        self._alarms_pending = False  # an alarm in _pending: flush now
+        self._expedited: dict[str, asyncio.Future[bool]] = {}  # msg_id → its commit, for the uplink
         self._flush_failing = False
         self._storage_said: str | None = None
         registry, errors = census or self._load_registry()
@@ -445,10 +447,8 @@ class Gateway:
             urgent = False
             if self._reload_requested:
                 self._reload()
-            for event in self._take():
-                out = self.engine.handle(event)
-                urgent |= any(m.lane is _ALARM for m in out)
-                self._pending += out
+            urgent |= self._handle(self._take())
+            urgent |= self._alarms_pending
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
             now = time.monotonic()
             if self._stats_read and now >= next_status:
@@ -459,6 +459,7 @@ class Gateway:
             if now >= next_tick:
                 out = self.engine.tick(self.clock())
                 urgent |= bool(out)
+                self._expedite(out)
                 self._pending += out
                 await self._watch_storage()
                 next_tick = time.monotonic() + IDLE_TICK_MAX_S
@@ -484,7 +485,10 @@ class Gateway:
                     )
                 return
             self._input_ready.clear()
-            if not self._inputs and not self._critical and not stop.is_set():
+            # A reload asked for during a commit set the event this clear() just
+            # took back: the flag itself says there is work.
+            idle = not self._inputs and not self._critical and not self._reload_requested
+            if idle and not stop.is_set():
                 wakes = [next_tick + DEADLINE_SLACK_S]
                 if self._pending:
                     wakes.append(time.monotonic() + flush_every)
@@ -514,6 +518,30 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
                     await self._input_ready.wait()
+
+    def _handle(self, events: list[Input]) -> bool:
+        """Through the engine into pending; alarms also straight to the uplink. True: alarms."""
+        alarms = False
+        for event in events:
+            out = self.engine.handle(event)
+            if any(m.lane is Lane.ALARM for m in out):
+                alarms = self._alarms_pending = True
+                self._expedite(out)
+            self._pending += out
+        return alarms
+
+    def _expedite(self, out: list[Outgoing]) -> None:
+        """Hand new alarms to the uplink now: published while the commit that takes them
+        runs (and deleted only after it: ``_flush`` resolves the future)."""
+        alarms = [m for m in out if m.lane is Lane.ALARM and m.msg_id not in self._expedited]
+        if not alarms or self.uplink is None:
+            return
+        committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.uplink.expedite(alarms, committed)
+        # Offered once; resolved by the flush that writes them, taken or not (some of
+        # a batch may have been published before the connection failed).
+        for m in alarms:
+            self._expedited[m.msg_id] = committed
 
     def _take(self, limit: int = 1000) -> list[Input]:
         """Alarms first, each after what its own device said before it; then the rest."""
@@ -557,8 +585,14 @@ class Gateway:
         if not self._pending and not state:
             return True
         batch = list(self._pending)
+        self._alarms_pending = False
+        # Alarms are published while they are committed (the uplink deletes them
+        # only once this commit is in): latency is the slower of the two, not the sum.
+        self._expedite(batch)
+        on_disk = False
         try:
             await self.queue.put_many_async(batch, state=state)
+            on_disk = True
             self.watch.committed(batch)
         except QueueError as err:
             # Disk full or failing: keep going, keep alarms in memory, say so.
@@ -567,8 +601,14 @@ class Gateway:
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
+            self._alarms_pending = any(m.lane is Lane.ALARM for m in self._pending)
             self._trim_backlog()
             return False
+        finally:
+            for m in batch:
+                committed = self._expedited.pop(m.msg_id, None)
+                if committed is not None and not committed.done():
+                    committed.set_result(on_disk)
         del self._pending[: len(batch)]  # what was added meanwhile stays
         self._pending_state = {}
         self._flush_failing = False
@@ -592,6 +632,9 @@ class Gateway:
             if message.lane is Lane.ALARM and drop_alarms > 0:
                 drop_alarms -= 1
                 self.stats.dropped_unwritten_alarm += 1
+                committed = self._expedited.pop(message.msg_id, None)
+                if committed is not None and not committed.done():
+                    committed.set_result(False)
                 continue
             kept.append(message)
         self._pending = kept

@@ -97,8 +97,9 @@ def run_daemon(path: Path) -> int:
             census=(validated.registry, [str(e) for e in validated.registry_errors]),
         )
         del validated  # the engine holds the registry; after a reload nothing keeps the old one
-        # What start-up made lives as long as the process: the collector need not walk
-        # it again and again (100k covers are a million objects).
+        # What start-up made lives as long as the process: frozen, a full collection
+        # no longer walks it (100k covers are a million objects), and no longer
+        # pauses the event loop (and an alarm) for 20-25 ms during a drain.
         gc.freeze()
         asyncio.run(serve(gateway, hard_stop_s=HARD_STOP_S))
     except ConfigError as err:  # the registry changed between validation and start

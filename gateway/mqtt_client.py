@@ -117,9 +117,39 @@ class UplinkClient(aiomqtt.Client):
         properties: Properties | None = None,
     ) -> None:
         """Publish and wait for the PUBACK; raise :class:`PublishRefusedError` on a failure code."""
+        await self.acked(self._publish(topic, payload, qos, retain, properties))
+
+    def publish_now(self, topic: str, payload: bytes | str) -> mqtt.MQTTMessageInfo:
+        """QoS 1, written to the socket at once; :meth:`acked` waits for the PUBACK.
+
+        For alarms: the caller does something else (commits it to disk) while
+        the packet travels, and the write does not wait for the loop's next
+        turn (behind whatever is ready to run) as aiomqtt's would.
+        """
+        info = self._publish(topic, payload, 1, False, None)
+        rc = self._client.loop_write()
+        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+            raise aiomqtt.MqttCodeError(rc, "Could not write the message")
+        return info
+
+    def _publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int,
+        retain: bool,
+        properties: Properties | None,
+    ) -> mqtt.MQTTMessageInfo:
         info = self._client.publish(topic, payload, qos, retain, properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        return info
+
+    async def acked(self, info: mqtt.MQTTMessageInfo) -> None:
+        """Until the PUBACK of a publish.
+
+        A failure code in it raises :class:`PublishRefusedError`.
+        """
         try:
             if not info.is_published():
                 confirmation = asyncio.Event()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -335,7 +336,12 @@ async def feed(port: PtyPort, seen: Platform, frames: list[bytes]) -> None:
 async def alarm_latencies(
     seen: Platform, port: PtyPort, nodes: list[int], *, gap_s: float = 0.02
 ) -> list[float]:
-    """Single EVENT frames, one at a time: last byte on the pty → alarm at the platform (ms)."""
+    """Single EVENT frames, one at a time: last byte on the pty → alarm at the platform (ms).
+
+    The bench's own objects are frozen first: its collector's full passes
+    (15-25 ms each while a backlog's telemetry pours in) timed the platform, not the gateway.
+    """
+    gc.freeze()
     out = []
     for node in nodes:
         await write_all(port, opened(node, 7))

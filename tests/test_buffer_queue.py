@@ -337,6 +337,42 @@ async def test_async_api_commits_on_the_writer_thread(tmp_path: Path) -> None:
         assert [m.message.msg_id for m in q.peek(1)] == [f"{20:032x}"]
 
 
+async def test_an_alarm_job_goes_before_telemetry_jobs_waiting_for_the_writer(
+    tmp_path: Path,
+) -> None:
+    """An alarm's commit waits for the writer's job in progress, not for the line behind it.
+
+    The test holds the queue's lock, so the writer stops at its first job while
+    the others line up; a peek that was waiting before the alarm's commit was
+    submitted runs after it, and so sees the alarm (first come, first served
+    would not).
+    """
+    with DurableQueue(tmp_path / "q.db") as q:
+        q.put_many(readings(5))
+        with q._lock:
+            in_progress = asyncio.create_task(q.peek_async(100))
+            waiting = asyncio.create_task(q.peek_async(100))
+            alarm = asyncio.create_task(q.put_many_async([msg(1, Lane.ALARM)]))
+            await asyncio.sleep(0)  # all three submitted to the writer
+        assert await alarm == 1
+        seen = [m.message.msg_id for m in await waiting]
+        await in_progress
+    assert seen[0] == "m1", seen
+    assert len(seen) == 6
+
+
+async def test_ack_by_message_id(tmp_path: Path) -> None:
+    """The uplink deletes an alarm it published before its sequence number was known."""
+    with DurableQueue(tmp_path / "q.db") as q:
+        q.put_many([msg(1, Lane.ALARM), msg(2, Lane.ALARM), *readings(3)])
+        await q.ack_ids_async(["m2", "no-such-id"], urgent=True)
+        q.ack_ids([f"{0:032x}"])  # an engine-style id, stored as bytes
+        left = [m.message.msg_id for m in q.peek(10)]
+        depth = q.stats().depth
+    assert left == ["m1", f"{1:032x}", f"{2:032x}"]
+    assert depth == {Lane.ALARM: 1, Lane.TELEMETRY: 2}
+
+
 def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) -> None:
     """A real 2 MiB tmpfs that something else fills: telemetry makes room, acks wait in memory."""
     with (

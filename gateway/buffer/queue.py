@@ -43,13 +43,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from gateway.errors import GatewayError
 
@@ -208,7 +208,7 @@ class DurableQueue:
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: _Writer | None = None
         self._page_size = 4096
         self._topics: dict[str, int] = {}
         self._topic_names: dict[int, str] = {}
@@ -259,7 +259,7 @@ class DurableQueue:
             except (sqlite3.Error, OSError) as err:
                 self._close_db()
                 raise QueueError(f"queue {self.path} cannot be opened: {err}") from err
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+            self._writer = _Writer()
 
     def _open(self) -> None:
         try:
@@ -378,7 +378,7 @@ class DurableQueue:
     def close(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.shutdown(wait=True)
+            writer.shutdown()
         with self._lock:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -433,26 +433,41 @@ class DurableQueue:
 
     # --- the writer thread ---
 
-    async def _on_writer(self, fn: Callable[[], _T]) -> _T:
+    async def _on_writer(self, fn: Callable[[], _T], *, urgent: bool = False) -> _T:
+        """``fn`` on the writer thread; ``urgent`` (an alarm's job) goes before waiting others."""
         if self._writer is None:
             raise QueueError("queue is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+        return await self._writer.submit(fn, urgent=urgent)
 
     async def put_many_async(
         self, messages: Iterable[Outgoing], *, state: Mapping[str, str | None] | None = None
     ) -> int:
-        """``put_many`` on the writer thread; returns once the batch is committed."""
-        batch = list(messages)
-        return await self._on_writer(functools.partial(self.put_many, batch, state=state))
+        """``put_many`` on the writer thread; returns once the batch is committed.
 
-    async def ack_async(self, seqs: Sequence[int]) -> None:
-        await self._on_writer(functools.partial(self.ack, list(seqs)))
+        A batch with an alarm in it is an urgent job: it does not wait behind
+        the uplink's telemetry peeks and acks.
+        """
+        batch = list(messages)
+        urgent = any(m.lane is Lane.ALARM for m in batch)
+        return await self._on_writer(
+            functools.partial(self.put_many, batch, state=state), urgent=urgent
+        )
+
+    async def ack_async(self, seqs: Sequence[int], *, urgent: bool = False) -> None:
+        await self._on_writer(functools.partial(self.ack, list(seqs)), urgent=urgent)
+
+    async def ack_ids_async(self, msg_ids: Sequence[str], *, urgent: bool = False) -> None:
+        await self._on_writer(functools.partial(self.ack_ids, list(msg_ids)), urgent=urgent)
 
     async def peek_async(self, limit: int) -> list[Queued]:
         return await self._on_writer(functools.partial(self.peek, limit))
 
     async def peek_lane_async(self, lane: Lane, limit: int, *, after: int = 0) -> list[Queued]:
-        return await self._on_writer(functools.partial(self.peek_lane, lane, limit, after=after))
+        """An alarm lane's peek is urgent (see ``put_many_async``)."""
+        return await self._on_writer(
+            functools.partial(self.peek_lane, lane, limit, after=after),
+            urgent=lane is Lane.ALARM,
+        )
 
     async def recover_async(self) -> None:
         await self._on_writer(self.recover)
@@ -584,6 +599,24 @@ class DurableQueue:
             self._applied(delta)
             if any(delta.values()):
                 self._refresh_oldest()
+
+    def ack_ids(self, msg_ids: Sequence[str]) -> None:
+        """``ack`` by message id: for a message published before its sequence number was known
+        (the uplink sends an alarm while its commit is under way)."""
+        if not msg_ids:
+            return
+        with self._lock:
+            try:
+                seqs = [
+                    int(seq)
+                    for m in msg_ids
+                    for (seq,) in self.db.execute(
+                        "SELECT seq FROM outbox WHERE msg_id = ?", (encode_id(m),)
+                    )
+                ]
+            except sqlite3.Error as err:
+                raise QueueError(f"queue read failed: {err}") from err
+            self.ack(seqs)
 
     def _with_room(self, write: Callable[[], _T]) -> _T:
         """One transaction; on a full disk, checkpoint (so the WAL starts over) and try once more.
@@ -1197,6 +1230,83 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _migrate_v2,
     3: _migrate_v3,
 }
+
+
+class _Writer:
+    """The one thread that runs the queue's jobs for the event loop, one at a time.
+
+    Two waiting lines: an urgent job (an alarm's commit, peek or ack) is
+    taken before every ordinary one already waiting, so an alarm waits for
+    at most the job in progress, never for a line of telemetry peeks and
+    acks. Within a line, first come first served. ``shutdown`` runs what is
+    waiting, then ends the thread.
+    """
+
+    def __init__(self) -> None:
+        self._lines: tuple[deque[_Job], deque[_Job]] = (deque(), deque())  # urgent, ordinary
+        self._ready = threading.Condition(threading.Lock())
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], _T], *, urgent: bool) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise QueueError("queue is closing")
+            self._lines[0 if urgent else 1].append(_Job(fn, future, loop))
+            self._ready.notify()
+        return future
+
+    def shutdown(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        urgent, ordinary = self._lines
+        while True:
+            with self._ready:
+                while not urgent and not ordinary and not self._closed:
+                    self._ready.wait()
+                if not urgent and not ordinary:
+                    return
+                job = urgent.popleft() if urgent else ordinary.popleft()
+            job.run()
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    fn: Callable[[], object]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+    def run(self) -> None:
+        if self.future.cancelled():  # given up before it started, as an executor would
+            return
+        try:
+            result = self.fn()
+        except BaseException as err:  # handed to the waiter, whatever it is
+            self._hand(_fail, err)
+        else:
+            self._hand(_resolve, result)
+
+    def _hand(self, how: Callable[[asyncio.Future[Any], Any], None], value: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(how, self.future, value)
+
+
+def _resolve(future: asyncio.Future[Any], result: object) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)
 
 
 class _Transaction:
