@@ -13,6 +13,8 @@
 - paho's housekeeping (a PINGREQ when the keepalive falls due, the connection
   dropped when its PINGRESP is overdue) runs when it next has something to do,
   not every second as aiomqtt runs it: an idle gateway sleeps.
+- :meth:`UplinkClient.publish_now` writes an alarm to the socket at once, and a
+  writer is added to the loop only while paho still has bytes to write.
 
 Only private members of aiomqtt 2.5 (pinned in pyproject.toml) are used here,
 so the rest of the gateway sees the public API plus these three.
@@ -99,6 +101,29 @@ class UplinkClient(aiomqtt.Client):
             self._connected.set_exception(closed)
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        """aiomqtt's, but the writer is added only if there is still something to write.
+
+        paho asks for a writer whenever it queues a packet, and aiomqtt adds it
+        on the loop's next turn. ``publish_now`` has written the packet by then,
+        and the socket may even be closed (a goodbye right after an alarm):
+        adding a writer to a closed descriptor logged an asyncio traceback.
+        """
+        fileno = sock.fileno()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken pipe: the connection is gone
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            if sock.fileno() == fileno != -1 and client.want_write():
+                self._loop.add_writer(fileno, write)
+
+        self._loop.call_soon_threadsafe(register)
 
     async def _misc_loop(self) -> None:
         """aiomqtt's loop calls ``loop_misc`` every second; it only acts at keepalive deadlines."""
