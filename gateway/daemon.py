@@ -402,6 +402,7 @@ class Gateway:
             drivers_stop.set()
             await asyncio.sleep(0)
             pipeline_stop.set()
+            self._input_ready.set()  # the pipeline may be asleep until its next deadline
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pipeline), deadline - time.monotonic())
             uplink_stop.set()
