@@ -23,6 +23,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_port(port: int, *, within_s: float = 20.0, what: str = "server") -> None:
+    """Until something accepts on 127.0.0.1:``port``: the brokers' readiness, not a sleep."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not open port {port} within {within_s} s")
+
+
 class Broker:
     """A Mosquitto on a free loopback port; ``stop()``/``start()`` make an outage."""
 
@@ -52,17 +62,11 @@ class Broker:
             # broker before the daemon that publishes to it; stop() ends it.
             start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()}"
-        )
+        try:
+            wait_port(self.port, within_s=10, what="mosquitto")
+        except RuntimeError as err:
+            log = (self.workdir / "mosquitto.log").read_text()
+            raise RuntimeError(f"mosquitto did not start: {log}") from err
 
     def stop(self) -> None:
         if self.proc is not None:

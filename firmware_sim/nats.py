@@ -8,27 +8,14 @@ such servers routed to each other. Nothing here touches a system service.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_sim.broker import free_port
+from firmware_sim.broker import free_port, wait_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-def wait_port(port: int, *, within_s: float = 20.0, what: str = "server") -> None:
-    """Until something accepts on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not open port {port} within {within_s} s")
 
 
 @dataclass

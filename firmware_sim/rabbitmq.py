@@ -14,8 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_sim.broker import free_port
-from firmware_sim.nats import wait_port
+from firmware_sim.broker import free_port, wait_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
