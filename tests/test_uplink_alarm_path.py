@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -28,63 +29,83 @@ BACKLOG = 30_000
 OVERTAKEN_MEDIAN_MAX = 800
 
 
-async def test_alarm_overtakes_a_draining_backlog(tmp_path: Path) -> None:
-    with Broker(tmp_path / "broker") as broker:
-        gw = Gw(tmp_path / "gw", port=broker.port, uplink={"telemetry_batch_max": 1})
-        with DurableQueue(gw.workdir / "state" / "queue.db") as queue:
-            pad = "x" * 300
+def queue_backlog(gw: Gw, rows: int) -> None:
+    """``rows`` telemetry readings already queued before the daemon starts."""
+    with DurableQueue(gw.workdir / "state" / "queue.db") as queue:
+        for start in range(0, rows, 10_000):
             queue.put_many(
                 Outgoing(
                     f"old-{i}",
                     Lane.TELEMETRY,
                     "covers/gw-test/telemetry",
-                    json.dumps({"reading_id": f"old-{i}", "pad": pad}).encode(),
+                    json.dumps({"reading_id": f"old-{i}", "pad": "x" * 300}).encode(),
                 )
-                for i in range(BACKLOG)
+                for i in range(start, min(rows, start + 10_000))
             )
-        telemetry = 0
-        alarms: list[int] = []  # telemetry messages seen when each alarm arrived
-        arrived = asyncio.Event()
 
-        async def platform(subscribed: asyncio.Event) -> None:
-            nonlocal telemetry
-            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="fast-sub") as client:
-                await client.subscribe("covers/gw-test/#", qos=1)
-                subscribed.set()
-                async for message in client.messages:
-                    topic = str(message.topic)
-                    if topic.endswith("/telemetry"):
-                        telemetry += 1
-                    elif topic.endswith("/alarm"):
-                        alarms.append(telemetry)
-                    arrived.set()
 
-        async def until(predicate: object, timeout: float = 30) -> None:
-            async with asyncio.timeout(timeout):
-                while not predicate():  # type: ignore[operator]
-                    arrived.clear()
-                    await arrived.wait()
+class Platform:
+    """A subscriber counting readings and noting, for each alarm, how many came before it."""
 
-        subscribed = asyncio.Event()
-        sub = asyncio.create_task(platform(subscribed))
-        try:
-            await asyncio.wait_for(subscribed.wait(), 10)
-            gw.start()
-            await until(lambda: telemetry >= 200)
-            overtaken = []
-            for i, code in enumerate([EventCode.COVER_OPENED, EventCode.COVER_CLOSED] * 3):
-                before = telemetry
-                gw.event(code)
-                await until(lambda i=i: len(alarms) > i)
-                overtaken.append(alarms[i] - before)
-            left_behind = telemetry
-            await until(lambda: telemetry >= BACKLOG, timeout=120)
-            assert gw.stop() == 0
-        finally:
-            gw.close()
-            sub.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sub
+    def __init__(self) -> None:
+        self.readings = 0
+        self.alarms: list[tuple[int, str, str]] = []  # (readings seen before it, msg_id, state)
+        self._arrived = asyncio.Event()
+
+    async def listen(self, port: int, subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="platform-sub") as client:
+            await client.subscribe("covers/gw-test/#", qos=1)
+            subscribed.set()
+            async for message in client.messages:
+                topic = str(message.topic)
+                assert isinstance(message.payload, bytes)
+                if topic.endswith("/telemetry"):
+                    self.readings += json.loads(message.payload)["count"]
+                elif topic.endswith("/alarm"):
+                    body = json.loads(message.payload)
+                    self.alarms.append((self.readings, body["msg_id"], body["state"]))
+                self._arrived.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def listening(port: int) -> AsyncIterator[Platform]:
+    platform = Platform()
+    subscribed = asyncio.Event()
+    sub = asyncio.create_task(platform.listen(port, subscribed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        yield platform
+    finally:
+        sub.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sub
+
+
+async def test_alarm_overtakes_a_draining_backlog(tmp_path: Path) -> None:
+    with Broker(tmp_path / "broker") as broker:
+        gw = Gw(tmp_path / "gw", port=broker.port, uplink={"telemetry_batch_max": 1})
+        queue_backlog(gw, BACKLOG)
+        async with listening(broker.port) as seen:
+            try:
+                gw.start()
+                await seen.until(lambda: seen.readings >= 200, timeout=30)
+                overtaken = []  # telemetry messages (one reading each) between frame and alarm
+                for i, code in enumerate([EventCode.COVER_OPENED, EventCode.COVER_CLOSED] * 3):
+                    before = seen.readings
+                    gw.event(code)
+                    await seen.until(lambda i=i: len(seen.alarms) > i, timeout=30)
+                    overtaken.append(seen.alarms[i][0] - before)
+                left_behind = seen.readings
+                await seen.until(lambda: seen.readings >= BACKLOG, timeout=120)
+                assert gw.stop() == 0
+            finally:
+                gw.close()
     assert left_behind < BACKLOG - 1000, "the backlog had drained: nothing was overtaken"
     assert sorted(overtaken)[len(overtaken) // 2] < OVERTAKEN_MEDIAN_MAX, overtaken
 
@@ -98,62 +119,23 @@ async def test_alarms_reach_the_broker_before_the_backlog_once_each(tmp_path: Pa
     backlog = 60_000
     with Broker(tmp_path / "broker") as broker:
         gw = Gw(tmp_path / "gw", port=broker.port)
-        with DurableQueue(gw.workdir / "state" / "queue.db") as queue:
-            for start in range(0, backlog, 10_000):
-                queue.put_many(
-                    Outgoing(
-                        f"old-{i}",
-                        Lane.TELEMETRY,
-                        "covers/gw-test/telemetry",
-                        json.dumps({"reading_id": f"old-{i}", "pad": "x" * 300}).encode(),
-                    )
-                    for i in range(start, start + 10_000)
-                )
-        readings = 0
-        alarms: list[tuple[int, str, str]] = []  # (readings seen before it, msg_id, state)
-        arrived = asyncio.Event()
-
-        async def platform(subscribed: asyncio.Event) -> None:
-            nonlocal readings
-            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="order-sub") as client:
-                await client.subscribe("covers/gw-test/#", qos=1)
-                subscribed.set()
-                async for message in client.messages:
-                    topic = str(message.topic)
-                    assert isinstance(message.payload, bytes)
-                    if topic.endswith("/telemetry"):
-                        readings += json.loads(message.payload)["count"]
-                    elif topic.endswith("/alarm"):
-                        body = json.loads(message.payload)
-                        alarms.append((readings, body["msg_id"], body["state"]))
-                    arrived.set()
-
-        async def until(predicate: object, timeout: float = 60) -> None:
-            async with asyncio.timeout(timeout):
-                while not predicate():  # type: ignore[operator]
-                    arrived.clear()
-                    await arrived.wait()
-
-        subscribed = asyncio.Event()
-        sub = asyncio.create_task(platform(subscribed))
-        try:
-            await asyncio.wait_for(subscribed.wait(), 10)
-            gw.start()
-            await until(lambda: readings >= 1000)
-            for i, code in enumerate([EventCode.COVER_OPENED, EventCode.COVER_CLOSED] * 3):
-                gw.event(code)
-                await until(lambda i=i: len(alarms) > i)
-            # Each EVENT frame is a reading too.
-            await until(lambda: readings >= backlog + 6, timeout=180)
-            assert gw.stop() == 0
-            left = gw.queued()
-        finally:
-            gw.close()
-            sub.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sub
+        queue_backlog(gw, backlog)
+        async with listening(broker.port) as seen:
+            try:
+                gw.start()
+                await seen.until(lambda: seen.readings >= 1000)
+                for i, code in enumerate([EventCode.COVER_OPENED, EventCode.COVER_CLOSED] * 3):
+                    gw.event(code)
+                    await seen.until(lambda i=i: len(seen.alarms) > i)
+                # Each EVENT frame is a reading too.
+                await seen.until(lambda: seen.readings >= backlog + 6, timeout=180)
+                assert gw.stop() == 0
+                left = gw.queued()
+            finally:
+                gw.close()
+    alarms, readings = seen.alarms, seen.readings
     assert [state for _, _, state in alarms] == ["raised", "cleared"] * 3
     assert len({msg_id for _, msg_id, _ in alarms}) == 6  # none published twice
-    assert all(seen < backlog for seen, _, _ in alarms), alarms
+    assert all(before < backlog for before, _, _ in alarms), alarms
     assert readings == backlog + 6
     assert left == []  # every alarm deleted once acknowledged
