@@ -34,6 +34,8 @@ NOT_FOR_A_RADIO = (
     "gateway.tools.busscan",
     "construct",  # SCN-1 decodes with gateway.protocol.scn1_layouts
     "gateway.protocol.scn1_schema",
+    "difflib",  # "did you mean" for a misspelt key
+    "importlib.resources",  # the command schemas, read at the first command
 )
 
 
