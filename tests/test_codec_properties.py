@@ -162,6 +162,7 @@ def test_the_generated_layouts_are_those_of_the_construct_definitions() -> None:
         "python -m gateway.protocol.scn1_schema > gateway/protocol/scn1_layouts.py"
     )
     assert sorted(scn1_layouts.TLV_LAYOUTS) == sorted(scn1_schema.TLV_BODIES)
+    assert scn1.HEADER_LAYOUT.fields.size == scn1.HEADER_SIZE
 
 
 def test_a_changed_definition_changes_the_generated_layouts(

@@ -43,7 +43,6 @@ from gateway.protocol.messages import (
     WaterDepth,
 )
 from gateway.protocol.scn1 import Tag
-from gateway.protocol.scn1_layouts import HEADER_LAYOUT, TLV_LAYOUTS
 from gateway.values import maker
 
 NO_ECHO = 0xFFFF
@@ -92,9 +91,9 @@ _RECORDS: dict[
     int, tuple[int | None, Callable[..., tuple[Any, ...]], Callable[..., Record | None]]
 ] = {
     tag: (layout.length, layout.fields.unpack_from, _FROM_WIRE[tag])
-    for tag, layout in TLV_LAYOUTS.items()
+    for tag, layout in scn1.TLV_LAYOUTS.items()
 }
-_unpack_header = HEADER_LAYOUT.fields.unpack_from
+_unpack_header = scn1.HEADER_LAYOUT.fields.unpack_from
 _make_frame = maker(Frame)  # every frame, five keywords: without ``type.__call__``
 
 

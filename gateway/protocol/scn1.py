@@ -21,6 +21,9 @@ from __future__ import annotations
 import binascii
 from enum import IntEnum
 
+from gateway.protocol.layout import FixedLayout
+from gateway.protocol.scn1_layouts import HEADER_LAYOUT, TLV_LAYOUTS
+
 SYNC = b"\xa5\x5a"
 VERSION = 1
 MIN_LEN = 9
@@ -50,13 +53,16 @@ class Tag(IntEnum):
 
 
 __all__ = [
+    "HEADER_LAYOUT",
     "HEADER_SIZE",
     "MAX_FRAME",
     "MAX_LEN",
     "MIN_LEN",
     "OVERHEAD",
     "SYNC",
+    "TLV_LAYOUTS",
     "VERSION",
+    "FixedLayout",
     "Tag",
     "crc16_ccitt_false",
 ]
