@@ -520,8 +520,8 @@ EXIT_PIPE = 141  # what a shell reports for a tool ended by SIGPIPE (``| head``)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # The parser is not kept: for ``run`` it would live as long as the daemon.
+    args = build_parser().parse_args(argv)
     default_level = {"run": "INFO", "demo": "ERROR"}.get(args.command, "WARNING")
     logging.basicConfig(
         level=(args.log_level or default_level).upper(),

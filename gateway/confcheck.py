@@ -16,7 +16,6 @@ A secret (``secret=True``) is never echoed in an error.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
@@ -172,6 +171,8 @@ class Table:
             self.errors.add(err)
 
     def _unknown(self, name: str) -> str:
+        import difflib  # noqa: PLC0415 - only for a misspelt key
+
         near = difflib.get_close_matches(name, sorted(self._read), n=1, cutoff=0.6)
         return f"unknown key (did you mean {near[0]!r}?)" if near else "unknown key"
 

@@ -1,8 +1,11 @@
 """The decoder is the trust boundary: round trips, and nothing but ProtocolError escapes."""
 
 import contextlib
+import struct
+from pathlib import Path
 
 import pytest
+from construct import Const, Int8ub, Int32ub, Struct
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +21,7 @@ from gateway.errors import (
     UnknownTypeError,
     VersionError,
 )
-from gateway.protocol import scn1
+from gateway.protocol import scn1, scn1_layouts, scn1_schema
 from gateway.protocol.codec import (
     decode_body,
     decode_frame,
@@ -26,6 +29,7 @@ from gateway.protocol.codec import (
     encode_envelope,
     encode_frame,
 )
+from gateway.protocol.layout import FixedLayout, layout_literal
 from gateway.protocol.messages import Frame, GasKind, UnknownTlv
 from tests.strategies import frames
 from tests.vectors import vector
@@ -133,18 +137,71 @@ def test_reserved_flag_bits_are_ignored() -> None:
     assert decode_frame(encode_envelope(bytes(body))).flags == frame.flags
 
 
-@given(st.sampled_from(sorted(scn1.TLV_BODIES)), st.data())
+@given(st.sampled_from(sorted(scn1_schema.TLV_BODIES)), st.data())
 def test_struct_layout_agrees_with_the_construct_definition(tag: int, data: st.DataObject) -> None:
-    """The decoder's struct formats are derived from construct; both must read the same."""
-    layout = scn1.TLV_LAYOUTS[tag]
+    """The decoder's struct formats (the generated module) and construct read the same."""
+    layout = scn1_layouts.TLV_LAYOUTS[tag]
     assert layout.length is not None
     raw = data.draw(st.binary(min_size=layout.length, max_size=layout.length))
-    parsed = scn1.TLV_BODIES[tag].parse(bytes([layout.length]) + raw)
+    parsed = scn1_schema.TLV_BODIES[tag].parse(bytes([layout.length]) + raw)
     assert layout.fields.unpack(raw) == tuple(parsed[name] for name in layout.names)
 
 
 @given(st.binary(min_size=scn1.HEADER_SIZE, max_size=scn1.HEADER_SIZE))
 def test_header_layout_agrees_with_the_construct_definition(raw: bytes) -> None:
-    parsed = scn1.HEADER.parse(raw)
-    layout = scn1.HEADER_LAYOUT
+    parsed = scn1_schema.HEADER.parse(raw)
+    layout = scn1_layouts.HEADER_LAYOUT
     assert layout.fields.unpack(raw) == tuple(parsed[name] for name in layout.names)
+
+
+def test_the_generated_layouts_are_those_of_the_construct_definitions() -> None:
+    """scn1_layouts is checked in; regenerated from construct now, it must be the same file."""
+    checked_in = Path(scn1_layouts.__file__).read_text(encoding="utf-8")
+    assert checked_in == scn1_schema.layouts_source(), (
+        "gateway/protocol/scn1_layouts.py is stale: run "
+        "python -m gateway.protocol.scn1_schema > gateway/protocol/scn1_layouts.py"
+    )
+    assert sorted(scn1_layouts.TLV_LAYOUTS) == sorted(scn1_schema.TLV_BODIES)
+    assert scn1.HEADER_LAYOUT.fields.size == scn1.HEADER_SIZE
+
+
+def test_a_changed_definition_changes_the_generated_layouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The freshness check can fail: a field's width changed in construct shows in the source."""
+    before = scn1_schema.layouts_source()
+    bodies = dict(scn1_schema.TLV_BODIES)
+    bodies[scn1.Tag.BATTERY] = Struct("length" / Const(4, Int8ub), "mv" / Int32ub)
+    monkeypatch.setattr(scn1_schema, "TLV_BODIES", bodies)
+    after = scn1_schema.layouts_source()
+    assert after != before
+    assert '0x03: FixedLayout(4, struct.Struct(">L"), ("mv",)),  # BATTERY' in after
+
+
+_FIELD_CODES = st.sampled_from(["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "3s", "16s"])
+
+
+@given(
+    length=st.none() | st.integers(0, 255),
+    order=st.sampled_from("<>"),
+    codes=st.lists(_FIELD_CODES, min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_layout_literal_makes_the_same_layout_again(
+    length: int | None, order: str, codes: list[str], data: st.DataObject
+) -> None:
+    names = data.draw(
+        st.lists(
+            st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True),
+            min_size=len(codes),
+            max_size=len(codes),
+            unique=True,
+        )
+    )
+    layout = FixedLayout(length, struct.Struct(order + "".join(codes)), tuple(names))
+    again = eval(layout_literal(layout), {"FixedLayout": FixedLayout, "struct": struct})
+    assert (again.length, again.fields.format, again.names) == (
+        layout.length,
+        layout.fields.format,
+        layout.names,
+    )

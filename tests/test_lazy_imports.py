@@ -1,5 +1,6 @@
 """The daemon imports what its configuration uses: a radio-only gateway carries no
-pymodbus, Prometheus, jsonschema or LoRaWAN codecs (idle memory, docs/performance.md).
+pymodbus, Prometheus, jsonschema, LoRaWAN codecs or construct (SCN-1 decodes with
+layouts generated from its construct definitions) (idle memory, docs/performance.md).
 
 The real daemon runs (``covergw run`` as a process, a pty for its radio, a
 Mosquitto of its own) under ``-X importtime``, which names every module as it
@@ -31,6 +32,10 @@ NOT_FOR_A_RADIO = (
     "gateway.metrics",
     "gateway.protocol.devices",
     "gateway.tools.busscan",
+    "construct",  # SCN-1 decodes with gateway.protocol.scn1_layouts
+    "gateway.protocol.scn1_schema",
+    "difflib",  # "did you mean" for a misspelt key
+    "importlib.resources",  # the command schemas, read at the first command
 )
 
 

@@ -70,7 +70,7 @@ def _reset_cause(cause_value: int) -> Record | None:
 
 
 # Each takes the record's fields in the order the construct definition
-# (scn1.TLV_BODIES) declares them; None: a value newer than this gateway (a
+# (scn1_schema.TLV_BODIES) declares them; None: a value newer than this gateway (a
 # sixth gas kind), kept whole as an ``UnknownTlv``. Types whose fields are the
 # wire's as they are stand for themselves: no call in between.
 _FROM_WIRE: dict[int, Callable[..., Record | None]] = {
@@ -176,7 +176,8 @@ def decode_frame(data: bytes) -> Frame:
     return decode_body(check_envelope(data))
 
 
-# --- encoding (simulator and tests): the same construct definitions, built ---
+# --- encoding (simulator and tests): the construct definitions, built ---
+# scn1_schema is imported where it is used: the daemon only decodes, without construct.
 
 
 def _record_fields(record: Record) -> tuple[int, dict[str, int]] | None:
@@ -209,20 +210,25 @@ def _record_fields(record: Record) -> tuple[int, dict[str, int]] | None:
 
 
 def encode_record(record: Record) -> bytes:
+    from gateway.protocol import scn1_schema  # noqa: PLC0415 - construct only to encode
+
     fields = _record_fields(record)
     try:
         if fields is None:
             assert isinstance(record, UnknownTlv)
-            return bytes(scn1.RAW_TLV.build({"tag": record.tag, "body": {"raw": record.raw}}))
+            raw = {"tag": record.tag, "body": {"raw": record.raw}}
+            return bytes(scn1_schema.RAW_TLV.build(raw))
         tag, values = fields
-        return bytes(scn1.TLV.build({"tag": tag, "body": values}))
-    except scn1.ConstructError as err:
+        return bytes(scn1_schema.TLV.build({"tag": tag, "body": values}))
+    except scn1_schema.ConstructError as err:
         raise ValueError(f"cannot encode {record!r}: {err}") from err
 
 
 def encode_body(frame: Frame, *, version: int = scn1.VERSION, msg_type: int | None = None) -> bytes:
     """BODY bytes; ``version``/``msg_type`` overrides let tests build rejected frames."""
-    header = scn1.HEADER.build(
+    from gateway.protocol import scn1_schema  # noqa: PLC0415 - construct only to encode
+
+    header = scn1_schema.HEADER.build(
         {
             "version": version,
             "msg_type": int(frame.msg_type) if msg_type is None else msg_type,
@@ -237,7 +243,9 @@ def encode_body(frame: Frame, *, version: int = scn1.VERSION, msg_type: int | No
 def encode_envelope(body: bytes) -> bytes:
     if not scn1.MIN_LEN <= len(body) <= scn1.MAX_LEN:
         raise ValueError(f"BODY of {len(body)} bytes is outside {scn1.MIN_LEN}..{scn1.MAX_LEN}")
-    return bytes(scn1.ENVELOPE.build({"body": body}))
+    from gateway.protocol import scn1_schema  # noqa: PLC0415 - construct only to encode
+
+    return bytes(scn1_schema.ENVELOPE.build({"body": body}))
 
 
 def encode_frame(frame: Frame) -> bytes:

@@ -6,6 +6,11 @@ decode. Most records are a fixed run of integer and byte-string fields, and
 for those ``fixed_layout`` derives the equivalent ``struct.Struct`` from the
 construct fields themselves, so there is still one definition. The tests
 hold both forms to the same reading on arbitrary bytes.
+
+Where the daemon should not import construct at all (SCN-1, its hot path and
+its idle memory), the layouts are derived ahead of time: ``layout_literal``
+writes one as Python source for a generated, checked-in module, and a test
+regenerates that module from construct and fails when they differ.
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ def fixed_layout(definition: Any) -> FixedLayout:
     if not names:
         raise LayoutError(f"no fields in {definition!r}")
     return FixedLayout(length, struct.Struct((order or ">") + codes), tuple(names))
+
+
+def layout_literal(layout: FixedLayout) -> str:
+    """``layout`` as the Python expression that makes it again (for generated modules)."""
+    names = ", ".join(f'"{name}"' for name in layout.names)
+    if len(layout.names) == 1:
+        names += ","
+    return f'FixedLayout({layout.length!r}, struct.Struct("{layout.fields.format}"), ({names}))'
 
 
 Parse = Callable[..., Any]
