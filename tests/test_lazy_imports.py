@@ -36,6 +36,7 @@ NOT_FOR_A_RADIO = (
     "gateway.protocol.scn1_schema",
     "difflib",  # "did you mean" for a misspelt key
     "importlib.resources",  # the command schemas, read at the first command
+    "http.client",  # paho's urllib.request, deferred by gateway/__init__.py
 )
 
 
@@ -98,3 +99,20 @@ def test_what_the_configuration_has_is_imported(tmp_path: Path) -> None:
     assert loaded(modules, "prometheus_client")
     assert "gateway.metrics" in modules
     assert not loaded(modules, "pymodbus")
+
+
+def test_a_deferred_module_loads_at_its_first_use() -> None:
+    """urllib.request is a placeholder until used; then it is the real module, everywhere."""
+    check = (
+        "import sys, gateway, paho.mqtt.client as paho\n"
+        "assert 'http.client' not in sys.modules\n"
+        "import urllib.request\n"
+        "assert isinstance(urllib.request.getproxies(), dict)\n"
+        "assert 'http.client' in sys.modules\n"
+        "assert paho.urllib.request is sys.modules['urllib.request'] is urllib.request\n"
+        "assert urllib.request.Request('http://x/').host == 'x'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
