@@ -303,7 +303,7 @@ def test_a_queue_written_at_schema_2_migrates(tmp_path: Path) -> None:
     assert stats.evicted == {Lane.ALARM: 1, Lane.TELEMETRY: 42}
     assert newest > 1203  # a sequence number once handed out is never reused
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone() == (3,)
+    assert check.execute("PRAGMA user_version").fetchone() == (4,)
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
 
