@@ -38,6 +38,7 @@ from gateway.wire import (
     WireError,
     decode_batch,
     encode_batch,
+    pack_chunk,
     pack_row,
     unpack_row,
 )
@@ -223,6 +224,14 @@ def test_a_typical_cbor_reading_takes_under_40_bytes() -> None:
 @given(st.binary(max_size=2000))
 def test_packed_rows_round_trip(row: bytes) -> None:
     assert unpack_row(pack_row(row)) == row
+
+
+@given(st.lists(st.binary(max_size=3000).filter(lambda r: b"\n" not in r), min_size=1, max_size=40))
+def test_packed_chunks_round_trip_reading_by_reading(readings: list[bytes]) -> None:
+    """A chunk (a queue row of several readings) is one stream with a 32 KiB window."""
+    packed = pack_chunk(b"\n".join(readings))
+    assert packed[:1] != b"{"  # never mistaken for a plain JSON row
+    assert unpack_row(packed).split(b"\n") == readings
 
 
 @given(st.binary(max_size=300))

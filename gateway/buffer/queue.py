@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
 from gateway.errors import GatewayError
-from gateway.wire import WireError, pack_row, unpack_row
+from gateway.wire import WireError, pack_chunk, pack_row, unpack_row
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -169,10 +169,12 @@ class _Row(NamedTuple):
 
 def _chunk_row(first: Outgoing, texts: list[bytes]) -> _Row:
     """Readings as one telemetry row: a packed reading alone stays as it was."""
-    if len(texts) == 1 and first.payload[:1] != b"{":
-        payload = first.payload
+    if len(texts) > 1:
+        payload = pack_chunk(b"\n".join(texts))
+    elif first.payload[:1] == b"{":
+        payload = pack_row(texts[0])
     else:
-        payload = pack_row(b"\n".join(texts))
+        payload = first.payload
     return _Row(first.msg_id, Lane.TELEMETRY, first.topic, payload, len(texts))
 
 
