@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
 from gateway.errors import GatewayError
-from gateway.wire import WireError, pack_chunk, pack_row, unpack_row
+from gateway.wire import MAX_ROW_BYTES, WireError, pack_chunk, pack_row, unpack_row
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -243,7 +243,7 @@ class DurableQueue:
         """
         self.path = path
         self.chunk_readings = max(1, chunk_readings)
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = min(chunk_bytes, MAX_ROW_BYTES)  # more would unpack as damage
         self.max_bytes = max_bytes
         if reserve_bytes is None:
             reserve_bytes = min(MAX_RESERVE, max(MIN_RESERVE, max_bytes // 32))
