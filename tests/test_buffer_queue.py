@@ -377,13 +377,25 @@ async def test_ack_by_message_id(tmp_path: Path) -> None:
     assert depth == {Lane.ALARM: 1, Lane.TELEMETRY: 2}
 
 
-def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) -> None:
+def noisy_readings(n: int, *, start: int = 0) -> list[Outgoing]:
+    """Rendered readings (chunked by a v4 queue) that zlib cannot shrink much: ~650 B each."""
+    out = []
+    for i in range(start, start + n):
+        noise = random.Random(i).randbytes(300).hex().encode()
+        body = b'{"reading_id":"%032x","noise":"%s"}' % (i, noise)
+        out.append(Outgoing(f"{i:032x}", Lane.TELEMETRY, "covers/gw/telemetry", body))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 20])
+def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path, chunk: int) -> None:
     """A real 2 MiB tmpfs that something else fills: telemetry makes room, acks wait in memory."""
     with (
         small_fs(tmp_path / "fs", 2048) as fs,
-        DurableQueue(fs / "q.db", max_bytes=1536 * 1024) as q,
+        DurableQueue(fs / "q.db", max_bytes=1536 * 1024, chunk_readings=chunk) as q,
     ):
-        q.put_many(readings(600))  # about a third of the bound
+        make = noisy_readings if chunk > 1 else readings  # chunked, or one a row
+        q.put_many(make(600))  # about a third of the bound
         filler = fs / "filler"
         fill(filler)  # the logs ate the disk
         alarms: list[str] = []
@@ -391,7 +403,7 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
         for batch in range(1, 40):  # ~1 MB more readings, an alarm with every batch
             alarm = msg(batch, Lane.ALARM, 300)
             try:
-                q.put_many([*readings(40, start=batch * 40 + 1000), alarm])
+                q.put_many([*make(40, start=batch * 40 + 1000), alarm])
             except QueueError:  # the only error there is; the caller keeps the batch
                 continue
             alarms.append(alarm.msg_id)
@@ -409,7 +421,7 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
         reader.execute("SELECT COUNT(*) FROM outbox").fetchone()
         for batch in range(40, 60):
             with contextlib.suppress(QueueError):
-                q.put_many([*readings(40, start=batch * 40 + 1000), msg(batch, Lane.ALARM, 300)])
+                q.put_many([*make(40, start=batch * 40 + 1000), msg(batch, Lane.ALARM, 300)])
         delivered = q.peek(2000)
         q.ack([m.seq for m in delivered])  # never raises: held in memory if the disk refuses
         assert not {m.seq for m in q.peek(2000)} & {m.seq for m in delivered}  # not sent twice
@@ -424,7 +436,7 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
             left[Lane(lane)] = count
         assert stats.depth == left == dict.fromkeys(Lane, 0)
         assert q.reserve_path.stat().st_size == q.reserve_bytes  # ready for the next time
-        assert q.put_many(readings(10, start=10_000)) == 10
+        assert q.put_many(make(10, start=10_000)) == 10
 
 
 @given(st.one_of(st.text(max_size=40), st.uuids().map(lambda u: u.hex), st.binary().map(bytes.hex)))
