@@ -6,7 +6,10 @@ thread (the ``*_async`` methods) and awaits the commit, so a slow disk never
 stalls the event loop; the synchronous methods stay for tools and tests.
 
 Two lanes: alarms are always taken before any telemetry backlog; telemetry
-leaves oldest first.
+leaves oldest first. An alarm is a row; telemetry is stored in chunks, one
+row per chunk of readings that fits one uplink batch (schema 4, ``_rows``),
+so SQLite and zlib work is paid per chunk. Depths, evictions and every
+counter are in readings.
 
 The bound is on disk, not on payloads: ``max_bytes`` covers the database's
 pages, the WAL (checkpointed at half ``reserve_bytes``, counted as two) and a
@@ -522,6 +525,10 @@ class DurableQueue:
         self, messages: Iterable[Outgoing], *, state: Mapping[str, str | None] | None = None
     ) -> int:
         """Accept messages and state in one commit; a known message id is not queued twice.
+
+        Telemetry goes in chunks (``chunk_readings``): a chunk is known by its
+        first reading's id, and the same batch tried again cuts the same chunks.
+        Returns the alarms and readings accepted.
 
         ``state`` is per key, so a caller writes only what changed: a value
         replaces the key's row, ``None`` deletes it. On a full disk the oldest
