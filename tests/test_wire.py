@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import uplink
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, Queued
 from gateway.cbor_layout import _iso_ms
 from gateway.config import parse_config
@@ -439,3 +441,44 @@ async def test_rows_queued_under_larger_batches_are_cut_and_each_reading_arrives
     assert max(len(b["readings"]) for b in batches) <= 7
     assert sorted(int(r["source"]["node"], 16) for r in collector.readings()) == nodes
     assert len({b["msg_id"] for b in batches}) == len(batches)
+
+
+async def test_a_backlog_drains_no_faster_than_the_drain_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 queued readings at 5,000/s: a round of 2,000, then 0.4 s before the rest."""
+    monkeypatch.setattr(uplink, "DRAIN_READINGS_PER_S", 5000)
+    state = tmp_path / "state"
+    with DurableQueue(state / "queue.db", chunk_readings=100) as queue:
+        queue.put_many(
+            Outgoing(
+                f"{i:024x}",
+                Lane.TELEMETRY,
+                "covers/gw-drain/telemetry",
+                b'{"reading_id":"%024x","time":"2026-11-30T04:00:00.000Z",'
+                b'"source":{"type":"node","port":"udp0","node":"00B00001","seq":1}}' % i,
+            )
+            for i in range(3000)
+        )
+    arrived: list[tuple[float, int]] = []
+    with Broker(tmp_path / "broker") as broker:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as platform:
+            await platform.subscribe("covers/gw-drain/telemetry", qos=1)
+            config = {
+                "gateway": {"id": "gw-drain", "state_dir": str(state)},
+                "uplink": {"host": "127.0.0.1", "port": broker.port},
+            }
+            gateway = Gateway(parse_config(config, base_dir=tmp_path))
+            stop = asyncio.Event()
+            task = asyncio.create_task(gateway.run(stop))
+            async with asyncio.timeout(30):
+                async for message in platform.messages:
+                    assert isinstance(message.payload, bytes)
+                    count = decode_batch(message.payload)["count"]
+                    arrived.append((time.monotonic(), count))
+                    if sum(n for _, n in arrived) >= 3000:
+                        break
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    assert sum(n for _, n in arrived) == 3000
+    assert arrived[-1][0] - arrived[0][0] >= 0.35  # 2,000 readings take 0.4 s at 5,000/s
