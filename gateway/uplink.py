@@ -234,7 +234,7 @@ def iter_units(
             log.exception("queued reading %s is damaged; dropped", message.msg_id)
             yield Unit("", b"", (queued.seq,), count=queued.n)  # acknowledged without a publish
             continue
-        readings = text.split(b"\n") if queued.n > 1 else [text]
+        readings = text.split(b"\n")  # a chunk; JSON text never holds a raw newline
         n = len(readings)
         if n > 1 and (n > max_count or len(text) > max_bytes):
             if batch:

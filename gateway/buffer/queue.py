@@ -1240,14 +1240,7 @@ class DurableQueue:
                 top = None if row is None else row[0]
         if top is None:
             return saved, unreadable, expected
-        chunked = False  # v4: a telemetry row holds n readings
-        with contextlib.suppress(sqlite3.Error):
-            chunked = any(col[1] == "n" for col in old.execute("PRAGMA table_info(outbox)"))
-        n = "n" if chunked else "1"
-        query = (
-            f"SELECT seq, msg_id, lane, topic, payload, {n} FROM outbox"  # noqa: S608 - fixed text
-            " WHERE seq >= ? AND seq < ?"
-        )
+        query = "SELECT seq, msg_id, lane, topic, payload FROM outbox WHERE seq >= ? AND seq < ?"
         for start in range(0, int(top) + 1, SALVAGE_STEP):
             try:
                 rows = old.execute(query, (start, start + SALVAGE_STEP)).fetchall()
@@ -1259,23 +1252,27 @@ class DurableQueue:
                     except sqlite3.Error:
                         unreadable += 1
             keep: list[_Row] = []
-            for _, msg_id, lane, topic, payload, count in rows:
+            for _, msg_id, lane, topic, payload in rows:
                 name = topics.get(topic) if isinstance(topic, int) else topic
-                if (
-                    name is None
-                    or lane not in (0, 1)
-                    or not isinstance(payload, bytes)
-                    or not isinstance(count, int)
-                    or count < 1
-                ):
+                if name is None or lane not in (0, 1) or not isinstance(payload, bytes):
                     unreadable += 1
                     continue
+                count = _readings_in(payload) if lane == Lane.TELEMETRY else 1
                 keep.append(_Row(decode_id(msg_id), Lane(lane), str(name), payload, count))
             if keep:  # rows as they were: a chunk stays one row
                 self._put(keep, None)
                 for row in keep:
                     saved[row.lane] += row.n
         return saved, unreadable, expected
+
+
+def _readings_in(payload: bytes) -> int:
+    """A salvaged telemetry row's readings, from the payload itself (the file's own
+    ``n`` column, if it has one, is no more trustworthy than the rest of it)."""
+    try:
+        return unpack_row(payload).count(b"\n") + 1
+    except WireError:
+        return 1  # kept as it is: the uplink finds it damaged and counts it as one
 
 
 def _bump(db: sqlite3.Connection, delta: Mapping[str, int]) -> None:
