@@ -170,8 +170,14 @@ class Gateway:
             self.drivers.append(Console(config.console, self, gateway_id=config.gateway_id))
         # After a crash the queue's integrity check runs beside the start (_check_queue),
         # so a large backlog does not delay READY and the retained ``online``.
+        # A telemetry row holds what fits in one uplink batch (acknowledged whole).
         self.queue = DurableQueue(
-            config.queue_path, max_bytes=config.queue.max_bytes, clock=clock, check_at_open=False
+            config.queue_path,
+            max_bytes=config.queue.max_bytes,
+            clock=clock,
+            check_at_open=False,
+            chunk_readings=config.uplink.telemetry_batch_max,
+            chunk_bytes=config.uplink.telemetry_batch_bytes,
         )
         self.commands = CommandHandler(
             self,

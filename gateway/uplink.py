@@ -61,16 +61,26 @@ from gateway.wire import (
 
 log = logging.getLogger(__name__)
 
-ROUND_ROWS = 2000  # telemetry rows taken from the queue per publishing round
-# ... read in slices of this many: the writer thread holds the GIL while it
+ROUND_ROWS = 2000  # telemetry readings taken from the queue per publishing round
+# ... read in slices of this many readings (whole rows: a row is a chunk of
+# readings, ``DurableQueue.peek``): the writer thread holds the GIL while it
 # builds the rows, and the event loop (an alarm) waits for it. A probe on the
 # loop while peeks ran back to back: p99 lag 6.6-9.3 ms for 2,000 rows a peek,
-# 5.1-5.4 ms for 500.
+# 5.1-5.4 ms for 500 (one reading a row, schema 3).
 PEEK_ROWS = 500
 # Telemetry bytes published and not yet acknowledged. An alarm queues behind
 # them in the socket and at the broker: at 1 Mbit/s, 128 KiB is a second.
 TELEMETRY_INFLIGHT_BYTES = 128 * 1024
 ALARM_ROUND = 100  # alarm rows read per look at the queue (each is published on its own)
+# A backlog drains at most this fast. The broker acknowledges a batch once it has
+# it, not once the platform has: a platform taking every topic on one session
+# reads an alarm behind all the telemetry the broker holds for it. Since the
+# queue keeps a row per chunk the drain runs at ~170k readings/s on the 2-core
+# test machine, which overran the bench's platform subscriber (alarm p99 while
+# a backlog drains 23-86 ms, the gateway's own part of it 1.3-5.9 ms); the
+# drain of schema 3, ~100k/s, it keeps up with (3-9 ms). Live traffic (25k/s
+# is the end-to-end target) never comes near it.
+DRAIN_READINGS_PER_S = 100_000
 LOG_EVERY_S = 60.0  # a persisting connect failure is logged at WARNING at most this often
 STOP_GRACE_S = 5.0  # on stop, what is queued gets this long to be acknowledged
 GOODBYE_S = 2.0  # then the clean "offline" and DISCONNECT get this long
@@ -135,6 +145,8 @@ class Unit:
     seqs: tuple[int, ...]
     encoding: TelemetryEncoding | None = None  # a telemetry batch's; None for everything else
     covers: tuple[str, ...] = ()  # registered covers the batch names (their records' topics)
+    count: int = 1  # readings (or the one alarm) it carries
+    parts: int = 0  # a row cut into this many units (1 of them): acknowledged with the last
 
 
 def _report_command_task(task: asyncio.Task[None]) -> None:
@@ -192,51 +204,124 @@ def iter_units(
     The uplink publishes a batch while the next is still to be assembled and
     lets the event loop run between them: a round of thousands of rows never
     holds the loop (and an alarm) for the whole of its unpacking.
+
+    A telemetry row is a chunk of readings (``Queued.n``) that fits in one
+    batch (the queue cuts chunks by these limits), so batches are made of whole
+    rows and a row is acknowledged with its batch. A row from a larger
+    configuration (the limits lowered since) is cut into batches of its own,
+    each saying how many ``parts`` the row has: it is acknowledged once all are.
     """
-    batch: list[tuple[int, bytes]] = []
+    batch: list[tuple[int, list[bytes]]] = []
+    count = 0
     size = 0
     first_id = ""
     topic = ""
 
     def close_batch() -> Unit:
-        records: dict[str, dict[str, Any]] = {}
-        for _, row in batch:
-            cover_id = cover_id_of(row)
-            if cover_id is not None and cover_id not in records:
-                record = covers(cover_id)
-                if record is not None:
-                    records[cover_id] = record
-        meta = {
-            "msg_id": f"batch-{first_id}-{len(batch)}",
-            "sent_at": iso(time.time()),
-            "count": len(batch),
-        }
-        payload = encode_batch(encoding, meta, records, [row for _, row in batch])
-        return Unit(topic, payload, tuple(seq for seq, _ in batch), encoding, tuple(records))
+        return _batch_unit(encoding, covers, topic, first_id, batch, parts=0)
 
     for queued in rows:
         message = queued.message
         if message.lane is Lane.ALARM:
             if batch:
                 yield close_batch()
-                batch, size = [], 0
+                batch, count, size = [], 0, 0
             yield Unit(message.topic, message.payload, (queued.seq,))
             continue
         try:
-            row = unpack_row(message.payload)
+            text = unpack_row(message.payload)
         except WireError:
             log.exception("queued reading %s is damaged; dropped", message.msg_id)
-            yield Unit("", b"", (queued.seq,))  # acknowledged without a publish
+            yield Unit("", b"", (queued.seq,), count=queued.n)  # acknowledged without a publish
             continue
-        if batch and (len(batch) >= max_count or size + len(row) > max_bytes):
+        readings = text.split(b"\n")  # a chunk; JSON text never holds a raw newline
+        n = len(readings)
+        if n > 1 and (n > max_count or len(text) > max_bytes):
+            if batch:
+                yield close_batch()
+                batch, count, size = [], 0, 0
+            yield from _cut_row(
+                queued,
+                readings,
+                max_count=max_count,
+                max_bytes=max_bytes,
+                encoding=encoding,
+                covers=covers,
+            )
+            continue
+        if batch and (count + n > max_count or size + len(text) > max_bytes):
             yield close_batch()
-            batch, size = [], 0
+            batch, count, size = [], 0, 0
         if not batch:
             first_id, topic = message.msg_id, message.topic
-        batch.append((queued.seq, row))
-        size += len(row) + 1
+        batch.append((queued.seq, readings))
+        count += n
+        size += len(text) + 1
     if batch:
         yield close_batch()
+
+
+def _batch_unit(
+    encoding: TelemetryEncoding,
+    covers: Callable[[str], dict[str, Any] | None],
+    topic: str,
+    first_id: str,
+    batch: list[tuple[int, list[bytes]]],
+    *,
+    parts: int,
+) -> Unit:
+    """One telemetry batch of the rows' readings, each named cover's record once."""
+    rows = [r for _, readings in batch for r in readings]
+    records: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        cover_id = cover_id_of(row)
+        if cover_id is not None and cover_id not in records:
+            record = covers(cover_id)
+            if record is not None:
+                records[cover_id] = record
+    meta = {
+        "msg_id": f"batch-{first_id}-{len(rows)}",
+        "sent_at": iso(time.time()),
+        "count": len(rows),
+    }
+    payload = encode_batch(encoding, meta, records, rows)
+    seqs = tuple(seq for seq, _ in batch)
+    return Unit(topic, payload, seqs, encoding, tuple(records), len(rows), parts)
+
+
+def _cut_row(
+    queued: Queued,
+    readings: list[bytes],
+    *,
+    max_count: int,
+    max_bytes: int,
+    encoding: TelemetryEncoding,
+    covers: Callable[[str], dict[str, Any] | None],
+) -> Iterator[Unit]:
+    """A row larger than one batch, cut by the per-reading rule; each batch one of ``parts``.
+
+    A part's id is the row's first reading's id and the part's offset in the
+    row: the same on every retry.
+    """
+    cuts: list[tuple[int, int]] = []
+    start = 0
+    while start < len(readings):
+        end = start + 1
+        size = len(readings[start]) + 1
+        while (
+            end < len(readings)
+            and end - start < max_count
+            and size + len(readings[end]) <= max_bytes
+        ):
+            size += len(readings[end]) + 1
+            end += 1
+        cuts.append((start, end))
+        start = end
+    message = queued.message
+    for start, end in cuts:
+        first_id = message.msg_id if start == 0 else f"{message.msg_id}.{start}"
+        part = [(queued.seq, readings[start:end])]
+        yield _batch_unit(encoding, covers, message.topic, first_id, part, parts=len(cuts))
 
 
 def windows(max_inflight: int) -> tuple[int, int]:
@@ -812,6 +897,7 @@ class Uplink:
             _checkpoint()
             finishing = stop.is_set()
             ready.clear()
+            started = time.monotonic()
             sent, refused = await self._telemetry_round(client)
             if finishing:
                 return  # what is already queued had its chance before exit
@@ -819,16 +905,23 @@ class Uplink:
                 await _wait_any(stop, within=backoff.next_delay())
             elif sent:
                 backoff.reset()
+                spare = sent / DRAIN_READINGS_PER_S - (time.monotonic() - started)
+                if spare > 0:  # a backlog: no faster than DRAIN_READINGS_PER_S
+                    await _wait_any(stop, within=spare)
             else:
                 await _wait_any(stop, ready)
 
     async def _telemetry_round(self, client: UplinkClient) -> tuple[int, bool]:
+        """One round; (readings delivered, whether the broker refused any)."""
         rows: list[Queued] = []
-        while len(rows) < ROUND_ROWS:  # on the writer thread, in slices: see PEEK_ROWS
+        taken = 0  # readings: a row holds a chunk of them
+        while taken < ROUND_ROWS:  # on the writer thread, in slices: see PEEK_ROWS
             after = rows[-1].seq if rows else 0
             part = await self.queue.peek_lane_async(Lane.TELEMETRY, PEEK_ROWS, after=after)
             rows += part
-            if len(part) < PEEK_ROWS:
+            readings = sum(q.n for q in part)
+            taken += readings
+            if readings < PEEK_ROWS:
                 break
         if not rows:
             return 0, False
@@ -842,8 +935,12 @@ class Uplink:
         window = _Window(self._telemetry_window, TELEMETRY_INFLIGHT_BYTES)
         acked: list[int] = []
         refused: list[PublishRefusedError] = []
+        # A row cut into several batches (``parts``) goes once all of them are in.
+        parts_in: Counter[int] = Counter()
+        delivered = 0
 
         async def send(unit: Unit) -> None:
+            nonlocal delivered
             try:
                 if unit.topic:  # an empty topic: a damaged row, acknowledged unsent
                     try:
@@ -853,8 +950,15 @@ class Uplink:
                     except PublishRefusedError as err:
                         refused.append(err)
                         return
-                acked.extend(unit.seqs)
-                self._delivered(Lane.TELEMETRY, len(unit.seqs))
+                if unit.parts:
+                    (seq,) = unit.seqs
+                    parts_in[seq] += 1
+                    if parts_in[seq] == unit.parts:
+                        acked.append(seq)
+                else:
+                    acked.extend(unit.seqs)
+                delivered += unit.count
+                self._delivered(Lane.TELEMETRY, unit.count)
             finally:
                 window.give(len(unit.payload))
 
@@ -875,7 +979,7 @@ class Uplink:
         await self.queue.ack_async(acked)
         for err in refused:
             self._refused(err, Lane.TELEMETRY)
-        return len(acked), bool(refused)
+        return delivered, bool(refused)
 
     # --- counting ---
 

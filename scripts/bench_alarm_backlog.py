@@ -81,7 +81,8 @@ async def main(backlog: int, alarms: int) -> None:
             f"[queue]\nmax_bytes = {2**31}\n"
             f'[[udp]]\nname = "nbiot"\nbind = "127.0.0.1:{udp_port}"\n'
         )
-        with DurableQueue(tmp / "state" / "queue.db", max_bytes=2**31) as queue:
+        # Chunked as the daemon queues readings (its telemetry_batch_max default).
+        with DurableQueue(tmp / "state" / "queue.db", max_bytes=2**31, chunk_readings=100) as queue:
             for start in range(0, backlog, 10_000):
                 queue.put_many(
                     Outgoing(

@@ -9,6 +9,12 @@
 .venv/bin/python scripts/bench_queue.py --cpu [--messages N]    CPU µs per reading of the
     daemon's cycle: ``put_many`` of 500, ``peek_lane`` of 2000, ``ack`` per round
 
+``--chunk K`` (with ``--cpu`` or ``--disk``): the queue stores telemetry in rows
+of up to K readings, as the daemon does with K = ``[uplink] telemetry_batch_max``
+(100); the readings are handed over as rendered JSON and the queue packs each
+chunk (``put`` then includes the packing the engine did per reading before).
+Without it, one row per reading, handed over packed, as schema 3 had it.
+
 ``--disk`` and ``--open`` use a reading shaped like the engine's (601 bytes of
 JSON with a uuid hex id); ``--open`` builds the queue once, closes it cleanly,
 and times a fresh process-like open (``DurableQueue.open`` plus the first
@@ -62,10 +68,10 @@ def reading() -> tuple[str, bytes]:
     return reading_id, text + b" " * max(0, 601 - len(text))
 
 
-def fill(path: Path, n: int, batch: int = 500) -> int:
+def fill(path: Path, n: int, batch: int = 500, chunk: int = 1) -> int:
     """``n`` readings in batches; returns the payload size."""
     size = 0
-    with DurableQueue(path, max_bytes=1 << 40) as q:
+    with DurableQueue(path, max_bytes=1 << 40, chunk_readings=chunk) as q:
         for b in range(0, n, batch):
             rows = []
             for _ in range(min(batch, n - b)):
@@ -76,10 +82,10 @@ def fill(path: Path, n: int, batch: int = 500) -> int:
     return size
 
 
-def disk(n: int) -> None:
+def disk(n: int, chunk: int = 1) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.db"
-        size = fill(path, n)
+        size = fill(path, n, chunk=chunk)
         on_disk = sum(os.stat(p).st_size for p in (path, Path(f"{path}-wal")) if os.path.exists(p))
     print(f"{n} readings of {size} B payload: {on_disk / n:.0f} B on disk per reading")
 
@@ -98,7 +104,7 @@ def open_time(n: int, keep: Path | None = None) -> None:
     print(f"open + first peek with {n} readings queued: best {min(times) * 1e3:.0f} ms")
 
 
-def cpu(n: int, rounds: int = 5) -> None:
+def cpu(n: int, rounds: int = 5, chunk: int = 1) -> None:
     """The queue's CPU per reading in the daemon's own cycle, median of ``rounds``.
 
     The pipeline commits ``flush_max`` (500) packed readings with the engine's
@@ -111,10 +117,14 @@ def cpu(n: int, rounds: int = 5) -> None:
     from gateway.wire import pack_row  # noqa: PLC0415
 
     _, text = reading()
-    payloads = [pack_row(text.replace(b"12345", str(i).encode())) for i in range(64)]
+    texts = [text.replace(b"12345", str(i).encode()) for i in range(64)]
+    payloads = texts if chunk > 1 else [pack_row(t) for t in texts]
     results: dict[str, list[float]] = {"put": [], "peek": [], "ack": []}
     for r in range(rounds):
-        with tempfile.TemporaryDirectory() as tmp, DurableQueue(Path(tmp) / "q.db") as q:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            DurableQueue(Path(tmp) / "q.db", chunk_readings=chunk) as q,
+        ):
             spent = dict.fromkeys(results, 0.0)
             rnd = random.Random(r)
             for b in range(0, n, 500):
@@ -143,7 +153,8 @@ def cpu(n: int, rounds: int = 5) -> None:
         for key, s in spent.items():
             results[key].append(s / n * 1e6)
     total = [sum(v[i] for v in results.values()) for i in range(rounds)]
-    print(f"queue CPU per reading, {n} readings of {len(payloads[0])} B packed, {rounds} runs:")
+    what = f"in chunks of {chunk}" if chunk > 1 else f"of {len(payloads[0])} B packed"
+    print(f"queue CPU per reading, {n} readings {what}, {rounds} runs:")
     for key, values in [*results.items(), ("total", total)]:
         print(
             f"  {key:<6} median {statistics.median(values):6.2f} µs"
@@ -207,6 +218,7 @@ def main() -> None:
     parser.add_argument("--open", action="store_true", help="open time with N readings queued")
     parser.add_argument("--keep", type=Path, help="with --open: build the queue in this dir")
     parser.add_argument("--cpu", action="store_true", help="CPU per reading, the daemon's cycle")
+    parser.add_argument("--chunk", type=int, default=1, help="readings per telemetry row")
     parser.add_argument("--online", type=Path, help="state dir for the spawn-to-online figure")
     parser.add_argument("--src", type=Path, help="with --online: source tree of the daemon")
     args = parser.parse_args()
@@ -214,10 +226,10 @@ def main() -> None:
         online(args.online.resolve(), args.src)
         return
     if args.cpu:
-        cpu(args.messages)
+        cpu(args.messages, chunk=args.chunk)
         return
     if args.disk:
-        disk(args.messages)
+        disk(args.messages, chunk=args.chunk)
         return
     if args.open:
         open_time(args.messages, args.keep)

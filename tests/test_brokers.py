@@ -62,7 +62,7 @@ def peer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Peer]:
 
 
 async def queued(gw: Gw, rows: int) -> None:
-    """Until the daemon's queue holds ``rows`` rows (it commits them while the broker is away)."""
+    """Until the daemon's queue holds ``rows`` messages (committed while the broker is away)."""
     try:
         async with asyncio.timeout(20):
             while len(gw.queued()) < rows:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -19,6 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError, decode_id, encode_id
+from gateway.uplink import batch_units
+from gateway.wire import decode_batch, pack_row, unpack_row
 from tests.smallfs import fill, small_fs
 
 
@@ -303,7 +307,7 @@ def test_a_queue_written_at_schema_2_migrates(tmp_path: Path) -> None:
     assert stats.evicted == {Lane.ALARM: 1, Lane.TELEMETRY: 42}
     assert newest > 1203  # a sequence number once handed out is never reused
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone() == (3,)
+    assert check.execute("PRAGMA user_version").fetchone() == (4,)
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
 
@@ -373,13 +377,25 @@ async def test_ack_by_message_id(tmp_path: Path) -> None:
     assert depth == {Lane.ALARM: 1, Lane.TELEMETRY: 2}
 
 
-def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) -> None:
+def noisy_readings(n: int, *, start: int = 0) -> list[Outgoing]:
+    """Rendered readings (chunked by a v4 queue) that zlib cannot shrink much: ~650 B each."""
+    out = []
+    for i in range(start, start + n):
+        noise = random.Random(i).randbytes(300).hex().encode()
+        body = b'{"reading_id":"%032x","noise":"%s"}' % (i, noise)
+        out.append(Outgoing(f"{i:032x}", Lane.TELEMETRY, "covers/gw/telemetry", body))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 20])
+def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path, chunk: int) -> None:
     """A real 2 MiB tmpfs that something else fills: telemetry makes room, acks wait in memory."""
     with (
         small_fs(tmp_path / "fs", 2048) as fs,
-        DurableQueue(fs / "q.db", max_bytes=1536 * 1024) as q,
+        DurableQueue(fs / "q.db", max_bytes=1536 * 1024, chunk_readings=chunk) as q,
     ):
-        q.put_many(readings(600))  # about a third of the bound
+        make = noisy_readings if chunk > 1 else readings  # chunked, or one a row
+        q.put_many(make(600))  # about a third of the bound
         filler = fs / "filler"
         fill(filler)  # the logs ate the disk
         alarms: list[str] = []
@@ -387,7 +403,7 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
         for batch in range(1, 40):  # ~1 MB more readings, an alarm with every batch
             alarm = msg(batch, Lane.ALARM, 300)
             try:
-                q.put_many([*readings(40, start=batch * 40 + 1000), alarm])
+                q.put_many([*make(40, start=batch * 40 + 1000), alarm])
             except QueueError:  # the only error there is; the caller keeps the batch
                 continue
             alarms.append(alarm.msg_id)
@@ -405,7 +421,7 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
         reader.execute("SELECT COUNT(*) FROM outbox").fetchone()
         for batch in range(40, 60):
             with contextlib.suppress(QueueError):
-                q.put_many([*readings(40, start=batch * 40 + 1000), msg(batch, Lane.ALARM, 300)])
+                q.put_many([*make(40, start=batch * 40 + 1000), msg(batch, Lane.ALARM, 300)])
         delivered = q.peek(2000)
         q.ack([m.seq for m in delivered])  # never raises: held in memory if the disk refuses
         assert not {m.seq for m in q.peek(2000)} & {m.seq for m in delivered}  # not sent twice
@@ -420,7 +436,7 @@ def test_full_disk_is_a_state_only_queue_errors_and_it_recovers(tmp_path: Path) 
             left[Lane(lane)] = count
         assert stats.depth == left == dict.fromkeys(Lane, 0)
         assert q.reserve_path.stat().st_size == q.reserve_bytes  # ready for the next time
-        assert q.put_many(readings(10, start=10_000)) == 10
+        assert q.put_many(make(10, start=10_000)) == 10
 
 
 @given(st.one_of(st.text(max_size=40), st.uuids().map(lambda u: u.hex), st.binary().map(bytes.hex)))
@@ -551,3 +567,190 @@ def test_on_a_full_disk_any_sequence_of_calls_raises_only_queue_errors(tmp_path:
                 }
 
         run()
+
+
+# --- schema 4: telemetry in chunks, one row per chunk of readings ---
+
+
+def reading_json(i: int, size: int) -> bytes:
+    return b'{"reading_id":"%024x","pad":"%s"}' % (i, b"a" * size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 300), max_size=30), min_size=1, max_size=6),
+    st.integers(1, 12),
+    st.integers(200, 2000),
+    st.data(),
+)
+def test_any_split_into_chunks_and_any_row_acks_leave_exactly_the_unacked_readings(
+    puts: list[list[int]], max_count: int, max_bytes: int, data: st.DataObject
+) -> None:
+    """Rows hold whole readings in order, each row fits one uplink batch (and is never
+    cut by the uplink), and acks of any rows leave exactly the other rows' readings,
+    the depth counted in readings, across a reopen."""
+    written: list[bytes] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q.db"
+        with DurableQueue(path, chunk_readings=max_count, chunk_bytes=max_bytes) as q:
+            for sizes in puts:
+                batch = [reading_json(len(written) + k, size) for k, size in enumerate(sizes)]
+                assert q.put_many(
+                    Outgoing(f"{len(written) + k:024x}", Lane.TELEMETRY, "t", r)
+                    for k, r in enumerate(batch)
+                ) == len(batch)
+                written += batch
+            rows = q.peek(10_000)
+            texts = [unpack_row(r.message.payload) for r in rows]
+            for row, text in zip(rows, texts, strict=True):
+                parts = text.split(b"\n")
+                assert len(parts) == row.n <= max_count
+                assert row.n == 1 or len(text) <= max_bytes  # one batch's worth of JSON
+                assert row.message.msg_id == json.loads(parts[0])["reading_id"]
+            assert [r for t in texts for r in t.split(b"\n")] == written
+            units = batch_units(rows, max_count=max_count, max_bytes=max_bytes)
+            assert all(u.parts == 0 and u.count <= max_count for u in units)
+            assert [s for u in units for s in u.seqs] == [r.seq for r in rows]
+            acked = data.draw(
+                st.sets(st.sampled_from([r.seq for r in rows])) if rows else st.just(set())
+            )
+            q.ack(sorted(acked, reverse=True))
+            left = [(r.seq, t) for r, t in zip(rows, texts, strict=True) if r.seq not in acked]
+            expected = [x for _, t in left for x in t.split(b"\n")]
+            assert q.stats().depth[Lane.TELEMETRY] == len(expected)
+        with DurableQueue(path, chunk_readings=max_count, chunk_bytes=max_bytes) as q:
+            assert q.stats().depth == {Lane.ALARM: 0, Lane.TELEMETRY: len(expected)}
+            again = q.peek(10_000)
+            assert [r.seq for r in again] == [seq for seq, _ in left]
+            got = [x for r in again for x in unpack_row(r.message.payload).split(b"\n")]
+            assert got == expected
+            (stored,) = q.db.execute("SELECT COALESCE(SUM(n), 0) FROM outbox").fetchone()
+            assert stored == len(expected)
+
+
+def test_a_put_s_telemetry_is_chunked_alarms_stay_one_a_row_and_order_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A payload that is no reading (not JSON, not packed) stays a row of its own, in its
+    place; a packed reading alone is kept as it was; a new topic starts a new chunk."""
+    packed = pack_row(reading_json(90, 5))
+    batch = [
+        *(Outgoing(f"{i:024x}", Lane.TELEMETRY, "t", reading_json(i, 5)) for i in range(5)),
+        Outgoing("alarm-1", Lane.ALARM, "a", b'{"kind":"cover_open"}'),
+        Outgoing("odd", Lane.TELEMETRY, "t", b"\x00not a reading"),
+        *(Outgoing(f"{i:024x}", Lane.TELEMETRY, "t", reading_json(i, 5)) for i in range(5, 8)),
+        Outgoing(f"{8:024x}", Lane.TELEMETRY, "u", reading_json(8, 5)),
+    ]
+    with DurableQueue(tmp_path / "q.db", chunk_readings=100) as q:
+        assert q.put_many(batch) == 11
+        assert q.put_many([Outgoing(f"{90:024x}", Lane.TELEMETRY, "t", packed)]) == 1
+        assert q.put_many(batch[:2]) == 0  # the same chunk again: not queued twice
+        rows = q.peek(100)
+        assert q.stats().depth == {Lane.ALARM: 1, Lane.TELEMETRY: 11}
+    assert [(r.message.msg_id, r.message.topic, r.n) for r in rows] == [
+        ("alarm-1", "a", 1),
+        (f"{0:024x}", "t", 5),
+        ("odd", "t", 1),
+        (f"{5:024x}", "t", 3),
+        (f"{8:024x}", "u", 1),
+        (f"{90:024x}", "t", 1),
+    ]
+    assert rows[2].message.payload == b"\x00not a reading"
+    assert rows[-1].message.payload == packed
+    assert unpack_row(rows[1].message.payload) == b"\n".join(reading_json(i, 5) for i in range(5))
+
+
+def test_eviction_takes_whole_chunks_oldest_first_and_counts_readings(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    bound = 2 * 1024 * 1024
+    rng = random.Random(7)
+
+    def noisy(i: int) -> bytes:  # readings that do not compress to nothing
+        return b'{"reading_id":"%024x","noise":"%s"}' % (i, rng.randbytes(400).hex().encode())
+
+    with DurableQueue(path, max_bytes=bound, chunk_readings=20) as q:
+        q.put_many([msg(i, Lane.ALARM, 1000) for i in range(10)])
+        for start in range(0, 4000, 40):
+            q.put_many(
+                Outgoing(f"{i:024x}", Lane.TELEMETRY, "t", noisy(i))
+                for i in range(start, start + 40)
+            )
+        on_disk = q.disk_bytes() + q.reserve_path.stat().st_size
+        stats = q.stats()
+        rows = q.peek_lane(Lane.TELEMETRY, 10_000)
+    assert on_disk <= bound
+    assert stats.depth[Lane.ALARM] == 10
+    assert stats.evicted[Lane.ALARM] == 0
+    assert stats.evicted[Lane.TELEMETRY] % 20 == 0  # whole chunks
+    assert stats.evicted[Lane.TELEMETRY] == 4000 - stats.depth[Lane.TELEMETRY] > 0
+    assert sum(r.n for r in rows) == stats.depth[Lane.TELEMETRY]
+    first = int(rows[0].message.msg_id, 16)
+    assert first == stats.evicted[Lane.TELEMETRY]  # the oldest went, the newest stayed
+
+
+def test_a_queue_written_at_schema_3_migrates_and_its_rows_publish(tmp_path: Path) -> None:
+    """tests/fixtures/queue_v3.sql: a queue as today's v3 code wrote it (packed readings,
+    a plain JSON row, alarms, state, gaps). Opened with the daemon's chunking it keeps
+    every row as a chunk of one, publishes them, and adds chunks after them."""
+    path = tmp_path / "q.db"
+    script = (Path(__file__).parent / "fixtures" / "queue_v3.sql").read_text()
+    db = sqlite3.connect(path)
+    db.executescript(script)
+    db.close()
+    with DurableQueue(path, chunk_readings=100, chunk_bytes=64 * 1024) as q:
+        stats = q.stats()
+        assert stats.depth == {Lane.ALARM: 2, Lane.TELEMETRY: 59}
+        assert stats.evicted == {Lane.ALARM: 1, Lane.TELEMETRY: 42}
+        assert q.get_state("engine") == '{"alarms":{}}'
+        q.put_many(
+            Outgoing(f"{i:024x}", Lane.TELEMETRY, "covers/gw-v3/telemetry", reading_json(i, 9))
+            for i in range(100, 250)
+        )
+        rows = q.peek(10_000)
+        assert q.stats().depth[Lane.TELEMETRY] == 59 + 150
+        units = batch_units(rows, max_count=100, max_bytes=64 * 1024)
+        q.ack([s for u in units for s in u.seqs])
+        after = q.stats()
+    alarms = [u for u in units if u.encoding is None]
+    assert [json.loads(u.payload)["msg_id"] for u in alarms] == [
+        "0123456789abcdef0123456789abcdef",
+        "evt-manual-0001",
+    ]
+    readings = [
+        r for u in units if u.encoding is not None for r in decode_batch(u.payload)["readings"]
+    ]
+    ids = [r["reading_id"] for r in readings]
+    old = [f"{i:024x}" for i in (*range(11, 61), 61, *range(62, 70))]
+    assert ids == old + [f"{i:024x}" for i in range(100, 250)]
+    assert [r.n for r in rows[2:61]] == [1] * 59
+    assert [r.n for r in rows[61:]] == [100, 50]
+    assert rows[-1].seq > 72  # a sequence number once handed out is never reused
+    assert after.depth == {Lane.ALARM: 0, Lane.TELEMETRY: 0}
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone() == (4,)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+
+
+def test_a_damaged_v4_file_salvages_chunks_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    with DurableQueue(path, chunk_readings=10) as q:
+        q.put_many(
+            Outgoing(f"{i:024x}", Lane.TELEMETRY, "t", reading_json(i, 3)) for i in range(35)
+        )
+        q.put_many([msg(1, Lane.ALARM)])
+    db = sqlite3.connect(path)  # damage the unique id index only: every row stays readable
+    (root,) = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND sql IS NULL"
+    ).fetchone()
+    db.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * 4096)
+        f.write(b"\xde\xad\xbe\xef" * 1024)
+    with DurableQueue(path, chunk_readings=10) as q:
+        stats = q.stats()
+        rows = q.peek(100)
+    assert stats.counters["salvaged_telemetry"] == 35
+    assert stats.counters["salvaged_alarm"] == 1
+    assert stats.depth == {Lane.ALARM: 1, Lane.TELEMETRY: 35}
+    assert [r.n for r in rows] == [1, 10, 10, 10, 5]

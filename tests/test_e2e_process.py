@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import parse_scenario
 from firmware_sim.wiring import gateway_config
+from gateway.wire import unpack_row
 from tests.harness import Broker, Collector, free_udp_port, spawn_daemon, to_toml
 
 REGISTRY = "cover_id,owner_unit,node_id\nHZ-0001,drainage,00C0FFEE\n"
@@ -22,11 +24,16 @@ def accepted_ids(db: Path) -> set[str]:
     """What the queue has committed, read the way any other SQLite reader would."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        # a uuid hex id is stored as its 16 bytes (gateway.buffer.queue.encode_id)
-        return {
-            row[0].hex() if isinstance(row[0], bytes) else row[0]
-            for row in conn.execute("SELECT msg_id FROM outbox")
-        }
+        # An alarm row by its id (a uuid hex id is stored as its 16 bytes,
+        # gateway.buffer.queue.encode_id); a telemetry row holds a chunk of
+        # readings, packed JSON joined by newlines: each reading by its id.
+        ids: set[str] = set()
+        for msg_id, lane, payload in conn.execute("SELECT msg_id, lane, payload FROM outbox"):
+            if lane == 0:
+                ids.add(msg_id.hex() if isinstance(msg_id, bytes) else msg_id)
+            else:
+                ids |= {json.loads(r)["reading_id"] for r in unpack_row(payload).split(b"\n")}
+        return ids
     finally:
         conn.close()
 

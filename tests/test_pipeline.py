@@ -15,6 +15,7 @@ from gateway.events import FrameHeard
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery, Event, EventCode, Frame, FrameFlags, MessageType
 from gateway.uplink import batch_units
+from gateway.wire import pack_row
 from tests.smallfs import fill, small_fs
 
 
@@ -96,7 +97,8 @@ async def test_failing_disk_keeps_alarms_in_memory_then_writes_them(tmp_path: Pa
     assert stats["queue"]["storage"] == "ok"
     assert stats["queue"]["pending_in_memory"] == 0
     assert [r.message.lane for r in rows[:alarms]] == [Lane.ALARM] * alarms == [Lane.ALARM] * 300
-    assert len(rows) == 600
+    assert sum(r.n for r in rows) == 600  # the readings in chunks of up to 100 a row
+    assert len(rows) == 300 + 3
     assert json.loads(rows[0].message.payload)["kind"] == "cover_open"
 
 
@@ -136,3 +138,39 @@ def test_batches_are_bounded_and_carry_every_row_once(
         assert batch["count"] == len(batch["readings"]) == len(unit.seqs) <= max_count
         body = b",".join(queued[s].message.payload for s in unit.seqs)
         assert len(unit.seqs) == 1 or len(body) <= max_bytes
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=12), max_size=12),
+    st.integers(1, 10),
+    st.integers(200, 2000),
+)
+def test_chunk_rows_make_bounded_batches_each_reading_once_in_order(
+    chunks: list[list[int]], max_count: int, max_bytes: int
+) -> None:
+    """Rows of any number of readings (a row that no longer fits the limits is cut, every
+    part marked with how many parts its row has): batches stay within the limits and
+    carry every reading once, in queue order."""
+    queued: list[Queued] = []
+    readings: list[bytes] = []
+    for seq, sizes in enumerate(chunks):
+        texts = [b'{"r":%d,"x":"%s"}' % (len(readings) + k, b"a" * n) for k, n in enumerate(sizes)]
+        readings += texts
+        payload = pack_row(b"\n".join(texts))
+        message = Outgoing(f"m{seq}", Lane.TELEMETRY, "t", payload)
+        queued.append(Queued(seq, message, 0.0, len(texts)))
+    units = batch_units(queued, max_count=max_count, max_bytes=max_bytes)
+    sent = [r for u in units for r in json.loads(u.payload)["readings"]]
+    assert [json.dumps(r, separators=(",", ":")).encode() for r in sent] == readings
+    ids = [json.loads(u.payload)["msg_id"] for u in units]
+    assert len(set(ids)) == len(ids)  # a part's id differs from its row's other parts
+    for unit in units:
+        body = json.loads(unit.payload)["readings"]
+        assert unit.count == len(body) <= max_count
+        text = b",".join(json.dumps(r, separators=(",", ":")).encode() for r in body)
+        assert len(body) == 1 or len(text) <= max_bytes
+        if unit.parts:
+            (seq,) = unit.seqs
+            assert sum(u.seqs == (seq,) for u in units) == unit.parts > 1
+        else:
+            assert all(u.parts == 0 for u in units if set(u.seqs) & set(unit.seqs))

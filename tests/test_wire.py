@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.buffer.queue import Lane, Outgoing, Queued
+from gateway import uplink
+from gateway.buffer.queue import DurableQueue, Lane, Outgoing, Queued
 from gateway.cbor_layout import _iso_ms
 from gateway.config import parse_config
 from gateway.daemon import Gateway
+from gateway.drivers.base import PortState
 from gateway.protocol.codec import encode_frame
 from gateway.protocol.messages import (
     Battery,
@@ -37,6 +40,7 @@ from gateway.wire import (
     WireError,
     decode_batch,
     encode_batch,
+    pack_chunk,
     pack_row,
     unpack_row,
 )
@@ -224,6 +228,14 @@ def test_packed_rows_round_trip(row: bytes) -> None:
     assert unpack_row(pack_row(row)) == row
 
 
+@given(st.lists(st.binary(max_size=3000).filter(lambda r: b"\n" not in r), min_size=1, max_size=40))
+def test_packed_chunks_round_trip_reading_by_reading(readings: list[bytes]) -> None:
+    """A chunk (a queue row of several readings) is one stream with a 32 KiB window."""
+    packed = pack_chunk(b"\n".join(readings))
+    assert packed[:1] != b"{"  # never mistaken for a plain JSON row
+    assert unpack_row(packed).split(b"\n") == readings
+
+
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_raise_only_wire_errors(data: bytes) -> None:
     for decode in (unpack_row, decode_batch):
@@ -367,3 +379,106 @@ def test_a_batch_of_the_right_shape_with_wrong_insides_raises_only_wire_errors(
     payload = cbor2.dumps([2, *head, readings])
     with contextlib.suppress(WireError):  # anything else fails the test
         decode_batch(payload)
+
+
+async def test_rows_queued_under_larger_batches_are_cut_and_each_reading_arrives_once(
+    tmp_path: Path,
+) -> None:
+    """Readings queued as chunks of up to 50 (``telemetry_batch_max`` then), sent after a
+    restart with batches of at most 7: the uplink cuts each row, every reading reaches
+    the broker once, in batches of at most 7, and every row is acknowledged."""
+    (tmp_path / "covers.csv").write_text(REGISTRY, encoding="utf-8")
+    udp_port = free_udp_port()
+
+    def config(port: int, batch_max: int) -> dict[str, Any]:
+        return {
+            "gateway": {
+                "id": "gw-cut",
+                "state_dir": str(tmp_path / "state"),
+                "registry": "covers.csv",
+            },
+            "udp": [{"name": "udp0", "bind": f"127.0.0.1:{udp_port}"}],
+            "uplink": {
+                "host": "127.0.0.1",
+                "port": port,
+                "telemetry_batch_max": batch_max,
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 0.2,
+            },
+            "queue": {"flush_interval_s": 0.5},
+        }
+
+    nodes = [0x00B00000 + i for i in range(1, 61)]
+    gateway = Gateway(parse_config(config(free_udp_port(), 50), base_dir=tmp_path))  # no broker
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        async with asyncio.timeout(30):
+            while gateway.drivers[0].state is not PortState.OPEN:  # the UDP port is bound
+                await asyncio.sleep(0.05)
+            for node in nodes:
+                udp.sendto(report(node, 1), ("127.0.0.1", udp_port))
+            while gateway.queue.stats().depth[Lane.TELEMETRY] < len(nodes):
+                await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    with DurableQueue(tmp_path / "state" / "queue.db") as queue:
+        rows = queue.peek(1000)
+    assert max(r.n for r in rows) > 7  # rows the new limit has to cut
+    with Broker(tmp_path / "broker") as broker:
+        async with Collector(broker.port) as collector:
+            gateway = Gateway(parse_config(config(broker.port, 7), base_dir=tmp_path))
+            stop = asyncio.Event()
+            task = asyncio.create_task(gateway.run(stop))
+            await collector.wait_for(lambda: len(collector.readings()) >= len(nodes), timeout=30)
+            async with asyncio.timeout(15):
+                while gateway.queue.stats().depth[Lane.TELEMETRY]:
+                    await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    assert collector.errors == []
+    batches = collector.of("telemetry")
+    assert max(len(b["readings"]) for b in batches) <= 7
+    assert sorted(int(r["source"]["node"], 16) for r in collector.readings()) == nodes
+    assert len({b["msg_id"] for b in batches}) == len(batches)
+
+
+async def test_a_backlog_drains_no_faster_than_the_drain_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 queued readings at 5,000/s: a round of 2,000, then 0.4 s before the rest."""
+    monkeypatch.setattr(uplink, "DRAIN_READINGS_PER_S", 5000)
+    state = tmp_path / "state"
+    with DurableQueue(state / "queue.db", chunk_readings=100) as queue:
+        queue.put_many(
+            Outgoing(
+                f"{i:024x}",
+                Lane.TELEMETRY,
+                "covers/gw-drain/telemetry",
+                b'{"reading_id":"%024x","time":"2026-11-30T04:00:00.000Z",'
+                b'"source":{"type":"node","port":"udp0","node":"00B00001","seq":1}}' % i,
+            )
+            for i in range(3000)
+        )
+    arrived: list[tuple[float, int]] = []
+    with Broker(tmp_path / "broker") as broker:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as platform:
+            await platform.subscribe("covers/gw-drain/telemetry", qos=1)
+            config = {
+                "gateway": {"id": "gw-drain", "state_dir": str(state)},
+                "uplink": {"host": "127.0.0.1", "port": broker.port},
+            }
+            gateway = Gateway(parse_config(config, base_dir=tmp_path))
+            stop = asyncio.Event()
+            task = asyncio.create_task(gateway.run(stop))
+            async with asyncio.timeout(30):
+                async for message in platform.messages:
+                    assert isinstance(message.payload, bytes)
+                    count = decode_batch(message.payload)["count"]
+                    arrived.append((time.monotonic(), count))
+                    if sum(n for _, n in arrived) >= 3000:
+                        break
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    assert sum(n for _, n in arrived) == 3000
+    assert arrived[-1][0] - arrived[0][0] >= 0.35  # 2,000 readings take 0.4 s at 5,000/s

@@ -128,16 +128,17 @@ class Gw:
     # --- the queue, read as any SQLite reader would ---
 
     def queued(self) -> list[tuple[int, str]]:
-        """(lane, topic) of every row still in the queue."""
+        """(lane, topic) of every alarm and reading still in the queue."""
         db = self.workdir / "state" / "queue.db"
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            # Topics are stored once (queue schema v3): the row keeps the topic's id.
+            # Topics are stored once (queue schema v3): the row keeps the topic's id;
+            # a telemetry row holds n readings (schema v4).
             rows = conn.execute(
-                "SELECT o.lane, t.topic FROM outbox o JOIN topics t ON t.id = o.topic"
+                "SELECT o.lane, t.topic, o.n FROM outbox o JOIN topics t ON t.id = o.topic"
                 " ORDER BY o.seq"
             )
-            return [(int(a), str(b)) for a, b in rows]
+            return [(int(a), str(b)) for a, b, n in rows for _ in range(n)]
         finally:
             conn.close()
 

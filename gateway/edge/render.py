@@ -22,7 +22,6 @@ import orjson
 from gateway.observation import DeviceRef, Observation, Quantities
 from gateway.registry import Cover
 from gateway.values import quick_init
-from gateway.wire import pack_row
 
 
 def _iso(at: float) -> str:
@@ -138,7 +137,9 @@ def lean_source(source: dict[str, Any]) -> dict[str, Any]:
 
 
 def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[str, Any]) -> bytes:
-    """A reading as queued: it names its cover by id; the batch carries the record once.
+    """A reading as rendered JSON: it names its cover by id; the batch carries the record once.
+
+    The queue packs it, with the rest of its chunk of readings, in one zlib stream.
 
     ``cover_id`` comes first so the uplink finds it without parsing the row
     (``gateway.wire.cover_id_of``).
@@ -180,7 +181,7 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
             body[k] = v
     if derived:
         body["derived"] = {k: finite(v) for k, v in derived.items()}
-    return pack_row(dumps(body))
+    return dumps(body)
 
 
 def alarm(
