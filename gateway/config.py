@@ -85,6 +85,8 @@ class UplinkConfig:
     reconnect_max_s: float = 60.0
     telemetry_batch_max: int = 100
     telemetry_batch_bytes: int = 64 * 1024
+    # A backlog drains no faster than this (readings/s; 0: as fast as the broker takes it).
+    drain_max_rate: int = 100_000
     stats_interval_s: float = 60.0
     tls: TlsConfig | None = None
     telemetry_encoding: TelemetryEncoding = TelemetryEncoding.JSON
@@ -371,6 +373,7 @@ def _uplink(t: Table, gateway_id: str, base_dir: Path) -> UplinkConfig:
         reconnect_max_s=t.number("reconnect_max_s", 60.0, lo=reconnect_min, hi=86400),
         telemetry_batch_max=t.integer("telemetry_batch_max", 100, lo=1, hi=10_000),
         telemetry_batch_bytes=t.integer("telemetry_batch_bytes", 64 * 1024, lo=1024, hi=2**27),
+        drain_max_rate=t.integer("drain_max_rate", 100_000, lo=0, hi=10_000_000),
         stats_interval_s=t.number("stats_interval_s", 60.0, lo=0.1, hi=86400),
         tls=tls,
         hosts=hosts,

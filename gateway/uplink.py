@@ -72,15 +72,6 @@ PEEK_ROWS = 500
 # them in the socket and at the broker: at 1 Mbit/s, 128 KiB is a second.
 TELEMETRY_INFLIGHT_BYTES = 128 * 1024
 ALARM_ROUND = 100  # alarm rows read per look at the queue (each is published on its own)
-# A backlog drains at most this fast. The broker acknowledges a batch once it has
-# it, not once the platform has: a platform taking every topic on one session
-# reads an alarm behind all the telemetry the broker holds for it. Since the
-# queue keeps a row per chunk the drain runs at ~170k readings/s on the 2-core
-# test machine, which overran the bench's platform subscriber (alarm p99 while
-# a backlog drains 23-86 ms, the gateway's own part of it 1.3-5.9 ms); the
-# drain of schema 3, ~100k/s, it keeps up with (3-9 ms). Live traffic (25k/s
-# is the end-to-end target) never comes near it.
-DRAIN_READINGS_PER_S = 100_000
 LOG_EVERY_S = 60.0  # a persisting connect failure is logged at WARNING at most this often
 STOP_GRACE_S = 5.0  # on stop, what is queued gets this long to be acknowledged
 GOODBYE_S = 2.0  # then the clean "offline" and DISCONNECT get this long
@@ -905,11 +896,26 @@ class Uplink:
                 await _wait_any(stop, within=backoff.next_delay())
             elif sent:
                 backoff.reset()
-                spare = sent / DRAIN_READINGS_PER_S - (time.monotonic() - started)
-                if spare > 0:  # a backlog: no faster than DRAIN_READINGS_PER_S
-                    await _wait_any(stop, within=spare)
+                await self._pace(stop, sent, started)
             else:
                 await _wait_any(stop, ready)
+
+    async def _pace(self, stop: asyncio.Event, sent: int, started: float) -> None:
+        """A backlog drains no faster than ``[uplink] drain_max_rate`` readings/s.
+
+        The broker acknowledges a batch once it has it, not once the platform
+        has: a platform taking every topic on one session reads an alarm behind
+        all the telemetry the broker holds for it. Unpaced, a backlog drains at
+        ~170k readings/s on the 2-core test machine, which overran the bench's
+        platform subscriber (alarm p99 23-86 ms there, 1.3-5.9 ms at a
+        subscriber taking alarms alone); at 100k/s it keeps up (3-9 ms). Live
+        traffic never comes near it.
+        """
+        rate = self.config.drain_max_rate
+        if rate:
+            spare = sent / rate - (time.monotonic() - started)
+            if spare > 0:
+                await _wait_any(stop, within=spare)
 
     async def _telemetry_round(self, client: UplinkClient) -> tuple[int, bool]:
         """One round; (readings delivered, whether the broker refused any)."""

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import uplink
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, Queued
 from gateway.cbor_layout import _iso_ms
 from gateway.config import parse_config
@@ -443,11 +442,8 @@ async def test_rows_queued_under_larger_batches_are_cut_and_each_reading_arrives
     assert len({b["msg_id"] for b in batches}) == len(batches)
 
 
-async def test_a_backlog_drains_no_faster_than_the_drain_rate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_backlog_drains_no_faster_than_the_drain_rate(tmp_path: Path) -> None:
     """3,000 queued readings at 5,000/s: a round of 2,000, then 0.4 s before the rest."""
-    monkeypatch.setattr(uplink, "DRAIN_READINGS_PER_S", 5000)
     state = tmp_path / "state"
     with DurableQueue(state / "queue.db", chunk_readings=100) as queue:
         queue.put_many(
@@ -466,7 +462,7 @@ async def test_a_backlog_drains_no_faster_than_the_drain_rate(
             await platform.subscribe("covers/gw-drain/telemetry", qos=1)
             config = {
                 "gateway": {"id": "gw-drain", "state_dir": str(state)},
-                "uplink": {"host": "127.0.0.1", "port": broker.port},
+                "uplink": {"host": "127.0.0.1", "port": broker.port, "drain_max_rate": 5000},
             }
             gateway = Gateway(parse_config(config, base_dir=tmp_path))
             stop = asyncio.Event()
