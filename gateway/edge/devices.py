@@ -103,46 +103,62 @@ def parse_device_key(key: str) -> DeviceRef:
 class DeviceTable:
     """Every device's state: registered ones without limit, others in an LRU of ``limit``.
 
-    Registered devices are kept by ``token`` (a city of SCN-1 nodes costs an int
-    each as key); the few unregistered ones by their ``DeviceRef``.
+    Both groups are kept by ``token``: a city of SCN-1 nodes costs an int each as
+    key, and the strangers' LRU, which churns with every new id heard, hashes an
+    int instead of calling a dataclass's ``__hash__`` for every lookup.
     """
 
     def __init__(self, unregistered_limit: int) -> None:
         self.limit = unregistered_limit
         self.registered: dict[Token, DeviceState] = {}
-        self.unregistered: OrderedDict[DeviceRef, DeviceState] = OrderedDict()
+        self._lru: OrderedDict[Token, DeviceState] = OrderedDict()
         self.forgotten = 0  # unregistered devices pushed out by newer ones
+
+    @property
+    def unregistered(self) -> list[DeviceRef]:
+        """The unregistered devices, least recently heard first."""
+        return [from_token(k) for k in self._lru]
 
     def get(self, device: Token) -> DeviceState | None:
         key = token(device)
         found = self.registered.get(key)
-        if found is None and self.unregistered:
-            found = self.unregistered.get(from_token(key))
+        if found is None and self._lru:
+            found = self._lru.get(key)
         return found
 
     def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
         """The device's state (created if new) and the devices forgotten to make room."""
+        state, forgotten, _ = self.touch_new(device, registered=registered)
+        return state, forgotten
+
+    def touch_new(
+        self, device: Token, *, registered: bool
+    ) -> tuple[DeviceState, list[DeviceRef], bool]:
+        """As ``touch``, and whether the state was made now (the device was not known)."""
+        key = token(device)
         if registered:
-            key = token(device)
             state = self.registered.get(key)
-            if state is None:
-                state = self.unregistered.pop(from_token(key), None) or DeviceState()
-                self.registered[key] = state
-            return state, []
-        device = from_token(device)
-        state = self.unregistered.get(device)
+            if state is not None:
+                return state, [], False
+            state = self._lru.pop(key, None)
+            created = state is None
+            self.registered[key] = state = state or DeviceState()
+            return state, [], created
+        lru = self._lru
+        state = lru.get(key)
         if state is not None:
-            self.unregistered.move_to_end(device)
-            return state, []
-        state = self.registered.pop(token(device), None) or DeviceState()
-        self.unregistered[device] = state
-        return state, self._trim()
+            lru.move_to_end(key)
+            return state, [], False
+        state = self.registered.pop(key, None)
+        created = state is None
+        lru[key] = state = state or DeviceState()
+        return state, self._trim() if len(lru) > self.limit else [], created
 
     def _trim(self) -> list[DeviceRef]:
         dropped = []
-        while len(self.unregistered) > self.limit:
-            device, _ = self.unregistered.popitem(last=False)
-            dropped.append(device)
+        while len(self._lru) > self.limit:
+            key, _ = self._lru.popitem(last=False)
+            dropped.append(from_token(key))
             self.forgotten += 1
         return dropped
 
@@ -150,25 +166,25 @@ class DeviceTable:
         if registered:
             self.registered[token(device)] = state
             return []
-        self.unregistered[device] = state
+        self._lru[token(device)] = state
         return self._trim()
 
     def regroup(self, is_registered: Any) -> list[DeviceRef]:
         """After a registry reload: move devices between the two groups; those forgotten."""
         for key in [k for k in self.registered if not is_registered(from_token(k))]:
-            self.unregistered[from_token(key)] = self.registered.pop(key)
-        for device in [d for d in self.unregistered if is_registered(d)]:
-            self.registered[token(device)] = self.unregistered.pop(device)
+            self._lru[key] = self.registered.pop(key)
+        for key in [k for k in self._lru if is_registered(from_token(k))]:
+            self.registered[key] = self._lru.pop(key)
         return self._trim()
 
     def items(self) -> list[tuple[DeviceRef, DeviceState]]:
         return [
             *((from_token(k), s) for k, s in self.registered.items()),
-            *self.unregistered.items(),
+            *((from_token(k), s) for k, s in self._lru.items()),
         ]
 
     def __len__(self) -> int:
-        return len(self.registered) + len(self.unregistered)
+        return len(self.registered) + len(self._lru)
 
 
 class Deadlines:

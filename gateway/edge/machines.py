@@ -34,6 +34,10 @@ class AlarmBook:
         machines = self._machines.get(subject_key)
         return machines is not None and (kind, sub) in machines
 
+    def any_kept(self, subject_key: str) -> bool:
+        """Whether the subject has any machine (only those away from normal are kept)."""
+        return subject_key in self._machines
+
     def active(self, subject_key: str, kind: AlarmKind, sub: str) -> bool:
         return (subject_key, kind, sub) in self._active
 

@@ -183,6 +183,32 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
     return pack_row(dumps(body))
 
 
+def node_reading(
+    reading_id: str,
+    at: float,
+    subject: Subject,
+    *,
+    source: dict[str, Any],
+    records: list[dict[str, Any]],
+    derived: dict[str, Any],
+) -> bytes:
+    """``reading`` of an SCN-1 frame's observation, from the parts it would carry.
+
+    SOURCE is the lean source block (``adapters.lean_node_source``), RECORDS the
+    frame's records as dicts: the same body, key for key, without the
+    ``Observation`` (the engine's routine path makes none).
+    """
+    cover = subject.cover
+    body: dict[str, Any] = {} if cover is None else {"cover_id": cover.cover_id}
+    body["reading_id"] = reading_id
+    body["time"] = iso(at)
+    body["source"] = source
+    body["records"] = records
+    if derived:
+        body["derived"] = {k: finite(v) for k, v in derived.items()}
+    return pack_row(dumps(body))
+
+
 def alarm(
     *,
     msg_id: str,

@@ -30,6 +30,12 @@ class Verdict:
     anomaly: bool = False  # a used counter with other content
 
 
+# The verdicts nearly every reception gets, made once: a frozen dataclass's
+# ``__init__`` is a slow generic call, and these are values, never changed.
+_DUPLICATE = Verdict(duplicate=True, lost=0)
+_IN_ORDER = Verdict(duplicate=False, lost=0)
+
+
 @dataclass(slots=True)
 class CounterState:
     """One device's counters; persisted as a row so duplicates are known across restarts."""
@@ -93,9 +99,9 @@ class CounterState:
         key = -1 if counter is None else counter
         if by_message_id:
             if self._has_fingerprint(fingerprint):
-                return Verdict(duplicate=True, lost=0)
+                return _DUPLICATE
         elif counter is not None and self._has(key, fingerprint):
-            return Verdict(duplicate=True, lost=0)
+            return _DUPLICATE
         anomaly = counter is not None and counter in r[0::3]
         lost = 0
         if counter is not None:
@@ -111,6 +117,8 @@ class CounterState:
             ):
                 self.last = counter
         self.recent = (*r, key, fingerprint, at)
+        if not lost and not anomaly:
+            return _IN_ORDER
         return Verdict(duplicate=False, lost=lost, anomaly=anomaly)
 
 
