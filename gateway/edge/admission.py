@@ -69,7 +69,7 @@ class Admission:
         # The configured input names, when known: a binding to any other is void.
         self.known_inputs: frozenset[str] | None = None
 
-    def admit(self, obs: Observation, cover: Cover | None) -> tuple[Admitted, list[DeviceRef]]:
+    def admit(self, obs: Observation, cover: Cover | None) -> tuple[Admitted, list[Token]]:
         """The verdict on one reception, and the unregistered devices forgotten to make room."""
         # Our own polled sensors are configured, not strangers: never in the LRU.
         # A registered SCN-1 node is kept under its cover's node number (the registry's int).
@@ -106,7 +106,7 @@ class Admission:
         at: float,
         seq: int,
         fingerprint: bytes,
-    ) -> tuple[Admitted, list[DeviceRef]]:
+    ) -> tuple[Admitted, list[Token]]:
         """``admit`` of an SCN-1 frame that says nothing of a restart, from its parts.
 
         The routine path builds no ``Observation``; this is what ``admit`` makes of
@@ -146,7 +146,7 @@ class Admission:
         polled: bool,
         partial: bool,
         modulus: int,
-    ) -> tuple[Admitted, list[DeviceRef]]:
+    ) -> tuple[Admitted, list[Token]]:
         device_state, forgotten, created = self.devices.touch_new(
             key, registered=cover is not None or polled
         )

@@ -50,7 +50,9 @@ class Baselines:
         if baseline is None and may_record:
             baseline = now
             self._remember(subject_key, sub, baseline)
-            self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline))
+            # ``new``: none was kept, so none is stored (a stranger's, gone before the
+            # next commit, then costs the store nothing).
+            self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline), new=True)
             # DEBUG: every tilt sensor records one at first contact, and a city's
             # 100k lines at INFO cost first contact ~15 % of its CPU. The row is kept.
             log.debug("tilt baseline of %s recorded: %s deg", (subject_key, sub), baseline)
@@ -64,10 +66,10 @@ class Baselines:
             self._by_key[subject_key] = baseline
 
     def rezero(self, subject_key: str, *, urgent: bool = True) -> None:
-        subs = sorted(self._subs.pop(subject_key, ()))
+        subs = self._subs.pop(subject_key, None)
         if self._by_key.pop(subject_key, None) is not None:
             self._log.delete(state.BASELINE + state.join(subject_key, ""), urgent=urgent)
-        for sub in subs:
+        for sub in sorted(subs) if subs else ():
             del self._by_key[(subject_key, sub)]
             self._log.delete(state.BASELINE + state.join(subject_key, sub), urgent=urgent)
 

@@ -79,8 +79,12 @@ class DeviceState(CounterState):
 
     def take_token(self, at: float, per_minute: int) -> bool:
         """One reading's worth of the device's rate; False when it has used its share."""
-        if self.tokens < 0:
-            self.tokens, self.tokens_at = float(per_minute), at
+        if self.tokens < 0:  # the first: a full bucket (a stranger heard once, nearly always)
+            if per_minute < 1:
+                self.tokens, self.tokens_at = float(per_minute), at
+                return False
+            self.tokens, self.tokens_at = per_minute - 1.0, at
+            return True
         self.tokens = min(
             float(per_minute), self.tokens + max(0.0, at - self.tokens_at) * per_minute / 60.0
         )
@@ -126,14 +130,14 @@ class DeviceTable:
             found = self._lru.get(key)
         return found
 
-    def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
-        """The device's state (created if new) and the devices forgotten to make room."""
+    def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[Token]]:
+        """The device's state (created if new) and the devices forgotten to make room (tokens)."""
         state, forgotten, _ = self.touch_new(device, registered=registered)
         return state, forgotten
 
     def touch_new(
         self, device: Token, *, registered: bool
-    ) -> tuple[DeviceState, list[DeviceRef], bool]:
+    ) -> tuple[DeviceState, list[Token], bool]:
         """As ``touch``, and whether the state was made now (the device was not known)."""
         key = token(device)
         if registered:
@@ -154,22 +158,22 @@ class DeviceTable:
         lru[key] = state = state or DeviceState()
         return state, self._trim() if len(lru) > self.limit else [], created
 
-    def _trim(self) -> list[DeviceRef]:
+    def _trim(self) -> list[Token]:
         dropped = []
         while len(self._lru) > self.limit:
             key, _ = self._lru.popitem(last=False)
-            dropped.append(from_token(key))
+            dropped.append(key)
             self.forgotten += 1
         return dropped
 
-    def load(self, device: DeviceRef, state: DeviceState, *, registered: bool) -> list[DeviceRef]:
+    def load(self, device: DeviceRef, state: DeviceState, *, registered: bool) -> list[Token]:
         if registered:
             self.registered[token(device)] = state
             return []
         self._lru[token(device)] = state
         return self._trim()
 
-    def regroup(self, is_registered: Any) -> list[DeviceRef]:
+    def regroup(self, is_registered: Any) -> list[Token]:
         """After a registry reload: move devices between the two groups; those forgotten."""
         for key in [k for k in self.registered if not is_registered(from_token(k))]:
             self._lru[key] = self.registered.pop(key)

@@ -46,7 +46,14 @@ from gateway.edge import adapters, state
 from gateway.edge.admission import Admission, Admitted, EdgeStats
 from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, Debounce, Transition
 from gateway.edge.baselines import Baselines
-from gateway.edge.devices import Deadlines, DeviceState, device_key, parse_device_key
+from gateway.edge.devices import (
+    Deadlines,
+    DeviceState,
+    Token,
+    device_key,
+    from_token,
+    parse_device_key,
+)
 from gateway.edge.machines import AlarmBook
 from gateway.edge.overrides import Overrides
 from gateway.edge.recent import Heard, RecentFrames
@@ -81,7 +88,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
-_make_heard = maker(Heard)  # one per frame, eight keywords: without ``type.__call__``
+# One of each per frame: without ``type.__call__``.
+_make_heard, _make_device, _make_subject = maker(Heard), maker(DeviceRef), maker(Subject)
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
 
 # Enum members the per-frame path names, as module constants: on Python 3.11 an
@@ -331,8 +339,8 @@ class EdgeEngine:
         node_id, at, port = frame.node_id, event.at, event.source
         node_hex = f"{node_id:08X}"
         cover = self.registry.by_node.get(node_id)  # ``cover_for`` of the node's ref
-        device = DeviceRef(_SCN1, node_hex)
-        subject = Subject(cover.cover_id if cover else "node:" + node_hex, cover, device)
+        device = _make_device(_SCN1, node_hex)
+        subject = _make_subject(cover.cover_id if cover else "node:" + node_hex, cover, device)
         msg_type = adapters.TYPE_NAMES[frame.msg_type]
         self._recent.add(
             _make_heard(
@@ -498,16 +506,26 @@ class EdgeEngine:
             )
         return None if verdict is _REFUSED else verdict is _FORWARD
 
-    def _forget(self, device: DeviceRef) -> None:
+    def _forget(self, gone: Token) -> None:
         """An unregistered device pushed out: its state and alarms go with it."""
-        self._log.delete(state.DEVICE + device_key(device), urgent=False)
-        key = _unregistered_key(device)
-        if self.registry.cover_for(device) is not None:
-            return
+        if isinstance(gone, int):
+            # An SCN-1 node by number (nearly every one: strangers churn through the
+            # LRU), named as ``device_key`` and ``_unregistered_key`` name its ref.
+            node_hex = f"{gone:08X}"
+            self._log.delete(f"{state.DEVICE}{_SCN1}:{node_hex}", urgent=False)
+            if gone in self.registry.by_node:
+                return
+            key = "node:" + node_hex
+        else:
+            self._log.delete(state.DEVICE + device_key(gone), urgent=False)
+            if self.registry.cover_for(gone) is not None:
+                return
+            key = _unregistered_key(gone)
         # Not urgent: the rows go with the next commit.
         self.alarms.forget(key)
         self.baselines.rezero(key, urgent=False)
-        self._polled_telemetry_at.pop(device, None)
+        if self._polled_telemetry_at:
+            self._polled_telemetry_at.pop(from_token(gone), None)
 
     def _remember(self, obs: Observation) -> None:
         """The last frames heard, duplicates included, for a technician."""

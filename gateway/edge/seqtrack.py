@@ -87,6 +87,12 @@ class CounterState:
         window_s: float = DUPLICATE_WINDOW_S,
     ) -> Verdict:
         r = self.recent
+        if not r and counter is not None and not by_message_id and (restart or self.last is None):
+            # A device heard for the first time since its last restart (a stranger, in a
+            # flood of them): nothing to forget, nothing it could duplicate, nothing lost.
+            self.last = counter
+            self.recent = (counter, fingerprint, at)
+            return _IN_ORDER
         drop = 0  # entries (of three) forgotten from the front: too many, or too old
         while drop * 3 < len(r) and (
             len(r) // 3 - drop >= MAX_RECENT or at - r[drop * 3 + 2] > window_s
