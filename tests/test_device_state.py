@@ -190,3 +190,83 @@ def test_baselines_of_a_cover_and_of_its_other_sensors_rezero_together() -> None
     again.load("HZ-2|", [5.0, 6.0])
     again.load("HZ-3|x", [7.0, 8.0])
     assert again.snapshot() == {"HZ-2|": [5.0, 6.0], "HZ-3|x": [7.0, 8.0]}
+
+
+class _Row:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def to_json(self) -> int:
+        return self.value
+
+
+state_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put_live", "delete", "take"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.booleans(),  # claimed new (kept only when the claim is true)
+    ),
+    max_size=60,
+)
+
+
+@given(state_ops)
+def test_rows_known_not_stored_leave_the_store_as_it_would_be(
+    ops: list[tuple[str, str, bool]],
+) -> None:
+    """``new`` rows deleted before a commit write nothing, and the store ends up the same.
+
+    A caller may say ``new`` only when no row is stored unless a change to it
+    is pending (a device state or baseline made now); the model keeps the test
+    to that promise, as the engine keeps it.
+    """
+    log, plain = StateLog(), StateLog()  # ``plain`` is never told ``new``
+    store: dict[str, str] = {}
+    plain_store: dict[str, str] = {}
+    pending: set[str] = set()
+    for n, (op, key, claimed) in enumerate(ops):
+        new = claimed and (key not in store or key in pending)
+        if op == "take":
+            changes, plain_changes = log.take(), plain.take()
+            assert set(changes) <= set(plain_changes)
+            for rows, taken in ((store, changes), (plain_store, plain_changes)):
+                for k, v in taken.items():
+                    if v is None:
+                        rows.pop(k, None)
+                    else:
+                        rows[k] = v
+            assert store == plain_store
+            pending.clear()
+            continue
+        pending.add(key)
+        if op == "put":
+            log.put(key, n, new=new)
+            plain.put(key, n)
+        elif op == "put_live":
+            log.put_live(key, _Row(n), new=new)
+            plain.put_live(key, _Row(n))
+        else:
+            log.delete(key)
+            plain.delete(key)
+    for rows, taken in ((store, log.take()), (plain_store, plain.take())):
+        for k, v in taken.items():
+            if v is None:
+                rows.pop(k, None)
+            else:
+                rows[k] = v
+    assert store == plain_store
+
+
+def test_a_row_made_and_deleted_between_commits_is_never_written() -> None:
+    log = StateLog()
+    log.put_live("d/1", _Row(1), new=True)
+    log.put("b/1", [0.5, 0.5], new=True)
+    log.delete("d/1", urgent=False)
+    log.delete("b/1", urgent=False)
+    assert log.take() == {}
+    log.put_live("d/1", _Row(1), new=True)
+    assert log.take() == {"d/1": "1"}
+    log.delete("d/1")  # stored: its deletion is written...
+    log.put_live("d/1", _Row(2), new=True)  # ...and a new one, while it is pending,
+    log.delete("d/1")  # does not cancel it
+    assert log.take() == {"d/1": None}
