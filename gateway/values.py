@@ -3,9 +3,12 @@
 A frozen dataclass's generated ``__init__`` stores each field through
 ``object.__setattr__``, a slow generic call (a five-field value costs ~0.45 µs,
 a plain slots class ~0.11 µs). ``quick_init`` gives a frozen, slotted
-dataclass an ``__init__`` with the same signature and defaults that stores
-through the slots' own descriptors instead: ~40 % less per value, and
-everything else (frozen, equality, hashing, repr, match) stays the dataclass's.
+dataclass an ``__init__`` with the same signature and defaults that fills
+the value in as a plain slotted twin of its class (``self.x = x``, the
+interpreter's own slot store) and then makes it the class's (``__class__``
+assignment, allowed between classes of one layout), or through the slots'
+own descriptors where a twin cannot stand in: everything else (frozen,
+equality, hashing, repr, match) stays the dataclass's.
 
 Calling a class with keyword arguments costs more again: ``type.__call__``
 packs them into a dict for ``__init__`` (~0.25 µs for a dozen). ``maker(cls)``

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.edge.baselines import Baselines
+from gateway.edge.baselines import Baselines, _row
 from gateway.edge.devices import Deadlines, DeviceState, DeviceTable, from_token, token
 from gateway.edge.seqtrack import DUPLICATE_WINDOW_S, MAX_RECENT, CounterState, Verdict
-from gateway.edge.state import StateLog
+from gateway.edge.state import BASELINE, StateLog, join
 from gateway.observation import DeviceRef
 
 
@@ -270,3 +270,8 @@ def test_a_row_made_and_deleted_between_commits_is_never_written() -> None:
     log.put_live("d/1", _Row(2), new=True)  # ...and a new one, while it is pending,
     log.delete("d/1")  # does not cancel it
     assert log.take() == {"d/1": None}
+
+
+@given(st.text(), st.text())
+def test_a_baseline_row_key_is_its_joined_key(subject_key: str, sub: str) -> None:
+    assert _row(subject_key, sub) == BASELINE + join(subject_key, sub)

@@ -18,6 +18,13 @@ from gateway.registry import Cover
 log = logging.getLogger(__name__)
 
 
+def _row(subject_key: str, sub: str) -> str:
+    """A baseline's row key; a cover's own sensor's without ``join``'s checks when plain."""
+    if sub or "|" in subject_key or "%" in subject_key:
+        return state.BASELINE + state.join(subject_key, sub)
+    return f"{state.BASELINE}{subject_key}|"  # every stranger's node: recorded, then rezeroed
+
+
 class Baselines:
     """One orientation per (subject, sensor).
 
@@ -52,7 +59,7 @@ class Baselines:
             self._remember(subject_key, sub, baseline)
             # ``new``: none was kept, so none is stored (a stranger's, gone before the
             # next commit, then costs the store nothing).
-            self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline), new=True)
+            self._log.put(_row(subject_key, sub), list(baseline), new=True)
             # DEBUG: every tilt sensor records one at first contact, and a city's
             # 100k lines at INFO cost first contact ~15 % of its CPU. The row is kept.
             log.debug("tilt baseline of %s recorded: %s deg", (subject_key, sub), baseline)
@@ -68,10 +75,10 @@ class Baselines:
     def rezero(self, subject_key: str, *, urgent: bool = True) -> None:
         subs = self._subs.pop(subject_key, None)
         if self._by_key.pop(subject_key, None) is not None:
-            self._log.delete(state.BASELINE + state.join(subject_key, ""), urgent=urgent)
+            self._log.delete(_row(subject_key, ""), urgent=urgent)
         for sub in sorted(subs) if subs else ():
             del self._by_key[(subject_key, sub)]
-            self._log.delete(state.BASELINE + state.join(subject_key, sub), urgent=urgent)
+            self._log.delete(_row(subject_key, sub), urgent=urgent)
 
     def load(self, key: str, value: Any, *, save: bool = False) -> None:
         subject_key, sub = state.split(key)

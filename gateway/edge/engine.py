@@ -428,7 +428,10 @@ class EdgeEngine:
         evidence = q.device_alarms
         in_alarm = not q.device_alarms <= LOW_BATTERY_BITS  # bits beyond low battery; no new set
         out: list[Outgoing] = []
-        opened = self._active(subject, _COVER_OPEN, "")
+        # Whether the subject has any machine away from normal (an active one is one):
+        # nearly every subject has none, and then nothing needs asking about its alarms.
+        kept = self.alarms.any_kept(subject.key)
+        opened = kept and self._active(subject, _COVER_OPEN, "")
         rel_tilt = None
         now = tilt.orientation(q)
         if now is not None:
@@ -458,20 +461,21 @@ class EdgeEngine:
             if verdicts:
                 out += self._apply(subject, verdicts, at, origin, evidence)
                 opened = self._active(subject, _COVER_OPEN, "")  # the verdicts may have moved it
+                kept = self.alarms.any_kept(subject.key)
                 verdicts = []
             # No machine away from normal: checks that are not bad would change nothing.
-            quiet = not self.alarms.any_kept(subject.key)
             # An opened cover is tilted by definition: one alarm for one incident.
             if rel_tilt is not None and not opened:
-                tilted = tilt.check(rel_tilt, thr, rule, sub, quiet=quiet)
+                tilted = tilt.check(rel_tilt, thr, rule, sub, quiet=not kept)
                 if tilted is not None:
                     verdicts.append(tilted)
             if distance is not None:
-                verdicts += water.checks(distance, thr, rule, sub, quiet=quiet)
+                verdicts += water.checks(distance, thr, rule, sub, quiet=not kept)
             if q.gas:
                 verdicts += gas.checks(q.gas, thr, rule)
         if (
-            purpose is _REPORT
+            kept
+            and purpose is _REPORT
             and not in_alarm
             and not polled
             and self.alarms.any_active(subject.key)
@@ -479,7 +483,7 @@ class EdgeEngine:
             verdicts += clears.after_normal_report(
                 rel_tilt, thr, fault_sub=fsub, judges_opening=judges_opening
             )
-        low = battery.check(q, thr, rule, sub, quiet=not self.alarms.any_kept(subject.key))
+        low = battery.check(q, thr, rule, sub, quiet=not kept)
         if low is not None:
             verdicts.append(low)
         if verdicts:
