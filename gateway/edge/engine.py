@@ -1,7 +1,9 @@
 """The edge engine: observations in, messages for the platform out.
 
 Every input hands it an ``Observation`` (the older SCN-1 and Modbus forms are
-adapted at the door, ``adapters``). ``admission`` decides what is taken
+adapted at the door, ``adapters``), except an SCN-1 REPORT or HEARTBEAT, nearly
+every frame, which the routine path (``_routine_frame``) takes from the frame
+itself through the same steps. ``admission`` decides what is taken
 (input binding, true duplicates, rate) and tracks devices (``devices``); the
 rules (``rules/``) say what the quantities mean; their verdicts move the
 alarm machines (``machines``, ``alarm``); tilt needs each sensor's installed
