@@ -18,6 +18,22 @@ from gateway.registry import Cover
 log = logging.getLogger(__name__)
 
 
+class _Row:
+    """A baseline as a live row: serialised at the commit, not when recorded.
+
+    Every stranger's node records one and is usually forgotten before the next
+    commit; its row then costs neither the store nor a serialisation.
+    """
+
+    __slots__ = ("baseline",)
+
+    def __init__(self, baseline: Orientation) -> None:
+        self.baseline = baseline
+
+    def to_json(self) -> list[float]:
+        return list(self.baseline)
+
+
 def _row(subject_key: str, sub: str) -> str:
     """A baseline's row key; a cover's own sensor's without ``join``'s checks when plain."""
     if sub or "|" in subject_key or "%" in subject_key:
@@ -59,7 +75,7 @@ class Baselines:
             self._remember(subject_key, sub, baseline)
             # ``new``: none was kept, so none is stored (a stranger's, gone before the
             # next commit, then costs the store nothing).
-            self._log.put(_row(subject_key, sub), list(baseline), new=True)
+            self._log.put_live(_row(subject_key, sub), _Row(baseline), new=True, urgent=True)
             # DEBUG: every tilt sensor records one at first contact, and a city's
             # 100k lines at INFO cost first contact ~15 % of its CPU. The row is kept.
             log.debug("tilt baseline of %s recorded: %s deg", (subject_key, sub), baseline)

@@ -77,11 +77,12 @@ class StateLog:
         self._changes[key] = dumps(value)
         self.urgent |= urgent
 
-    def put_live(self, key: str, row: Row, *, new: bool = False) -> None:
-        """A row written at the next commit as it is then; never urgent by itself."""
+    def put_live(self, key: str, row: Row, *, new: bool = False, urgent: bool = False) -> None:
+        """A row written at the next commit as it is then (serialised only then)."""
         self._note(key, new)
         self._changes.pop(key, None)
         self._live[key] = row
+        self.urgent |= urgent
 
     def delete(self, key: str, *, urgent: bool = True) -> None:
         self._live.pop(key, None)
