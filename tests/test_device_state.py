@@ -9,6 +9,7 @@ round trips through their state rows.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -275,3 +276,18 @@ def test_a_row_made_and_deleted_between_commits_is_never_written() -> None:
 @given(st.text(), st.text())
 def test_a_baseline_row_key_is_its_joined_key(subject_key: str, sub: str) -> None:
     assert _row(subject_key, sub) == BASELINE + join(subject_key, sub)
+
+
+@given(receptions, st.none() | st.floats(0, 2e9), st.none() | st.sampled_from(["lora0", "at"]))
+def test_a_device_row_is_its_fields_then_its_counters_rows(
+    steps: list[tuple[int, int, float, bool, bool]], seen: float | None, bound: str | None
+) -> None:
+    state = DeviceState(last_seen=seen, bound_input=bound)
+    at, counter = 1_700_000_000, 0  # an int time: the row still says a float
+    for step, fp, gap, restart, by_id in steps:
+        at += int(gap)
+        counter = (counter + step) % (1 << 16)
+        state.counters.observe(counter, fp, at, restart=restart, by_message_id=by_id)
+    counters = {"last": state.last, "recent": [list(p) for p in state.pairs()]}
+    assert CounterState.to_json(state) == counters
+    assert json.dumps(state.to_json()) == json.dumps({"seen": seen, "input": bound, **counters})

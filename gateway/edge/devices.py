@@ -63,7 +63,12 @@ class DeviceState(CounterState):
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {"seen": self.last_seen, "input": self.bound_input, **CounterState.to_json(self)}
+        return {
+            "seen": self.last_seen,
+            "input": self.bound_input,
+            "last": self.last,  # CounterState.to_json's, in its order
+            "recent": self.recent_json(),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceState:

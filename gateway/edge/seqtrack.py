@@ -50,8 +50,13 @@ class CounterState:
         r = self.recent
         return [(int(r[i]), int(r[i + 1]), float(r[i + 2])) for i in range(0, len(r), 3)]
 
+    def recent_json(self) -> list[list[int | float]]:
+        """``pairs`` as lists, without the tuples in between (a row per device per commit)."""
+        r = self.recent
+        return [[int(r[i]), int(r[i + 1]), float(r[i + 2])] for i in range(0, len(r), 3)]
+
     def to_json(self) -> dict[str, Any]:
-        return {"last": self.last, "recent": [list(p) for p in self.pairs()]}
+        return {"last": self.last, "recent": self.recent_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CounterState:
