@@ -137,6 +137,11 @@ def lean_source(source: dict[str, Any]) -> dict[str, Any]:
     return lean
 
 
+def _queued(body: dict[str, Any]) -> bytes:
+    """A reading's body as the queue takes it (``reading`` and ``node_reading`` alike)."""
+    return pack_row(dumps(body))
+
+
 def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[str, Any]) -> bytes:
     """A reading as queued: it names its cover by id; the batch carries the record once.
 
@@ -180,7 +185,7 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
             body[k] = v
     if derived:
         body["derived"] = {k: finite(v) for k, v in derived.items()}
-    return pack_row(dumps(body))
+    return _queued(body)
 
 
 def node_reading(
@@ -206,7 +211,7 @@ def node_reading(
     body["records"] = records
     if derived:
         body["derived"] = {k: finite(v) for k, v in derived.items()}
-    return pack_row(dumps(body))
+    return _queued(body)
 
 
 def alarm(
