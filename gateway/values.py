@@ -3,9 +3,12 @@
 A frozen dataclass's generated ``__init__`` stores each field through
 ``object.__setattr__``, a slow generic call (a five-field value costs ~0.45 µs,
 a plain slots class ~0.11 µs). ``quick_init`` gives a frozen, slotted
-dataclass an ``__init__`` with the same signature and defaults that stores
-through the slots' own descriptors instead: ~40 % less per value, and
-everything else (frozen, equality, hashing, repr, match) stays the dataclass's.
+dataclass an ``__init__`` with the same signature and defaults that fills
+the value in as a plain slotted twin of its class (``self.x = x``, the
+interpreter's own slot store) and then makes it the class's (``__class__``
+assignment, allowed between classes of one layout), or through the slots'
+own descriptors where a twin cannot stand in: everything else (frozen,
+equality, hashing, repr, match) stays the dataclass's.
 
 Calling a class with keyword arguments costs more again: ``type.__call__``
 packs them into a dict for ``__init__`` (~0.25 µs for a dozen). ``maker(cls)``
@@ -24,6 +27,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 _MISSING = dataclasses.MISSING
+_TWIN_INIT_FIELDS = 4  # an ``__init__`` fills a twin from this many fields up (see ``_twin``)
 
 
 def _check(cls: type) -> list[dataclasses.Field[Any]]:
@@ -39,13 +43,49 @@ def _check(cls: type) -> list[dataclasses.Field[Any]]:
     return fields
 
 
+def _twin(cls: type) -> type | None:
+    """A plain slotted class with ``cls``'s slots: the same layout, without ``__setattr__``.
+
+    A value is filled in as a twin (``self.x = x``: the interpreter's own slot
+    store, several times cheaper than a descriptor's ``__set__`` call) and then
+    made a ``cls`` by assigning ``__class__``, which CPython allows between
+    classes of the same layout. None when ``cls`` does not allow it (a base
+    class of its own, say): then the descriptors are called.
+    """
+    if cls.__bases__ != (object,):
+        return None
+    twin = type(f"{cls.__name__}Twin", (), {"__slots__": cls.__dict__["__slots__"]})
+    probe: Any = object.__new__(twin)
+    try:
+        probe.__class__ = cls
+    except TypeError:
+        return None
+    return twin
+
+
 def _build(cls: type, *, init: bool) -> Callable[..., Any]:
     """``__init__(self, ...)`` (init) or ``make(...) -> cls``, storing through the slots."""
-    names: dict[str, Any] = {"_MISSING": _MISSING, "_new": object.__new__, "_cls": cls}
+    fields = _check(cls)
+    twin = _twin(cls)
+    # An ``__init__`` gets a ``cls`` to fill: turning it into the twin first costs a
+    # generic setattr, which pays off only with a few fields to store.
+    if init and len(fields) < _TWIN_INIT_FIELDS:
+        twin = None
+    names: dict[str, Any] = {
+        "_MISSING": _MISSING,
+        "_new": object.__new__,
+        "_cls": cls,
+        "_twin": twin,
+        "_setattr": object.__setattr__,
+    }
     args: list[str] = ["self"] if init else []
-    body: list[str] = [] if init else ["self = _new(_cls)"]
+    body: list[str] = []
+    if twin is None:
+        body += [] if init else ["self = _new(_cls)"]
+    else:
+        body += ['_setattr(self, "__class__", _twin)'] if init else ["self = _new(_twin)"]
     keyword_only = False
-    for f in _check(cls):
+    for f in fields:
         names[f"_set_{f.name}"] = getattr(cls, f.name).__set__
         if f.kw_only and not keyword_only:
             args.append("*")
@@ -59,7 +99,10 @@ def _build(cls: type, *, init: bool) -> Callable[..., Any]:
             body.append(f"if {f.name} is _MISSING: {f.name} = _factory_{f.name}()")
         else:
             args.append(f.name)
-        body.append(f"_set_{f.name}(self, {f.name})")
+        store = f"self.{f.name} = {f.name}" if twin else f"_set_{f.name}(self, {f.name})"
+        body.append(store)
+    if twin is not None:
+        body.append("self.__class__ = _cls")
     body.append("return None" if init else "return self")
     source = (
         f"def outer({', '.join(names)}):\n"

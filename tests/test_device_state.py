@@ -9,15 +9,16 @@ round trips through their state rows.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.edge.baselines import Baselines
+from gateway.edge.baselines import Baselines, _row
 from gateway.edge.devices import Deadlines, DeviceState, DeviceTable, from_token, token
 from gateway.edge.seqtrack import DUPLICATE_WINDOW_S, MAX_RECENT, CounterState, Verdict
-from gateway.edge.state import StateLog
+from gateway.edge.state import BASELINE, StateLog, join
 from gateway.observation import DeviceRef
 
 
@@ -190,3 +191,103 @@ def test_baselines_of_a_cover_and_of_its_other_sensors_rezero_together() -> None
     again.load("HZ-2|", [5.0, 6.0])
     again.load("HZ-3|x", [7.0, 8.0])
     assert again.snapshot() == {"HZ-2|": [5.0, 6.0], "HZ-3|x": [7.0, 8.0]}
+
+
+class _Row:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def to_json(self) -> int:
+        return self.value
+
+
+state_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put_live", "delete", "take"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.booleans(),  # claimed new (kept only when the claim is true)
+    ),
+    max_size=60,
+)
+
+
+@given(state_ops)
+def test_rows_known_not_stored_leave_the_store_as_it_would_be(
+    ops: list[tuple[str, str, bool]],
+) -> None:
+    """``new`` rows deleted before a commit write nothing, and the store ends up the same.
+
+    A caller may say ``new`` only when no row is stored unless a change to it
+    is pending (a device state or baseline made now); the model keeps the test
+    to that promise, as the engine keeps it.
+    """
+    log, plain = StateLog(), StateLog()  # ``plain`` is never told ``new``
+    store: dict[str, str] = {}
+    plain_store: dict[str, str] = {}
+    pending: set[str] = set()
+    for n, (op, key, claimed) in enumerate(ops):
+        new = claimed and (key not in store or key in pending)
+        if op == "take":
+            changes, plain_changes = log.take(), plain.take()
+            assert set(changes) <= set(plain_changes)
+            for rows, taken in ((store, changes), (plain_store, plain_changes)):
+                for k, v in taken.items():
+                    if v is None:
+                        rows.pop(k, None)
+                    else:
+                        rows[k] = v
+            assert store == plain_store
+            pending.clear()
+            continue
+        pending.add(key)
+        if op == "put":
+            log.put(key, n, new=new)
+            plain.put(key, n)
+        elif op == "put_live":
+            log.put_live(key, _Row(n), new=new)
+            plain.put_live(key, _Row(n))
+        else:
+            log.delete(key)
+            plain.delete(key)
+    for rows, taken in ((store, log.take()), (plain_store, plain.take())):
+        for k, v in taken.items():
+            if v is None:
+                rows.pop(k, None)
+            else:
+                rows[k] = v
+    assert store == plain_store
+
+
+def test_a_row_made_and_deleted_between_commits_is_never_written() -> None:
+    log = StateLog()
+    log.put_live("d/1", _Row(1), new=True)
+    log.put("b/1", [0.5, 0.5], new=True)
+    log.delete("d/1", urgent=False)
+    log.delete("b/1", urgent=False)
+    assert log.take() == {}
+    log.put_live("d/1", _Row(1), new=True)
+    assert log.take() == {"d/1": "1"}
+    log.delete("d/1")  # stored: its deletion is written...
+    log.put_live("d/1", _Row(2), new=True)  # ...and a new one, while it is pending,
+    log.delete("d/1")  # does not cancel it
+    assert log.take() == {"d/1": None}
+
+
+@given(st.text(), st.text())
+def test_a_baseline_row_key_is_its_joined_key(subject_key: str, sub: str) -> None:
+    assert _row(subject_key, sub) == BASELINE + join(subject_key, sub)
+
+
+@given(receptions, st.none() | st.floats(0, 2e9), st.none() | st.sampled_from(["lora0", "at"]))
+def test_a_device_row_is_its_fields_then_its_counters_rows(
+    steps: list[tuple[int, int, float, bool, bool]], seen: float | None, bound: str | None
+) -> None:
+    state = DeviceState(last_seen=seen, bound_input=bound)
+    at, counter = 1_700_000_000, 0  # an int time: the row still says a float
+    for step, fp, gap, restart, by_id in steps:
+        at += int(gap)
+        counter = (counter + step) % (1 << 16)
+        state.counters.observe(counter, fp, at, restart=restart, by_message_id=by_id)
+    counters = {"last": state.last, "recent": [list(p) for p in state.pairs()]}
+    assert CounterState.to_json(state) == counters
+    assert json.dumps(state.to_json()) == json.dumps({"seen": seen, "input": bound, **counters})

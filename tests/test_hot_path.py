@@ -147,6 +147,43 @@ def test_quick_init_makes_what_the_dataclass_init_makes(
         made.b = b  # type: ignore[misc]
 
 
+@dataclass(frozen=True, slots=True)
+class _Base:
+    a: int
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class _Derived(_Base):  # a base of its own: no twin, the descriptors fill it
+    b: str = "b"
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class _Pair:  # too few fields for its __init__ to fill a twin; its maker does
+    a: int
+    b: int = 2
+
+
+@given(st.integers(), st.text())
+def test_values_filled_in_as_a_twin_or_not_are_the_class_s_own(a: int, b: str) -> None:
+    for made, plain in (
+        (_Derived(a, b), (a, b)),
+        (maker(_Derived)(a, b), (a, b)),
+        (_Pair(a, len(b)), (a, len(b))),
+        (maker(_Pair)(a, len(b)), (a, len(b))),
+        (_Quick(a, b), (a, b)),
+        (_make_quick(a, b), (a, b)),
+    ):
+        assert type(made) in (_Derived, _Pair, _Quick)  # never the twin
+        assert (made.a, made.b) == plain  # type: ignore[union-attr]
+        assert made == type(made)(*plain)
+        if not isinstance(made, _Quick):  # a list field: unhashable
+            assert hash(made) == hash(type(made)(*plain))
+        with pytest.raises(FrozenInstanceError):
+            made.a = 0  # type: ignore[misc, union-attr]
+
+
 def test_quick_init_refuses_what_it_cannot_keep_frozen() -> None:
     @dataclass(slots=True)
     class Mutable:

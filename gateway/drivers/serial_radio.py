@@ -19,6 +19,7 @@ from gateway.drivers.serialport import keep_open
 from gateway.events import FrameHeard
 from gateway.protocol.framing import IDLE_GAP_S, Received, make_framer
 from gateway.protocol.messages import FrameFlags, MessageType
+from gateway.values import maker
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ READ_SIZE = 4096
 
 _NODE_ALARM_BIT = int(FrameFlags.NODE_ALARM)
 _EVENT = MessageType.EVENT  # a global: an Enum class attribute is slow on 3.11
+_make_frame_heard = maker(FrameHeard)  # one per frame: without ``type.__call__``
 
 
 def is_critical(received: Received) -> bool:
@@ -111,4 +113,4 @@ class SerialRadio:
             if self._tap is not None:
                 self._tap(self.name, at, item)
             if isinstance(item, Received):
-                self._sink(FrameHeard(self.name, at, item), is_critical(item))
+                self._sink(_make_frame_heard(self.name, at, item), is_critical(item))

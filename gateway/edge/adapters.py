@@ -25,6 +25,7 @@ from gateway.protocol.messages import (
     Battery,
     Event,
     EventCode,
+    Frame,
     FrameFlags,
     Gas,
     MessageType,
@@ -64,7 +65,7 @@ def scn1_device(node_id: int) -> DeviceRef:
     return DeviceRef(SCN1, f"{node_id:08X}")
 
 
-_TYPE_NAMES = {t: t.name for t in MessageType}  # Enum .name is a Python-level property
+TYPE_NAMES = {t: t.name for t in MessageType}  # Enum .name is a Python-level property
 
 
 def modbus_device(bus: str, address: int) -> DeviceRef:
@@ -74,14 +75,17 @@ def modbus_device(bus: str, address: int) -> DeviceRef:
 _NODE_ALARM_BIT = int(FrameFlags.NODE_ALARM)
 _LOW_BATTERY_BIT = int(FrameFlags.LOW_BATTERY)
 _RETRANSMISSION_BIT = int(FrameFlags.RETRANSMISSION)
+_ANY_FLAG = _NODE_ALARM_BIT | _RETRANSMISSION_BIT | _LOW_BATTERY_BIT
 
 
-def _fingerprint(raw: bytes) -> bytes:
+def fingerprint(raw: bytes) -> bytes:
     """The frame without its CRC and with the retransmission bit cleared: a retry is the same."""
     if len(raw) <= _FLAGS_OFFSET + 2:
         return raw
-    flags = raw[_FLAGS_OFFSET] & ~_RETRANSMISSION_BIT
-    return raw[:_FLAGS_OFFSET] + bytes([flags]) + raw[_FLAGS_OFFSET + 1 : -2]
+    flags = raw[_FLAGS_OFFSET]
+    if not flags & _RETRANSMISSION_BIT:
+        return raw[:-2]  # nearly every frame: the bit is clear already, one slice
+    return raw[:_FLAGS_OFFSET] + bytes([flags & ~_RETRANSMISSION_BIT]) + raw[_FLAGS_OFFSET + 1 : -2]
 
 
 _NO_LINK = Link()
@@ -102,9 +106,8 @@ _make_quantities = maker(Quantities)
 _make_observation = maker(Observation)
 
 
-def from_frame(event: FrameHeard) -> Observation:
-    received = event.received
-    frame = received.frame
+def frame_quantities(frame: Frame) -> Quantities:
+    """What the rules see of an SCN-1 frame: the first record of each kind, the flag bits."""
     # One pass over the records (the first of each kind counts), not one per kind.
     tilt: Tilt | None = None
     water: WaterDepth | None = None
@@ -129,8 +132,7 @@ def from_frame(event: FrameHeard) -> Observation:
             assert isinstance(r, Gas)
             gases = gases if gases is not None else {}
             gases[r.kind.name] = (r.value, r.unit)
-    bits = int(frame.flags)  # plain ints: IntFlag membership is slow on this hot path
-    quantities = _make_quantities(
+    return _make_quantities(
         tilt_x_deg=None if tilt is None else tilt.x_deg,
         tilt_y_deg=None if tilt is None else tilt.y_deg,
         distance_mm=None if water is None or water.distance_mm is None else water.distance_mm,
@@ -138,8 +140,16 @@ def from_frame(event: FrameHeard) -> Observation:
         battery_mv=None if battery is None else float(battery.voltage_mv),
         temperature_c=None if temperature is None else temperature.celsius,
         gas=_NO_GAS if gases is None else MappingProxyType(gases),
-        device_alarms=_ALARM_SETS.get(bits & 0xFF, _NO_ALARMS),
+        # plain ints: IntFlag membership is slow on this hot path
+        device_alarms=_ALARM_SETS.get(int(frame.flags) & 0xFF, _NO_ALARMS),
     )
+
+
+def from_frame(event: FrameHeard) -> Observation:
+    received = event.received
+    frame = received.frame
+    quantities = frame_quantities(frame)
+    bits = int(frame.flags)  # plain ints: IntFlag membership is slow on this hot path
     events: list[DeviceEvent] = []
     if frame.msg_type is _EVENT:
         # Only an EVENT frame's events are news; any other frame's are history.
@@ -161,7 +171,7 @@ def from_frame(event: FrameHeard) -> Observation:
         "port": event.source,
         "node": node_hex,
         "seq": frame.seq,
-        "msg_type": _TYPE_NAMES[frame.msg_type],
+        "msg_type": TYPE_NAMES[frame.msg_type],
         "flags": {  # as ``flags_to_dict``, without its slow IntFlag membership tests
             "node_alarm": bool(bits & _NODE_ALARM_BIT),
             "retransmission": bool(bits & _RETRANSMISSION_BIT),
@@ -189,8 +199,37 @@ def from_frame(event: FrameHeard) -> Observation:
         ),
         purpose=_PURPOSE[frame.msg_type],
         judges_opening=True,
-        fingerprint=_fingerprint(received.raw),
+        fingerprint=fingerprint(received.raw),
     )
+
+
+def lean_node_source(event: FrameHeard, node_hex: str) -> dict[str, Any]:
+    """``render.lean_source`` of the source block ``from_frame`` gives, made directly.
+
+    The routine path renders a frame's reading without an ``Observation``: the
+    block it would carry, without the nulls and the flags when all are clear.
+    """
+    received = event.received
+    frame = received.frame
+    source: dict[str, Any] = {
+        "type": "node",
+        "port": event.source,
+        "node": node_hex,
+        "seq": frame.seq,
+        "msg_type": TYPE_NAMES[frame.msg_type],
+    }
+    bits = int(frame.flags)
+    if bits & _ANY_FLAG:
+        source["flags"] = {
+            "node_alarm": bool(bits & _NODE_ALARM_BIT),
+            "retransmission": bool(bits & _RETRANSMISSION_BIT),
+            "low_battery": bool(bits & _LOW_BATTERY_BIT),
+        }
+    if received.rssi_dbm is not None:
+        source["rx_rssi_dbm"] = received.rssi_dbm
+    if received.snr_db is not None:
+        source["rx_snr_db"] = received.snr_db
+    return source
 
 
 def from_slave_read(event: SlaveRead, slave: SlaveConfig | None) -> Observation:

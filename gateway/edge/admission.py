@@ -69,67 +69,126 @@ class Admission:
         # The configured input names, when known: a binding to any other is void.
         self.known_inputs: frozenset[str] | None = None
 
-    def admit(self, obs: Observation, cover: Cover | None) -> tuple[Admitted, list[DeviceRef]]:
+    def admit(self, obs: Observation, cover: Cover | None) -> tuple[Admitted, list[Token]]:
         """The verdict on one reception, and the unregistered devices forgotten to make room."""
         # Our own polled sensors are configured, not strangers: never in the LRU.
         # A registered SCN-1 node is kept under its cover's node number (the registry's int).
         key: Token = obs.device
         if cover is not None and cover.node_id is not None and obs.device.model == SCN1:
             key = cover.node_id
-        device_state, forgotten = self.devices.touch(
-            key, registered=cover is not None or obs.polled
-        )
-        restart = bool(obs.events) and any(e.kind in _RESTARTS for e in obs.events)
-        counted = obs.counter is not None or obs.message_id is not None
         by_id = obs.message_id is not None
         fp = digest(
             obs.message_id.encode() if obs.message_id is not None else obs.fingerprint or obs.raw
         )
+        return self._admit(
+            obs.device,
+            key,
+            cover,
+            source=obs.source,
+            at=obs.at,
+            counter=obs.counter,
+            fp=fp,
+            by_id=by_id,
+            counted=obs.counter is not None or by_id,
+            restart=bool(obs.events) and any(e.kind in _RESTARTS for e in obs.events),
+            polled=obs.polled,
+            partial=bool(obs.partial),
+            modulus=obs.counter_modulus,
+        )
+
+    def admit_node(
+        self,
+        node_id: int,
+        device: DeviceRef,
+        cover: Cover | None,
+        *,
+        source: str,
+        at: float,
+        seq: int,
+        fingerprint: bytes,
+    ) -> tuple[Admitted, list[Token]]:
+        """``admit`` of an SCN-1 frame that says nothing of a restart, from its parts.
+
+        The routine path builds no ``Observation``; this is what ``admit`` makes of
+        the one ``adapters.from_frame`` would build (no message id, never polled,
+        never partial, a 16-bit counter). A registered node is kept under its
+        cover's node number, which is the frame's: the registry finds it by that.
+        """
+        return self._admit(
+            device,
+            node_id,
+            cover,
+            source=source,
+            at=at,
+            counter=seq,
+            fp=digest(fingerprint),
+            by_id=False,
+            counted=True,
+            restart=False,
+            polled=False,
+            partial=False,
+            modulus=1 << 16,
+        )
+
+    def _admit(
+        self,
+        device: DeviceRef,
+        key: Token,
+        cover: Cover | None,
+        *,
+        source: str,
+        at: float,
+        counter: int | None,
+        fp: int,
+        by_id: bool,
+        counted: bool,
+        restart: bool,
+        polled: bool,
+        partial: bool,
+        modulus: int,
+    ) -> tuple[Admitted, list[Token]]:
+        device_state, forgotten, created = self.devices.touch_new(
+            key, registered=cover is not None or polled
+        )
         if self.known_inputs is not None and device_state.bound_input not in self.known_inputs:
             device_state.bound_input = None  # bound to an input no longer configured: rebind
         allowed = cover.inputs if cover is not None else ()
-        if allowed:
-            bound_ok = obs.source in allowed
-        else:
-            bound_ok = device_state.bound_input in (None, obs.source)
+        bound_ok = source in allowed if allowed else device_state.bound_input in (None, source)
         if not bound_ok:
             # Checked before the counters are touched: an impostor leaves no trace in them.
-            if counted and device_state.counters.seen(obs.counter, fp, by_message_id=by_id):
+            if counted and device_state.counters.seen(counter, fp, by_message_id=by_id):
                 self.stats.duplicates += 1  # the same frame heard by another input too
             else:
                 self.stats.wrong_input += 1
-                log.debug("%s heard on %s, bound elsewhere: refused", obs.device, obs.source)
+                log.debug("%s heard on %s, bound elsewhere: refused", device, source)
             return _REFUSED, forgotten
         verdict = None
         if counted:
             verdict = device_state.counters.observe(
-                obs.counter,
-                fp,
-                obs.at,
-                restart=restart,
-                by_message_id=by_id,
-                modulus=obs.counter_modulus,
+                counter, fp, at, restart=restart, by_message_id=by_id, modulus=modulus
             )
             if verdict.duplicate:
                 self.stats.duplicates += 1
                 return _REFUSED, forgotten
-        if device_state.bound_input is None and not obs.polled:
-            device_state.bound_input = obs.source
+        if device_state.bound_input is None and not polled:
+            device_state.bound_input = source
         if verdict is not None:
             if verdict.anomaly:
                 self.stats.sequence_anomalies += 1
-                log.warning("%s: counter %s reused with other content", obs.device, obs.counter)
+                log.warning("%s: counter %s reused with other content", device, counter)
             if verdict.lost:
-                self.stats.count_lost(obs.device.device_id, verdict.lost)
+                self.stats.count_lost(device.device_id, verdict.lost)
         if cover is None:
             self.stats.unregistered_frames += 1
-        device_state.last_seen = obs.at
-        if obs.partial:
+        device_state.last_seen = at
+        if partial:
             self.stats.partial_readings += 1
-        if obs.polled:
+        if polled:
             return _FORWARD, forgotten  # the gateway paces its own polls
-        self._log.put_live(state.DEVICE + device_key(obs.device), device_state)
-        if not device_state.take_token(obs.at, self.limits.device_frames_per_minute):
+        # A state made now has no row stored yet: ``new`` lets the row's deletion,
+        # if the device is pushed out before the next commit, cost the store nothing.
+        self._log.put_live(state.DEVICE + device_key(device), device_state, new=created)
+        if not device_state.take_token(at, self.limits.device_frames_per_minute):
             self.stats.rate_limited += 1
             return _JUDGE_ONLY, forgotten
         return _FORWARD, forgotten

@@ -18,6 +18,29 @@ from gateway.registry import Cover
 log = logging.getLogger(__name__)
 
 
+class _Row:
+    """A baseline as a live row: serialised at the commit, not when recorded.
+
+    Every stranger's node records one and is usually forgotten before the next
+    commit; its row then costs neither the store nor a serialisation.
+    """
+
+    __slots__ = ("baseline",)
+
+    def __init__(self, baseline: Orientation) -> None:
+        self.baseline = baseline
+
+    def to_json(self) -> list[float]:
+        return list(self.baseline)
+
+
+def _row(subject_key: str, sub: str) -> str:
+    """A baseline's row key; a cover's own sensor's without ``join``'s checks when plain."""
+    if sub or "|" in subject_key or "%" in subject_key:
+        return state.BASELINE + state.join(subject_key, sub)
+    return f"{state.BASELINE}{subject_key}|"  # every stranger's node: recorded, then rezeroed
+
+
 class Baselines:
     """One orientation per (subject, sensor).
 
@@ -50,7 +73,9 @@ class Baselines:
         if baseline is None and may_record:
             baseline = now
             self._remember(subject_key, sub, baseline)
-            self._log.put(state.BASELINE + state.join(subject_key, sub), list(baseline))
+            # ``new``: none was kept, so none is stored (a stranger's, gone before the
+            # next commit, then costs the store nothing).
+            self._log.put_live(_row(subject_key, sub), _Row(baseline), new=True, urgent=True)
             # DEBUG: every tilt sensor records one at first contact, and a city's
             # 100k lines at INFO cost first contact ~15 % of its CPU. The row is kept.
             log.debug("tilt baseline of %s recorded: %s deg", (subject_key, sub), baseline)
@@ -64,12 +89,12 @@ class Baselines:
             self._by_key[subject_key] = baseline
 
     def rezero(self, subject_key: str, *, urgent: bool = True) -> None:
-        subs = sorted(self._subs.pop(subject_key, ()))
+        subs = self._subs.pop(subject_key, None)
         if self._by_key.pop(subject_key, None) is not None:
-            self._log.delete(state.BASELINE + state.join(subject_key, ""), urgent=urgent)
-        for sub in subs:
+            self._log.delete(_row(subject_key, ""), urgent=urgent)
+        for sub in sorted(subs) if subs else ():
             del self._by_key[(subject_key, sub)]
-            self._log.delete(state.BASELINE + state.join(subject_key, sub), urgent=urgent)
+            self._log.delete(_row(subject_key, sub), urgent=urgent)
 
     def load(self, key: str, value: Any, *, save: bool = False) -> None:
         subject_key, sub = state.split(key)

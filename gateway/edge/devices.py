@@ -63,7 +63,12 @@ class DeviceState(CounterState):
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {"seen": self.last_seen, "input": self.bound_input, **CounterState.to_json(self)}
+        return {
+            "seen": self.last_seen,
+            "input": self.bound_input,
+            "last": self.last,  # CounterState.to_json's, in its order
+            "recent": self.recent_json(),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceState:
@@ -79,8 +84,12 @@ class DeviceState(CounterState):
 
     def take_token(self, at: float, per_minute: int) -> bool:
         """One reading's worth of the device's rate; False when it has used its share."""
-        if self.tokens < 0:
-            self.tokens, self.tokens_at = float(per_minute), at
+        if self.tokens < 0:  # the first: a full bucket (a stranger heard once, nearly always)
+            if per_minute < 1:
+                self.tokens, self.tokens_at = float(per_minute), at
+                return False
+            self.tokens, self.tokens_at = per_minute - 1.0, at
+            return True
         self.tokens = min(
             float(per_minute), self.tokens + max(0.0, at - self.tokens_at) * per_minute / 60.0
         )
@@ -103,72 +112,88 @@ def parse_device_key(key: str) -> DeviceRef:
 class DeviceTable:
     """Every device's state: registered ones without limit, others in an LRU of ``limit``.
 
-    Registered devices are kept by ``token`` (a city of SCN-1 nodes costs an int
-    each as key); the few unregistered ones by their ``DeviceRef``.
+    Both groups are kept by ``token``: a city of SCN-1 nodes costs an int each as
+    key, and the strangers' LRU, which churns with every new id heard, hashes an
+    int instead of calling a dataclass's ``__hash__`` for every lookup.
     """
 
     def __init__(self, unregistered_limit: int) -> None:
         self.limit = unregistered_limit
         self.registered: dict[Token, DeviceState] = {}
-        self.unregistered: OrderedDict[DeviceRef, DeviceState] = OrderedDict()
+        self._lru: OrderedDict[Token, DeviceState] = OrderedDict()
         self.forgotten = 0  # unregistered devices pushed out by newer ones
+
+    @property
+    def unregistered(self) -> list[DeviceRef]:
+        """The unregistered devices, least recently heard first."""
+        return [from_token(k) for k in self._lru]
 
     def get(self, device: Token) -> DeviceState | None:
         key = token(device)
         found = self.registered.get(key)
-        if found is None and self.unregistered:
-            found = self.unregistered.get(from_token(key))
+        if found is None and self._lru:
+            found = self._lru.get(key)
         return found
 
-    def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[DeviceRef]]:
-        """The device's state (created if new) and the devices forgotten to make room."""
-        if registered:
-            key = token(device)
-            state = self.registered.get(key)
-            if state is None:
-                state = self.unregistered.pop(from_token(key), None) or DeviceState()
-                self.registered[key] = state
-            return state, []
-        device = from_token(device)
-        state = self.unregistered.get(device)
-        if state is not None:
-            self.unregistered.move_to_end(device)
-            return state, []
-        state = self.registered.pop(token(device), None) or DeviceState()
-        self.unregistered[device] = state
-        return state, self._trim()
+    def touch(self, device: Token, *, registered: bool) -> tuple[DeviceState, list[Token]]:
+        """The device's state (created if new) and the devices forgotten to make room (tokens)."""
+        state, forgotten, _ = self.touch_new(device, registered=registered)
+        return state, forgotten
 
-    def _trim(self) -> list[DeviceRef]:
+    def touch_new(
+        self, device: Token, *, registered: bool
+    ) -> tuple[DeviceState, list[Token], bool]:
+        """As ``touch``, and whether the state was made now (the device was not known)."""
+        key = token(device)
+        if registered:
+            state = self.registered.get(key)
+            if state is not None:
+                return state, [], False
+            state = self._lru.pop(key, None)
+            created = state is None
+            self.registered[key] = state = state or DeviceState()
+            return state, [], created
+        lru = self._lru
+        state = lru.get(key)
+        if state is not None:
+            lru.move_to_end(key)
+            return state, [], False
+        state = self.registered.pop(key, None)
+        created = state is None
+        lru[key] = state = state or DeviceState()
+        return state, self._trim() if len(lru) > self.limit else [], created
+
+    def _trim(self) -> list[Token]:
         dropped = []
-        while len(self.unregistered) > self.limit:
-            device, _ = self.unregistered.popitem(last=False)
-            dropped.append(device)
+        while len(self._lru) > self.limit:
+            key, _ = self._lru.popitem(last=False)
+            dropped.append(key)
             self.forgotten += 1
         return dropped
 
-    def load(self, device: DeviceRef, state: DeviceState, *, registered: bool) -> list[DeviceRef]:
+    def load(self, device: DeviceRef, state: DeviceState, *, registered: bool) -> list[Token]:
         if registered:
             self.registered[token(device)] = state
             return []
-        self.unregistered[device] = state
+        self._lru[token(device)] = state
         return self._trim()
 
-    def regroup(self, is_registered: Any) -> list[DeviceRef]:
+    def regroup(self, is_registered: Any) -> list[Token]:
         """After a registry reload: move devices between the two groups; those forgotten."""
         for key in [k for k in self.registered if not is_registered(from_token(k))]:
-            self.unregistered[from_token(key)] = self.registered.pop(key)
-        for device in [d for d in self.unregistered if is_registered(d)]:
-            self.registered[token(device)] = self.unregistered.pop(device)
+            self._lru[key] = self.registered.pop(key)
+        for key in [k for k in self._lru if is_registered(from_token(k))]:
+            self.registered[key] = self._lru.pop(key)
         return self._trim()
 
     def items(self) -> list[tuple[DeviceRef, DeviceState]]:
         return [
             *((from_token(k), s) for k, s in self.registered.items()),
-            *self.unregistered.items(),
+            *((from_token(k), s) for k, s in self._lru.items()),
         ]
 
     def __len__(self) -> int:
-        return len(self.registered) + len(self.unregistered)
+        return len(self.registered) + len(self._lru)
 
 
 class Deadlines:

@@ -1,7 +1,9 @@
 """The edge engine: observations in, messages for the platform out.
 
 Every input hands it an ``Observation`` (the older SCN-1 and Modbus forms are
-adapted at the door, ``adapters``). ``admission`` decides what is taken
+adapted at the door, ``adapters``), except an SCN-1 REPORT or HEARTBEAT, nearly
+every frame, which the routine path (``_routine_frame``) takes from the frame
+itself through the same steps. ``admission`` decides what is taken
 (input binding, true duplicates, rate) and tracks devices (``devices``); the
 rules (``rules/``) say what the quantities mean; their verdicts move the
 alarm machines (``machines``, ``alarm``); tilt needs each sensor's installed
@@ -46,12 +48,20 @@ from gateway.edge import adapters, state
 from gateway.edge.admission import Admission, Admitted, EdgeStats
 from gateway.edge.alarm import SEVERITY, AlarmKind, AlarmMachine, Debounce, Transition
 from gateway.edge.baselines import Baselines
-from gateway.edge.devices import Deadlines, DeviceState, device_key, parse_device_key
+from gateway.edge.devices import (
+    Deadlines,
+    DeviceState,
+    Token,
+    device_key,
+    from_token,
+    parse_device_key,
+)
 from gateway.edge.machines import AlarmBook
 from gateway.edge.overrides import Overrides
 from gateway.edge.recent import Heard, RecentFrames
 from gateway.edge.render import Subject, alarm_source, device_source, id_maker, iso
 from gateway.edge.render import alarm as render_alarm
+from gateway.edge.render import node_reading as render_node_reading
 from gateway.edge.render import reading as render_reading
 from gateway.edge.rules import (
     Check,
@@ -70,7 +80,9 @@ from gateway.edge.rules import (
 from gateway.edge.rules.battery import LOW_BATTERY_BITS
 from gateway.edge.state import StateLog
 from gateway.events import FrameHeard, Input, SlaveFailed, SlaveRead
-from gateway.observation import DeviceRef, Observation, Purpose
+from gateway.observation import DeviceRef, Observation, Purpose, Quantities
+from gateway.protocol.messages import MessageType
+from gateway.protocol.render import records_to_dicts
 from gateway.registry import Cover, Registry
 from gateway.values import maker
 
@@ -78,7 +90,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EdgeEngine", "EdgeStats", "iso"]
 
-_make_heard = maker(Heard)  # one per frame, eight keywords: without ``type.__call__``
+# One of each per frame: without ``type.__call__``.
+_make_heard, _make_device, _make_subject = maker(Heard), maker(DeviceRef), maker(Subject)
 POLLED_TELEMETRY_INTERVAL_S = 60.0  # a polled sensor's readings upstream, unless it alarms
 
 # Enum members the per-frame path names, as module constants: on Python 3.11 an
@@ -91,6 +104,18 @@ _NODE_OFFLINE, _SENSOR_FAULT, _COVER_OPEN = (
 _REPORT, _STATUS = Purpose.REPORT, Purpose.STATUS
 _REFUSED, _FORWARD = Admitted.REFUSED, Admitted.FORWARD
 _TELEMETRY = Lane.TELEMETRY
+_REPORT_FRAME, _HEARTBEAT_FRAME = MessageType.REPORT, MessageType.HEARTBEAT
+_SCN1 = adapters.SCN1
+_OFFLINE_HEARD = offline.heard("")  # a cover's own node heard: its offline alarm, if any, ends
+
+# What an alarm names as its source: the observation it was raised on, or the
+# frame itself on the routine path (which builds no observation).
+Origin = Observation | FrameHeard
+
+
+def _source(origin: Origin) -> dict[str, Any]:
+    """An alarm's source block (rare: only when an alarm moves), as the observation gives it."""
+    return alarm_source(origin if isinstance(origin, Observation) else adapters.from_frame(origin))
 
 
 def alarm_sub(device: DeviceRef) -> str:
@@ -228,6 +253,9 @@ class EdgeEngine:
     def handle(self, event: Input) -> list[Outgoing]:
         match event:
             case FrameHeard():
+                msg_type = event.received.frame.msg_type
+                if msg_type is _REPORT_FRAME or msg_type is _HEARTBEAT_FRAME:
+                    return self._routine_frame(event)
                 return self.observe(adapters.from_frame(event))
             case SlaveRead():
                 slave = self.slaves.get((event.bus, event.address))
@@ -275,37 +303,142 @@ class EdgeEngine:
                 verdicts.append(fault.answered(fsub))
         if obs.events:
             verdicts += events.forces(obs.events, sub=sub, fault_sub=fsub, iso=iso)
-        out = self._apply(subject, obs, verdicts) if verdicts else []
+        at, evidence = obs.at, obs.quantities.device_alarms
+        out = self._apply(subject, verdicts, at, obs, evidence) if verdicts else []
         derived: dict[str, Any] = {}
-        out += self._judge(subject, obs, thr, rule, derived, sub=sub, fsub=fsub)
+        out += self._judge(
+            subject,
+            obs.quantities,
+            obs.purpose,
+            at,
+            obs,
+            thr=thr,
+            rule=rule,
+            derived=derived,
+            sub=sub,
+            fsub=fsub,
+            polled=obs.polled,
+            judges_opening=obs.judges_opening,
+        )
         if forward and not failure and self._telemetry_due(obs, bool(out)):
             reading_id = self._new_id()
             payload = render_reading(obs, reading_id, subject, derived)
             out.insert(0, Outgoing(reading_id, _TELEMETRY, self._telemetry_topic, payload))
         return out
 
+    def _routine_frame(self, event: FrameHeard) -> list[Outgoing]:
+        """An SCN-1 REPORT or HEARTBEAT: ``observe(from_frame(event))``, without the observation.
+
+        Nearly every frame is one, and the general path would build an
+        ``Observation`` (a dozen values and dicts) only to take it apart again.
+        This path takes what each step needs from the frame itself and shares
+        every step's logic (admission, rules, alarms, rendering) with
+        ``observe``; frames with events (EVENT, BOOT) go the general way. A
+        property test holds the two paths to the same messages and state rows.
+        """
+        received = event.received
+        frame = received.frame
+        node_id, at, port = frame.node_id, event.at, event.source
+        node_hex = f"{node_id:08X}"
+        cover = self.registry.by_node.get(node_id)  # ``cover_for`` of the node's ref
+        device = _make_device(_SCN1, node_hex)
+        subject = _make_subject(cover.cover_id if cover else "node:" + node_hex, cover, device)
+        msg_type = adapters.TYPE_NAMES[frame.msg_type]
+        self._recent.add(
+            _make_heard(
+                "scn1:" + node_hex,
+                at,
+                port,
+                frame.seq,
+                msg_type,
+                received.rssi_dbm,
+                received.snr_db,
+                received.raw,
+            )
+        )
+        verdict, forgotten = self.admission.admit_node(
+            node_id,
+            device,
+            cover,
+            source=port,
+            at=at,
+            seq=frame.seq,
+            fingerprint=adapters.fingerprint(received.raw),
+        )
+        for gone in forgotten:
+            self._forget(gone)
+        if verdict is _REFUSED:
+            return []
+        thr = self.thresholds(cover)
+        if cover is not None:
+            self._deadlines.watch(node_id, at + thr.offline_after_s)
+        q = adapters.frame_quantities(frame)
+        out = (
+            self._apply(subject, (_OFFLINE_HEARD,), at, event, q.device_alarms)
+            if self.alarms.active(subject.key, _NODE_OFFLINE, "")
+            else []
+        )
+        derived: dict[str, Any] = {}
+        out += self._judge(
+            subject,
+            q,
+            _REPORT if frame.msg_type is _REPORT_FRAME else _STATUS,
+            at,
+            event,
+            thr=thr,
+            rule=self._rule(thr, polled=False),
+            derived=derived,
+            sub="",
+            fsub="node",
+            polled=False,
+            judges_opening=True,
+        )
+        if verdict is _FORWARD:
+            reading_id = self._new_id()
+            payload = render_node_reading(
+                reading_id,
+                at,
+                subject,
+                source=adapters.lean_node_source(event, node_hex),
+                records=records_to_dicts(frame.records),
+                derived=derived,
+            )
+            out.insert(0, Outgoing(reading_id, _TELEMETRY, self._telemetry_topic, payload))
+        return out
+
     def _judge(
         self,
         subject: Subject,
-        obs: Observation,
+        q: Quantities,
+        purpose: Purpose,
+        at: float,
+        origin: Origin,
+        *,
         thr: Thresholds,
         rule: Debounce,
         derived: dict[str, Any],
-        *,
         sub: str,
         fsub: str,
+        polled: bool,
+        judges_opening: bool,
     ) -> list[Outgoing]:
-        """The quantities against the thresholds; fills ``derived`` for the reading."""
-        q = obs.quantities
-        judged = obs.purpose is not _STATUS
+        """The quantities against the thresholds; fills ``derived`` for the reading.
+
+        ``origin`` is what an alarm raised here names as its source (``_apply_one``).
+        """
+        judged = purpose is not _STATUS
+        evidence = q.device_alarms
         in_alarm = not q.device_alarms <= LOW_BATTERY_BITS  # bits beyond low battery; no new set
         out: list[Outgoing] = []
-        opened = self._active(subject, _COVER_OPEN, "")
+        # Whether the subject has any machine away from normal (an active one is one):
+        # nearly every subject has none, and then nothing needs asking about its alarms.
+        kept = self.alarms.any_kept(subject.key)
+        opened = kept and self._active(subject, _COVER_OPEN, "")
         rel_tilt = None
         now = tilt.orientation(q)
         if now is not None:
             # Only a normal report may become the baseline: never an opened cover's angle.
-            normal = obs.purpose is _REPORT and not in_alarm and not opened
+            normal = purpose is _REPORT and not in_alarm and not opened
             rel_tilt = self.baselines.relative_tilt(
                 subject.key, sub, subject.cover, now, may_record=normal
             )
@@ -319,39 +452,44 @@ class EdgeEngine:
             derived["water_distance_mm"] = round(distance, 1)
         verdicts = []
         if judged:
-            if not obs.judges_opening:
+            if not judges_opening:
                 verdicts += opening.verdicts(
                     displaced=q.cover_displaced,
                     tilt=rel_tilt,
-                    routine=obs.purpose is _REPORT,
+                    routine=purpose is _REPORT,
                     thr=thr,
                     rule=rule,
                 )
             if verdicts:
-                out += self._apply(subject, obs, verdicts)
+                out += self._apply(subject, verdicts, at, origin, evidence)
                 opened = self._active(subject, _COVER_OPEN, "")  # the verdicts may have moved it
+                kept = self.alarms.any_kept(subject.key)
                 verdicts = []
+            # No machine away from normal: checks that are not bad would change nothing.
             # An opened cover is tilted by definition: one alarm for one incident.
             if rel_tilt is not None and not opened:
-                verdicts.append(tilt.check(rel_tilt, thr, rule, sub))
+                tilted = tilt.check(rel_tilt, thr, rule, sub, quiet=not kept)
+                if tilted is not None:
+                    verdicts.append(tilted)
             if distance is not None:
-                verdicts += water.checks(distance, thr, rule, sub)
+                verdicts += water.checks(distance, thr, rule, sub, quiet=not kept)
             if q.gas:
                 verdicts += gas.checks(q.gas, thr, rule)
         if (
-            obs.purpose is _REPORT
+            kept
+            and purpose is _REPORT
             and not in_alarm
-            and not obs.polled
+            and not polled
             and self.alarms.any_active(subject.key)
         ):
             verdicts += clears.after_normal_report(
-                rel_tilt, thr, fault_sub=fsub, judges_opening=obs.judges_opening
+                rel_tilt, thr, fault_sub=fsub, judges_opening=judges_opening
             )
-        low = battery.check(q, thr, rule, sub)
+        low = battery.check(q, thr, rule, sub, quiet=not kept)
         if low is not None:
             verdicts.append(low)
         if verdicts:
-            out += self._apply(subject, obs, verdicts)
+            out += self._apply(subject, verdicts, at, origin, evidence)
         return out
 
     def _telemetry_due(self, obs: Observation, alarmed: bool) -> bool:
@@ -374,16 +512,26 @@ class EdgeEngine:
             )
         return None if verdict is _REFUSED else verdict is _FORWARD
 
-    def _forget(self, device: DeviceRef) -> None:
+    def _forget(self, gone: Token) -> None:
         """An unregistered device pushed out: its state and alarms go with it."""
-        self._log.delete(state.DEVICE + device_key(device), urgent=False)
-        key = _unregistered_key(device)
-        if self.registry.cover_for(device) is not None:
-            return
+        if isinstance(gone, int):
+            # An SCN-1 node by number (nearly every one: strangers churn through the
+            # LRU), named as ``device_key`` and ``_unregistered_key`` name its ref.
+            node_hex = f"{gone:08X}"
+            self._log.delete(f"{state.DEVICE}{_SCN1}:{node_hex}", urgent=False)
+            if gone in self.registry.by_node:
+                return
+            key = "node:" + node_hex
+        else:
+            self._log.delete(state.DEVICE + device_key(gone), urgent=False)
+            if self.registry.cover_for(gone) is not None:
+                return
+            key = _unregistered_key(gone)
         # Not urgent: the rows go with the next commit.
         self.alarms.forget(key)
         self.baselines.rezero(key, urgent=False)
-        self._polled_telemetry_at.pop(device, None)
+        if self._polled_telemetry_at:
+            self._polled_telemetry_at.pop(from_token(gone), None)
 
     def _remember(self, obs: Observation) -> None:
         """The last frames heard, duplicates included, for a technician."""
@@ -444,7 +592,12 @@ class EdgeEngine:
         return self.alarms.active(subject.key, kind, sub)
 
     def _apply(
-        self, subject: Subject, obs: Observation, verdicts: Iterable[Verdict]
+        self,
+        subject: Subject,
+        verdicts: Iterable[Verdict],
+        at: float,
+        origin: Origin,
+        evidence: frozenset[str],
     ) -> list[Outgoing]:
         out: list[Outgoing] = []
         alarms = self.alarms
@@ -455,9 +608,7 @@ class EdgeEngine:
                 and not alarms.has(subject.key, verdict.kind, verdict.sub)
             ):
                 continue  # as in _apply_one, without the call: most checks of most readings
-            out += self._apply_one(
-                subject, verdict, obs.at, obs, evidence=obs.quantities.device_alarms
-            )
+            out += self._apply_one(subject, verdict, at, origin, evidence=evidence)
         return out
 
     def _apply_one(
@@ -465,7 +616,7 @@ class EdgeEngine:
         subject: Subject,
         verdict: Verdict,
         at: float,
-        origin: Observation | DeviceRef,
+        origin: Origin | DeviceRef,
         evidence: frozenset[str] = frozenset(),
     ) -> list[Outgoing]:
         if (
@@ -515,9 +666,7 @@ class EdgeEngine:
                     machine,
                     transition,
                     when,
-                    alarm_source(origin)
-                    if isinstance(origin, Observation)
-                    else device_source(origin),
+                    device_source(origin) if isinstance(origin, DeviceRef) else _source(origin),
                     value,
                     unit,
                     threshold,

@@ -34,6 +34,10 @@ class AlarmBook:
         machines = self._machines.get(subject_key)
         return machines is not None and (kind, sub) in machines
 
+    def any_kept(self, subject_key: str) -> bool:
+        """Whether the subject has any machine (only those away from normal are kept)."""
+        return subject_key in self._machines
+
     def active(self, subject_key: str, kind: AlarmKind, sub: str) -> bool:
         return (subject_key, kind, sub) in self._active
 
@@ -71,7 +75,10 @@ class AlarmBook:
 
     def forget(self, subject_key: str) -> None:
         """A subject no longer tracked: its machines and rows go (with the next commit)."""
-        for (kind, sub), machine in self._machines.pop(subject_key, {}).items():
+        machines = self._machines.pop(subject_key, None)
+        if machines is None:
+            return  # nearly every subject: only machines away from normal are kept
+        for (kind, sub), machine in machines.items():
             self._active.discard((subject_key, kind, sub))
             if machine.state is not AlarmState.NORMAL:
                 self._log.delete(state.MACHINE + row_key(subject_key, kind, sub), urgent=False)

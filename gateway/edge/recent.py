@@ -40,13 +40,13 @@ class RecentFrames:
         self._entries: deque[Heard] = deque()
 
     def add(self, heard: Heard) -> None:
-        cost = heard.cost
+        cost = ENTRY_OVERHEAD + len(heard.raw)  # ``cost``, without the property's call per frame
         if cost > self.max_bytes:
             return
         self._entries.append(heard)
         self.bytes += cost
         while self.bytes > self.max_bytes:
-            self.bytes -= self._entries.popleft().cost
+            self.bytes -= ENTRY_OVERHEAD + len(self._entries.popleft().raw)
 
     def last(self, device: str, count: int, iso: Any) -> list[dict[str, Any]]:
         """The device's last ``count`` frames, oldest first (a scan: a rare command)."""

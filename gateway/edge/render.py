@@ -136,6 +136,12 @@ def lean_source(source: dict[str, Any]) -> dict[str, Any]:
     return lean
 
 
+def _queued(body: dict[str, Any]) -> bytes:
+    """A reading's body as the queue takes it (``reading`` and ``node_reading`` alike):
+    JSON; the queue packs a chunk of readings at once."""
+    return dumps(body)
+
+
 def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[str, Any]) -> bytes:
     """A reading as rendered JSON: it names its cover by id; the batch carries the record once.
 
@@ -181,7 +187,33 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
             body[k] = v
     if derived:
         body["derived"] = {k: finite(v) for k, v in derived.items()}
-    return dumps(body)
+    return _queued(body)
+
+
+def node_reading(
+    reading_id: str,
+    at: float,
+    subject: Subject,
+    *,
+    source: dict[str, Any],
+    records: list[dict[str, Any]],
+    derived: dict[str, Any],
+) -> bytes:
+    """``reading`` of an SCN-1 frame's observation, from the parts it would carry.
+
+    SOURCE is the lean source block (``adapters.lean_node_source``), RECORDS the
+    frame's records as dicts: the same body, key for key, without the
+    ``Observation`` (the engine's routine path makes none).
+    """
+    cover = subject.cover
+    body: dict[str, Any] = {} if cover is None else {"cover_id": cover.cover_id}
+    body["reading_id"] = reading_id
+    body["time"] = iso(at)
+    body["source"] = source
+    body["records"] = records
+    if derived:
+        body["derived"] = {k: finite(v) for k, v in derived.items()}
+    return _queued(body)
 
 
 def alarm(

@@ -30,6 +30,12 @@ class Verdict:
     anomaly: bool = False  # a used counter with other content
 
 
+# The verdicts nearly every reception gets, made once: a frozen dataclass's
+# ``__init__`` is a slow generic call, and these are values, never changed.
+_DUPLICATE = Verdict(duplicate=True, lost=0)
+_IN_ORDER = Verdict(duplicate=False, lost=0)
+
+
 @dataclass(slots=True)
 class CounterState:
     """One device's counters; persisted as a row so duplicates are known across restarts."""
@@ -44,8 +50,13 @@ class CounterState:
         r = self.recent
         return [(int(r[i]), int(r[i + 1]), float(r[i + 2])) for i in range(0, len(r), 3)]
 
+    def recent_json(self) -> list[list[int | float]]:
+        """``pairs`` as lists, without the tuples in between (a row per device per commit)."""
+        r = self.recent
+        return [[int(r[i]), int(r[i + 1]), float(r[i + 2])] for i in range(0, len(r), 3)]
+
     def to_json(self) -> dict[str, Any]:
-        return {"last": self.last, "recent": [list(p) for p in self.pairs()]}
+        return {"last": self.last, "recent": self.recent_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CounterState:
@@ -81,6 +92,12 @@ class CounterState:
         window_s: float = DUPLICATE_WINDOW_S,
     ) -> Verdict:
         r = self.recent
+        if not r and counter is not None and not by_message_id and (restart or self.last is None):
+            # A device heard for the first time since its last restart (a stranger, in a
+            # flood of them): nothing to forget, nothing it could duplicate, nothing lost.
+            self.last = counter
+            self.recent = (counter, fingerprint, at)
+            return _IN_ORDER
         drop = 0  # entries (of three) forgotten from the front: too many, or too old
         while drop * 3 < len(r) and (
             len(r) // 3 - drop >= MAX_RECENT or at - r[drop * 3 + 2] > window_s
@@ -93,9 +110,9 @@ class CounterState:
         key = -1 if counter is None else counter
         if by_message_id:
             if self._has_fingerprint(fingerprint):
-                return Verdict(duplicate=True, lost=0)
+                return _DUPLICATE
         elif counter is not None and self._has(key, fingerprint):
-            return Verdict(duplicate=True, lost=0)
+            return _DUPLICATE
         anomaly = counter is not None and counter in r[0::3]
         lost = 0
         if counter is not None:
@@ -111,6 +128,8 @@ class CounterState:
             ):
                 self.last = counter
         self.recent = (*r, key, fingerprint, at)
+        if not lost and not anomaly:
+            return _IN_ORDER
         return Verdict(duplicate=False, lost=lost, anomaly=anomaly)
 
 

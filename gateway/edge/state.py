@@ -60,19 +60,35 @@ class StateLog:
         # Set by a change that should be committed now (an alarm state, an
         # override); a device row rides with the reading it belongs to.
         self.urgent = False
+        # Rows known not to be in the store since the last commit: deleting one
+        # only drops what is pending. An unregistered node heard once and pushed
+        # out of the LRU before the next commit (a flood of strangers) then costs
+        # the store nothing, neither its row nor the row's deletion.
+        self._absent: set[str] = set()
 
-    def put(self, key: str, value: Any, *, urgent: bool = True) -> None:
+    def _note(self, key: str, new: bool) -> None:
+        """NEW: the caller knows no row is stored unless a change to it is pending here."""
+        if new and key not in self._changes and key not in self._live:
+            self._absent.add(key)
+
+    def put(self, key: str, value: Any, *, urgent: bool = True, new: bool = False) -> None:
+        self._note(key, new)
         self._live.pop(key, None)
         self._changes[key] = dumps(value)
         self.urgent |= urgent
 
-    def put_live(self, key: str, row: Row) -> None:
-        """A row written at the next commit as it is then; never urgent by itself."""
+    def put_live(self, key: str, row: Row, *, new: bool = False, urgent: bool = False) -> None:
+        """A row written at the next commit as it is then (serialised only then)."""
+        self._note(key, new)
         self._changes.pop(key, None)
         self._live[key] = row
+        self.urgent |= urgent
 
     def delete(self, key: str, *, urgent: bool = True) -> None:
         self._live.pop(key, None)
+        if key in self._absent:
+            self._changes.pop(key, None)  # never stored: nothing to delete
+            return
         self._changes[key] = None
         self.urgent |= urgent
 
@@ -81,6 +97,7 @@ class StateLog:
         for key, row in self._live.items():
             changes[key] = dumps(row.to_json())
         self._live = {}
+        self._absent.clear()
         self.urgent = False
         return changes
 

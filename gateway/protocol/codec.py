@@ -69,22 +69,30 @@ def _reset_cause(cause_value: int) -> Record | None:
     return None if cause is None else ResetCause(cause)
 
 
+# Records are made several per frame: without ``type.__call__`` (``maker``).
+_make_tilt, _make_water, _make_temperature, _make_pressure = (
+    maker(Tilt),
+    maker(WaterDepth),
+    maker(Temperature),
+    maker(Pressure),
+)
+
 # Each takes the record's fields in the order the construct definition
 # (scn1_schema.TLV_BODIES) declares them; None: a value newer than this gateway (a
 # sixth gas kind), kept whole as an ``UnknownTlv``. Types whose fields are the
-# wire's as they are stand for themselves: no call in between.
+# wire's as they are stand for themselves (their ``maker``): no call in between.
 _FROM_WIRE: dict[int, Callable[..., Record | None]] = {
-    Tag.TILT: lambda x, y: Tilt(x / 100, y / 100),
-    Tag.WATER_DEPTH: lambda mm: WaterDepth(None if mm == NO_ECHO else mm),
-    Tag.BATTERY: Battery,
-    Tag.TEMPERATURE: lambda decidegc: Temperature(decidegc / 10),
+    Tag.TILT: lambda x, y: _make_tilt(x / 100, y / 100),
+    Tag.WATER_DEPTH: lambda mm: _make_water(None if mm == NO_ECHO else mm),
+    Tag.BATTERY: maker(Battery),
+    Tag.TEMPERATURE: lambda decidegc: _make_temperature(decidegc / 10),
     Tag.GAS: _gas,
-    Tag.LINK: Link,
+    Tag.LINK: maker(Link),
     Tag.EVENT: _event,
-    Tag.FIRMWARE: Firmware,
+    Tag.FIRMWARE: maker(Firmware),
     Tag.RESET_CAUSE: _reset_cause,
-    Tag.PRESSURE: lambda decikpa: Pressure(decikpa / 10),
-    Tag.VIBRATION: Vibration,
+    Tag.PRESSURE: lambda decikpa: _make_pressure(decikpa / 10),
+    Tag.VIBRATION: maker(Vibration),
 }
 # tag -> (L the definition requires, unpack_from, record factory)
 _RECORDS: dict[

@@ -18,7 +18,7 @@ from gateway.observation import Observation
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery
 from gateway.registry import Cover
-from gateway.values import quick_init
+from gateway.values import maker, quick_init
 
 MAX_DEVICES = 4096  # devices remembered for status; beyond it the longest silent is forgotten
 MAX_ROWS = 2000  # cover rows in one status reply
@@ -37,6 +37,9 @@ class Seen:
     snr_db: float | None = None
     csq: int | None = None
     failing: str | None = None  # a wired sensor's last failure, None once it answers
+
+
+_make_seen = maker(Seen)  # one per radio frame: without ``type.__call__``
 
 
 def _iso(at: float | None) -> str | None:
@@ -79,7 +82,7 @@ class NodeBoard:
         frame = received.frame
         battery_mv: float | None = None
         for record in frame.records:
-            if isinstance(record, Battery):
+            if type(record) is Battery:  # a final class: ``is`` costs no call, isinstance does
                 battery_mv = record.voltage_mv
                 break
         key = f"scn1:{frame.node_id:08X}"
@@ -90,7 +93,9 @@ class NodeBoard:
             battery_pct = previous.battery_pct
             if battery_mv is None:
                 battery_mv = previous.battery_mv
-        seen[key] = Seen(at, source, battery_mv, battery_pct, received.rssi_dbm, received.snr_db)
+        seen[key] = _make_seen(
+            at, source, battery_mv, battery_pct, received.rssi_dbm, received.snr_db
+        )
         if len(seen) > self._limit:
             seen.popitem(last=False)
 

@@ -4,6 +4,11 @@ A rule never touches an alarm machine. It returns what it concluded: a
 ``Check`` (a condition judged against a threshold, which the gateway's own
 debounce turns into an alarm or not) or a ``Force`` (the device, or the
 gateway's own count, says so outright). The engine applies them.
+
+A rule called with ``quiet`` (the subject has no alarm machine away from
+normal) leaves out the checks that are not bad: applied, they would change
+nothing (a machine in its normal state stays so, and is not kept), and most
+readings of most covers would otherwise make a few each for nothing.
 """
 
 from __future__ import annotations

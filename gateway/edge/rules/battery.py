@@ -17,14 +17,19 @@ CLEAR_PCT = 20.0  # and clear at or above
 _LOW_BATTERY = AlarmKind.LOW_BATTERY
 
 
-def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | None:
+def check(
+    q: Quantities, thr: Thresholds, rule: Debounce, sub: str, *, quiet: bool = False
+) -> Check | None:
     flagged = not q.device_alarms.isdisjoint(LOW_BATTERY_BITS)  # no new set per reading
     if q.battery_mv is not None or (flagged and q.battery_pct is None):
         mv = q.battery_mv
+        bad = flagged or (mv is not None and mv < thr.low_battery_mv)
+        if quiet and not bad:
+            return None
         return make_check(
             _LOW_BATTERY,
             sub,
-            bad=flagged or (mv is not None and mv < thr.low_battery_mv),
+            bad=bad,
             good=not flagged and mv is not None and mv >= thr.low_battery_clear_mv,
             rule=rule,
             value=None if mv is None else float(mv),
@@ -33,10 +38,13 @@ def check(q: Quantities, thr: Thresholds, rule: Debounce, sub: str) -> Check | N
         )
     if q.battery_pct is not None:
         pct = q.battery_pct
+        bad = flagged or pct < LOW_PCT
+        if quiet and not bad:
+            return None
         return make_check(
             _LOW_BATTERY,
             sub,
-            bad=flagged or pct < LOW_PCT,
+            bad=bad,
             good=not flagged and pct >= CLEAR_PCT,
             rule=rule,
             value=pct,

@@ -50,11 +50,16 @@ def tilt_deg(now: Orientation, baseline: Orientation | None) -> float:
     return math.degrees(math.acos(dot))
 
 
-def check(tilt: float, thr: Thresholds, rule: Debounce, sub: str) -> Check:
+def check(
+    tilt: float, thr: Thresholds, rule: Debounce, sub: str, *, quiet: bool = False
+) -> Check | None:
+    bad = tilt >= thr.tilt_deg
+    if quiet and not bad:
+        return None
     return make_check(
         _TILT,
         sub,
-        bad=tilt >= thr.tilt_deg,
+        bad=bad,
         good=tilt < thr.tilt_deg - thr.tilt_clear_margin_deg,
         rule=rule,
         value=tilt,

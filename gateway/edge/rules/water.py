@@ -30,27 +30,24 @@ def distance_mm(q: Quantities, sensor_depth_mm: float | None) -> float | None:
     return None
 
 
-def checks(distance: float, thr: Thresholds, rule: Debounce, sub: str) -> list[Check]:
-    high, overflow, margin = thr.water_high_mm, thr.water_overflow_mm, thr.water_clear_margin_mm
-    return [
-        make_check(
-            _HIGH,
-            sub,
-            bad=distance <= high,
-            good=distance > high + margin,
-            rule=rule,
-            value=distance,
-            unit="mm",
-            threshold=high,
-        ),
-        make_check(
-            _OVERFLOW,
-            sub,
-            bad=distance <= overflow,
-            good=distance > overflow + margin,
-            rule=rule,
-            value=distance,
-            unit="mm",
-            threshold=overflow,
-        ),
-    ]
+def checks(
+    distance: float, thr: Thresholds, rule: Debounce, sub: str, *, quiet: bool = False
+) -> list[Check]:
+    margin = thr.water_clear_margin_mm
+    out = []
+    for kind, limit in ((_HIGH, thr.water_high_mm), (_OVERFLOW, thr.water_overflow_mm)):
+        bad = distance <= limit
+        if bad or not quiet:
+            out.append(
+                make_check(
+                    kind,
+                    sub,
+                    bad=bad,
+                    good=distance > limit + margin,
+                    rule=rule,
+                    value=distance,
+                    unit="mm",
+                    threshold=limit,
+                )
+            )
+    return out
