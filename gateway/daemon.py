@@ -32,7 +32,7 @@ from gateway.drivers.serial_radio import SerialRadio
 from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
 from gateway.errors import ConfigError, StartupError, TransportError
-from gateway.events import Input, origin
+from gateway.events import Input, SlaveRead, origin
 from gateway.observation import DeviceRef
 from gateway.protocol.framing import Item
 from gateway.registry import Registry
@@ -126,6 +126,8 @@ class Gateway:
         self._critical: deque[tuple[int, Input]] = deque()
         self._arrivals = 0
         self._input_ready = asyncio.Event()
+        self._asleep_until: float | None = None  # monotonic: when the idle pipeline wakes
+        self._idle_error: Exception | None = None  # judging a reading while it slept failed
         self._wakeup = asyncio.Event()
         self._pending: list[Outgoing] = []
         self._alarms_pending = False  # an alarm in _pending: flush now
@@ -267,6 +269,11 @@ class Gateway:
     def submit(self, event: Input, critical: bool) -> None:
         """Never blocks a reader; sheds telemetry under overload, never an alarm."""
         self.watch.input(event)
+        # Asleep, and nothing has woken it yet: a polled reading is judged at once.
+        asleep = self._asleep_until is not None and not self._input_ready.is_set()
+        if asleep and type(event) is SlaveRead:
+            self._judge_while_asleep(event)
+            return
         self._arrivals += 1
         if critical:
             self._critical.append((self._arrivals, event))
@@ -276,6 +283,35 @@ class Gateway:
         else:
             self._inputs.append((self._arrivals, event))
         self._input_ready.set()
+
+    def _judge_while_asleep(self, event: SlaveRead) -> None:
+        """A polled reading while the pipeline sleeps with nothing queued: judged now.
+
+        The pipeline is woken only for what the reading left it to do (a
+        message to commit, an alarm, state owed to disk, an earlier deadline):
+        a sensor that reads the same each second costs the engine's judgement,
+        not a turn of the pipeline. Judged in arrival order (nothing else is
+        queued), in the driver's callback, while the pipeline is parked in its
+        sleep, like the commands that change the engine between its turns.
+        """
+        try:
+            alarms = self._handle([event])
+        except Exception as err:  # a bug: the pipeline raises it, and is restarted as ever
+            self._idle_error = err
+            self._input_ready.set()
+            return
+        owed = alarms or self._pending or self.engine.dirty or self._pending_state
+        if owed or self._deadline_before(self._asleep_until):
+            self._input_ready.set()
+
+    def _deadline_before(self, until: float | None) -> bool:
+        """Does the engine's next deadline fall before ``until`` (monotonic), by more than
+        the two clocks' readings can differ by? (The deadline the pipeline planned its
+        sleep with is no reason to wake it.)"""
+        due = self.engine.next_deadline()
+        if due is None or until is None:
+            return False
+        return time.monotonic() + max(0.0, due - self.clock()) + 2 * DEADLINE_SLACK_S < until
 
     def device_lookup(self, device_id: str) -> tuple[DeviceRef, str | None] | None:
         """A LoRaWAN DevEUI or NB-IoT IMEI → its registered device and cover (reloads included)."""
@@ -452,8 +488,7 @@ class Gateway:
         next_status = 0.0
         while True:
             urgent = False
-            if self._reload_requested:
-                self._reload()
+            self._start_turn()
             urgent |= self._handle(self._take())
             urgent |= self._alarms_pending
             self.notifier.watchdog()  # from this loop: if it hangs, systemd restarts us
@@ -505,6 +540,16 @@ class Gateway:
             else:
                 await asyncio.sleep(0)
 
+    def _start_turn(self) -> None:
+        """A turn of the pipeline: what judging a reading raised while it slept is raised
+        here (the supervisor restarts the pipeline, as for its own failures); a reload
+        asked for is carried out."""
+        err, self._idle_error = self._idle_error, None
+        if err is not None:
+            raise err
+        if self._reload_requested:
+            self._reload()
+
     @property
     def _stats_read(self) -> bool:
         """Is anyone reading the stats each second (the metrics endpoint, systemd's status)?"""
@@ -518,13 +563,18 @@ class Gateway:
 
     async def _sleep_until(self, when: float) -> None:
         """Until an input arrives or ``when`` (monotonic), pinging the watchdog in time."""
-        wait = when - time.monotonic()
+        now = time.monotonic()
+        wait = when - now
         if self.notifier.watchdog_interval_s is not None:
             wait = min(wait, self.notifier.watchdog_interval_s)
         if wait > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
-                    await self._input_ready.wait()
+            self._asleep_until = now + wait  # polled readings are judged meanwhile: submit
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                        await self._input_ready.wait()
+            finally:
+                self._asleep_until = None
 
     def _handle(self, events: list[Input]) -> bool:
         """Through the engine into pending; alarms also straight to the uplink. True: alarms."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from firmware_sim.scenario import Scenario, load_scenario
 from firmware_sim.wiring import gateway_config
 from gateway.config import parse_config
 from gateway.daemon import Gateway
+from gateway.edge.adapters import modbus_device
 from gateway.protocol.messages import MessageType
 from tests.harness import Broker, Collector, free_udp_port
 
@@ -294,3 +296,54 @@ async def test_alarm_state_survives_restart(tmp_path: Path, broker: Broker) -> N
     ]
     raised, cleared = collector.alarms()
     assert raised["alarm_id"] == cleared["alarm_id"]
+
+
+async def test_a_polled_crossing_reaches_the_broker_at_once_while_the_pipeline_sleeps(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Polled readings that change nothing are judged without waking the pipeline, which
+    sleeps until its next deadline (up to 10 s); the reading that crosses a threshold
+    wakes it, and its alarm is at the broker within a poll or two, not at that deadline."""
+    from firmware_sim.scenario import parse_scenario  # noqa: PLC0415
+
+    level = {"model": "qdy30a_level", "address": 1, "level": 0.2, "decimals": 3}
+    scenario = parse_scenario(
+        {
+            "scenario": {"name": "calm", "duration_s": 30, "seed": 5},
+            "buses": [{"name": "rs485-0", "slaves": [level]}],
+        }
+    )
+
+    def overflow() -> list[dict[str, Any]]:
+        return [a for a in collector.alarms() if a["kind"] == "water_overflow"]
+
+    async with Collector(broker.port) as collector:
+        sim, gateway, stop, task = await start_rig(
+            tmp_path, broker, scenario, speed=1.0, alarms={"hold_s": 0}
+        )
+        try:
+            await collector.wait_for(lambda: bool(collector.readings()), 10)  # the first poll's
+            device = gateway.engine.devices.get(modbus_device("rs485-0", 1))
+            assert device is not None
+            heard = device.last_seen
+            await asyncio.sleep(1.5)  # six polls at 0.25 s that change nothing
+            assert heard is not None
+            assert device.last_seen is not None
+            assert device.last_seen >= heard + 1.0  # each judged, none of them sent
+            assert gateway.engine.active_alarms() == []
+            sim.buses["rs485-0"].slave(1).level = 2.35  # 150 mm below the cover
+            crossed = time.monotonic()
+            await collector.wait_for(lambda: bool(overflow()), 10)
+            took = time.monotonic() - crossed
+            # Published while committed (the short path): on disk too, not at the next turn.
+            async with asyncio.timeout(10):
+                while gateway.stats_payload()["queue"]["pending_in_memory"]:
+                    await asyncio.sleep(0.01)
+            committed = time.monotonic() - crossed
+        finally:
+            await finish(sim, stop, task)
+    assert took < 1.5, f"the alarm took {took:.2f} s"
+    assert committed < 1.5, f"the alarm was committed after {committed:.2f} s"
+    assert overflow()[0]["source"] == {"type": "modbus", "bus": "rs485-0", "slave": 1}
+    assert len([r for r in collector.readings() if r["source"]["type"] == "modbus"]) <= 2
+    assert collector.errors == []

@@ -16,6 +16,8 @@ from pymodbus.exceptions import ModbusIOException
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import Scenario
 from gateway.confcheck import Table
+from gateway.config import SlaveConfig, SlaveRole
+from gateway.drivers.modbus import SlaveError, _Slave, decoded
 from gateway.errors import ConfigError, RegisterDecodeError
 from gateway.protocol.modbus_profiles import (
     BUILTIN_PROFILES,
@@ -227,3 +229,23 @@ async def test_wire_bytes_match_the_spec_request(make_scenario: Callable[..., Sc
         writer.close()
     assert reply[:3] == bytes.fromhex("50 03 06")
     assert reply[3:5] == bytes.fromhex("FF 00")  # roll -256 raw
+
+
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)), min_size=1, max_size=6))
+def test_a_slave_decodes_repeated_registers_from_memory_as_afresh(
+    polls: list[tuple[int, int]],
+) -> None:
+    slave = _Slave(SlaveConfig(1, QDY30A_LEVEL, SlaveRole.WATER_LEVEL))
+    assert [b.count for b in QDY30A_LEVEL.read_plan()] == [2]
+    for registers in polls + polls:  # each poll again: the second from memory
+        replies = [registers]
+        try:
+            expected = decoded(QDY30A_LEVEL, replies)[1]
+        except SlaveError:
+            with pytest.raises(SlaveError):
+                slave.decode(replies)
+            continue
+        got = slave.decode(replies)
+        assert got == expected
+        got.clear()  # each reading's values are its own
+        assert slave.decode(list(replies)) == expected

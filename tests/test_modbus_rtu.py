@@ -24,6 +24,7 @@ from firmware_sim.ptys import PtyPort
 from firmware_sim.runner import ScenarioRunner
 from firmware_sim.scenario import Scenario
 from gateway.config import parse_config
+from gateway.drivers import rtu
 from gateway.drivers.modbus import ModbusBus, probe, read_profile
 from gateway.drivers.rtu import ModbusLinkError, NoReplyError, RtuMaster
 from gateway.errors import CrcError, ProtocolError
@@ -108,6 +109,20 @@ def test_exception_replies_round_trip(dev: int, function: int, code: int) -> Non
 def test_reply_length_of_any_bytes_is_a_length_or_none(raw: bytes) -> None:
     length = reply_length(raw)
     assert length is None or 5 <= length <= 5 + 255
+
+
+def pymodbus_length(raw: bytes) -> int | None:
+    """What pymodbus itself says, asked afresh (``reply_length`` remembers its answers)."""
+    if len(raw) < 2 or not (raw[1] & 0x80 or raw[1] in (3, 4)):
+        return None
+    pdu_class = DecodePDU(is_server=False).lookupPduClass(raw[:3])
+    return None if pdu_class is None else pdu_class.calculateRtuFrameSize(raw[:3]) or None
+
+
+@given(st.binary(max_size=8))
+def test_reply_length_remembered_is_what_pymodbus_says(raw: bytes) -> None:
+    first = reply_length(raw)
+    assert first == reply_length(raw) == pymodbus_length(raw)  # the second from memory
 
 
 @pytest.mark.parametrize("function", [0, 1, 6, 24, 43, 0x63, 0x7F])
@@ -239,6 +254,95 @@ async def test_garbled_wrong_slave_and_exception_replies() -> None:
     finally:
         master.close()
         port.close()
+
+
+async def test_a_repeated_reply_is_taken_from_memory_and_a_changed_one_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[bytes] = []
+
+    def counting(frame: bytes | bytearray, function: int) -> RegisterReply:
+        parsed.append(bytes(frame))
+        return parse_reply(frame, function)
+
+    monkeypatch.setattr(rtu, "parse_reply", counting)
+    port = PtyPort()
+    master = RtuMaster(port.path, timeout_s=0.3, retries=0)
+    assert await master.connect()
+    seven, eight = slave_reply(1, 3, [7]), slave_reply(1, 3, [8])
+    garbled = bytearray(seven)
+    garbled[4] ^= 0x01
+    try:
+        for answer, expected in [(seven, 7), (seven, 7), (eight, 8), (seven, 7), (seven, 7)]:
+            peer = asyncio.create_task(_answer(port, answer))
+            assert (await master.read_holding_registers(4, device_id=1)).registers == (expected,)
+            await peer
+        assert parsed == [seven, eight, seven]  # each change parsed, each repeat remembered
+        peer = asyncio.create_task(_answer(port, bytes(garbled)))  # one bit off the last good
+        with pytest.raises(ModbusLinkError, match="garbled"):
+            await master.read_holding_registers(4, device_id=1)
+        await peer
+        # Remembered per request: the same bytes answering another request are parsed,
+        # and found to be the wrong function.
+        peer = asyncio.create_task(_answer(port, seven))
+        with pytest.raises(ModbusLinkError, match="answered with 3"):
+            await master.read_input_registers(4, device_id=1)
+        await peer
+        assert parsed[-1] == seven
+    finally:
+        master.close()
+        port.close()
+
+
+async def test_a_chained_transaction_times_out_on_its_own_deadline() -> None:
+    """A transaction started from the one before keeps that one's timer; the timer
+    moves on to the new deadline, so silence still costs the new one its full timeout."""
+    port = PtyPort()
+    master = RtuMaster(port.path, timeout_s=0.3, retries=0)
+    assert await master.connect()
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[tuple[float, RegisterReply | ModbusLinkError]] = loop.create_future()
+    second_sent = 0.0
+
+    def second(result: RegisterReply | ModbusLinkError) -> None:
+        outcome.set_result((loop.time() - second_sent, result))
+
+    def first(result: RegisterReply | ModbusLinkError) -> None:
+        nonlocal second_sent
+        assert isinstance(result, RegisterReply)
+        second_sent = loop.time()
+        master.start(read_request(2, 3, 0, 1), second)  # slave 2 stays silent
+
+    try:
+        reply = slave_reply(1, 3, [5])
+        master.start(read_request(1, 3, 0, 1), first)
+        request = await asyncio.wait_for(port_read(port), 5)
+        await asyncio.sleep(0.2)  # two thirds of the first transaction's timeout
+        port.write(reply)
+        took, result = await asyncio.wait_for(outcome, 5)
+        assert request == read_request(1, 3, 0, 1)
+        assert isinstance(result, NoReplyError)
+        assert took >= 0.3 - 0.01  # not the first transaction's deadline (0.1 s after the send)
+    finally:
+        master.close()
+        port.close()
+
+
+async def port_read(port: PtyPort) -> bytes:
+    """The next bytes the master writes, as the slave's end of the pty sees them."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        data = port.read_nowait()
+        if data and not got.done():
+            got.set_result(data)
+
+    loop.add_reader(port.master, readable)
+    try:
+        return await got
+    finally:
+        loop.remove_reader(port.master)
 
 
 async def test_a_closed_adapter_fails_the_transaction_and_the_link() -> None:

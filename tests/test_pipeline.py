@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.buffer.queue import Lane, Outgoing, Queued
 from gateway.config import parse_config
 from gateway.daemon import INPUT_QUEUE, Gateway
-from gateway.events import FrameHeard
+from gateway.edge.adapters import modbus_device
+from gateway.events import FrameHeard, SlaveRead
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery, Event, EventCode, Frame, FrameFlags, MessageType
 from gateway.uplink import batch_units
@@ -174,3 +177,55 @@ def test_chunk_rows_make_bounded_batches_each_reading_once_in_order(
             assert sum(u.seqs == (seq,) for u in units) == unit.parts > 1
         else:
             assert all(u.parts == 0 for u in units if set(u.seqs) & set(unit.seqs))
+
+
+async def _asleep(gateway: Gateway) -> None:
+    """Until the pipeline sleeps with nothing left to commit."""
+    async with asyncio.timeout(10):
+        while gateway._asleep_until is None or gateway._pending:
+            await asyncio.sleep(0.005)
+
+
+async def test_a_polled_reading_is_judged_while_the_pipeline_sleeps(tmp_path: Path) -> None:
+    gateway = make_gateway(tmp_path)
+    device = modbus_device("rs485-0", 1)
+    stop = asyncio.Event()
+    with gateway.queue:
+        pipeline = asyncio.create_task(gateway._pipeline(stop))
+        try:
+            await _asleep(gateway)
+            gateway.submit(SlaveRead("rs485-0", 1, 100.0, {"level": 0.5}), False)
+            assert gateway._input_ready.is_set()  # the first reading goes upstream: woken
+            await _asleep(gateway)
+            assert len(gateway.queue.peek(10)) == 1
+            gateway.submit(SlaveRead("rs485-0", 1, 101.0, {"level": 0.5}), False)
+            assert not gateway._input_ready.is_set()  # judged, and nothing for the pipeline
+            state = gateway.engine.devices.get(device)
+            assert state is not None
+            assert state.last_seen == 101.0
+            gateway.submit(SlaveRead("rs485-0", 1, 161.0, {"level": 0.5}), False)
+            assert gateway._input_ready.is_set()  # a minute on: a reading to send
+            await _asleep(gateway)
+            assert len(gateway.queue.peek(10)) == 2
+        finally:
+            stop.set()
+            gateway._input_ready.set()
+            await asyncio.wait_for(pipeline, 10)
+
+
+async def test_what_judging_a_reading_raises_while_asleep_ends_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised in the pipeline, so the supervisor restarts it as for its own failures."""
+    gateway = make_gateway(tmp_path)
+
+    def broken(event: object) -> list[Outgoing]:
+        raise RuntimeError("a bug in the engine")
+
+    with gateway.queue:
+        pipeline = asyncio.create_task(gateway._pipeline(asyncio.Event()))
+        await _asleep(gateway)
+        monkeypatch.setattr(gateway.engine, "handle", broken)
+        gateway.submit(SlaveRead("rs485-0", 1, 100.0, {"level": 0.5}), False)
+        with pytest.raises(RuntimeError, match="a bug in the engine"):
+            await asyncio.wait_for(pipeline, 10)

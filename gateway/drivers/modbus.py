@@ -148,12 +148,24 @@ class _Slave:
     failures: int = 0
     last_error: str | None = None
     requests: tuple[bytes, ...] = ()  # the plan's read requests, as sent every poll
+    # The last good poll's registers and what they decoded to: the same registers
+    # again (a level that holds, a cover at rest) are not decoded again.
+    last_read: tuple[list[tuple[int, ...]], dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         profile, address = self.config.profile, self.config.address
         self.requests = tuple(
             read_request(address, profile.function, b.address, b.count) for b in profile.read_plan()
         )
+
+    def decode(self, replies: list[tuple[int, ...]]) -> dict[str, float]:
+        """A poll's replies decoded by the profile (``SlaveError`` if they do not fit it)."""
+        last = self.last_read
+        if last is not None and last[0] == replies:
+            return dict(last[1])
+        _, values = decoded(self.config.profile, replies)
+        self.last_read = (replies, dict(values))
+        return values
 
 
 @dataclass(slots=True)
@@ -402,7 +414,7 @@ class ModbusBus:
                 if len(cycle.replies) < len(slave.requests):
                     self._request(cycle)
                     return
-                _, values = decoded(slave.config.profile, cycle.replies)
+                values = slave.decode(cycle.replies)
             except SlaveError as err:
                 self._failed(slave, str(err), cycle=cycle.start)
             else:

@@ -7,8 +7,10 @@ rest of the daemon on it, in its transaction manager and transport. Here the
 transport is ours and the frames stay pymodbus's (built and parsed through its
 RTU framer in ``gateway/protocol/modbus_rtu.py``): a transaction is one
 ``write`` of the request, the reply gathered by the event loop's reader
-callback until its length is known and reached, one timer for the timeout;
-nothing else runs per poll.
+callback until its length is known and reached, one timer for the timeout
+(shared by the transactions a poll cycle chains: each moves it on), and a
+reply that repeats the last one to the same request byte for byte is not
+parsed again; nothing else runs per poll.
 ``start`` is that transaction in callback form (the bus driver chains a poll
 cycle's transactions from the reader callback, with no task woken); the
 ``read_*_registers`` coroutines, for tools, await the same.
@@ -45,6 +47,8 @@ Done = Callable[["RegisterReply | ModbusLinkError"], None]
 """Where a transaction's outcome goes: the reply (an exception reply too), or the error."""
 
 RX_LIMIT = 512  # bytes gathered for one reply at most (a reply is at most 255)
+ANSWERS_KEPT = 64  # requests whose last good reply is remembered (a bus's plan, not a scan)
+TIMER_SLACK_S = 0.001  # a timeout timer this close to its deadline has reached it
 
 
 class ModbusLinkError(TransportError):
@@ -82,6 +86,13 @@ class RtuMaster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx = bytearray()
         self._pending: _Transaction | None = None
+        # One timeout timer for a chain of transactions: a transaction started from the
+        # one before it keeps that one's timer, which moves on to its deadline when it fires.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        # request → the last good reply's frame and what it parsed to: a slave that says
+        # the same as last time is not parsed again (the same bytes, CRC included).
+        self._answers: dict[bytes, tuple[bytes, RegisterReply]] = {}
 
     @property
     def connected(self) -> bool:
@@ -168,9 +179,8 @@ class RtuMaster:
 
     def cancel(self) -> None:
         """Abandon the transaction in flight: ``done`` is not called; a late reply is dropped."""
-        pending, self._pending = self._pending, None
-        if pending is not None and pending.timer is not None:
-            pending.timer.cancel()
+        self._pending = None
+        self._stop_timer()
 
     async def _transact(
         self, request: bytes, timeout_s: float | None, retries: int | None
@@ -195,32 +205,59 @@ class RtuMaster:
 
     def _send(self, pending: _Transaction, loop: asyncio.AbstractEventLoop) -> None:
         self._rx.clear()
-        pending.timer = loop.call_later(pending.timeout_s, self._answered, None)
+        pending.deadline = loop.time() + pending.timeout_s
+        if self._timer is None or self._timer_at > pending.deadline:
+            self._stop_timer()
+            self._timer = loop.call_at(pending.deadline, self._expired)
+            self._timer_at = pending.deadline
         try:
             os.write(self._fd, pending.request)  # 8 bytes: a serial driver always takes them
         except OSError as err:
             self._lost(err)
+
+    def _expired(self) -> None:
+        """The timeout timer: the transaction in flight timed out, or it is a later one's."""
+        self._timer = None
+        pending, loop = self._pending, self._loop
+        if pending is None or loop is None:
+            return
+        if pending.deadline - loop.time() > TIMER_SLACK_S:
+            self._timer = loop.call_at(pending.deadline, self._expired)
+            self._timer_at = pending.deadline
+            return
+        self._answered(None)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _answered(self, frame: bytes | None) -> None:
         """One attempt ended: a frame, or None (the timer: silence, or bytes that never framed)."""
         pending = self._pending
         if pending is None:
             return
-        if pending.timer is not None:
-            pending.timer.cancel()
         why = ""
         if frame is not None:
+            request = pending.request
+            known = self._answers.get(request)
+            if known is not None and known[0] == frame:
+                self._finish(known[1])
+                return
             try:
-                result: RegisterReply | ModbusLinkError = parse_reply(frame, pending.request[1])
+                result = parse_reply(frame, request[1])
             except ProtocolError as err:
                 why = f"garbled reply: {err}"
             else:
+                if known is not None or len(self._answers) < ANSWERS_KEPT:
+                    self._answers[request] = (frame, result)
                 self._finish(result)
                 return
         elif self._rx:
             why = f"garbled reply: {len(self._rx)} bytes that are no frame"
         if pending.retries_left > 0 and self._loop is not None:
             pending.retries_left -= 1
+            self._stop_timer()  # the retry sets its own
             # At the next turn: a caller that gave up meanwhile (its timeout fell in this
             # turn) cancels first, and no stray request goes out ahead of the next one.
             self._loop.call_soon(self._retry, pending)
@@ -234,8 +271,12 @@ class RtuMaster:
 
     def _finish(self, result: RegisterReply | ModbusLinkError) -> None:
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.done(result)
+        try:
+            if pending is not None:
+                pending.done(result)  # may start the next transaction, on this timer
+        finally:
+            if self._pending is None:
+                self._stop_timer()  # nothing followed: no timer left behind
 
     def _readable(self) -> None:
         try:
@@ -270,9 +311,8 @@ class RtuMaster:
                 self._serial.close()
             self._serial = None
         pending = self._pending
+        self._stop_timer()
         if pending is not None:
-            if pending.timer is not None:
-                pending.timer.cancel()
             reason = f"port {self.port} closed" + (f": {self.last_error}" if err else "")
             self._finish(ModbusLinkError(reason))
 
@@ -283,4 +323,4 @@ class _Transaction:
     done: Done
     retries_left: int
     timeout_s: float
-    timer: asyncio.TimerHandle | None = None
+    deadline: float = 0.0  # on the loop's clock: the timeout of the attempt in flight

@@ -32,6 +32,8 @@ _REQUESTS: dict[int, type[ModbusPDU]] = {
     READ_INPUT: ReadInputRegistersRequest,
 }
 _FRAMER = FramerRTU(DecodePDU(is_server=False))  # a master's framer: it decodes replies
+LENGTHS_KEPT = 256  # reply heads whose length is remembered (a bus's slaves use a handful)
+_LENGTHS: dict[bytes, int | None] = {}  # a reply's first bytes → its length, as pymodbus says
 
 
 class UnexpectedFunctionError(ProtocolError):
@@ -81,10 +83,14 @@ def reply_length(buffer: bytes | bytearray) -> int | None:
     if not function & EXCEPTION_BIT and function not in READ_FUNCTIONS:
         return None
     head = bytes(buffer[:3])
+    known = _LENGTHS.get(head, -1)  # every poll's replies start alike: pymodbus asked once
+    if known != -1:
+        return known
     pdu_class = _FRAMER.decoder.lookupPduClass(head)
-    if pdu_class is None:
-        return None
-    return pdu_class.calculateRtuFrameSize(head) or None  # 0: the byte count is not in yet
+    length = None if pdu_class is None else pdu_class.calculateRtuFrameSize(head) or None
+    if len(head) == 3 and len(_LENGTHS) < LENGTHS_KEPT:  # 0 above: the byte count not in yet
+        _LENGTHS[head] = length
+    return length
 
 
 def parse_reply(frame: bytes | bytearray, function: int) -> RegisterReply:
