@@ -5,8 +5,11 @@ reading's cover by ``cover_id`` only; the record (``Cover.identity()``, what
 alarms carry in ``cover``) is published retained, QoS 1, on
 ``<root>/cover/<cover_id>``:
 
-- before the first batch of a connection that names the cover (awaited, so a
-  platform that subscribed before the batch arrives holds the record first);
+- before the first batch that names the cover (awaited, so a platform that
+  subscribed before the batch arrives holds the record first), and again on
+  a connection where the broker lost the gateway's session: a broker that
+  kept the session kept its retained messages (one persistence holds both),
+  so a reconnect does not send 100k records again;
 - after a reload (SIGHUP or the ``reload`` command): the records that changed
   are published again, and a removed cover's retained message is cleared with
   an empty retained payload.
@@ -50,6 +53,8 @@ class Identified(Protocol):
 class RecordClient(Protocol):
     """What publishing a record needs (``gateway.mqtt_client.UplinkClient``)."""
 
+    session_present: bool  # the broker kept our session (and its retained messages)
+
     async def publish_acked(
         self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
     ) -> None: ...
@@ -60,7 +65,7 @@ def _payload(record: dict[str, Any]) -> bytes:
 
 
 class CoverRecords:
-    """Publishes cover records retained, once per connection, and again when they change.
+    """Publishes cover records retained, once per broker session, and again when they change.
 
     ``covers`` returns the registry's covers as loaded now (a reload replaces
     the mapping; it is never changed in place). Nothing here is queued on
@@ -73,7 +78,7 @@ class CoverRecords:
         self._covers = covers
         self._loaded = covers()  # the registry the last refresh() saw
         self._client: object | None = None
-        self._published: set[str] = set()  # on the current connection
+        self._published: set[str] = set()  # in the broker's current session
         self._stale: set[str] = set()  # changed by a reload, to publish again
         self._cleared: set[str] = set()  # removed by a reload, retained record still to clear
         self.published = 0  # records published (counted, for tests and logs)
@@ -98,7 +103,7 @@ class CoverRecords:
             log.info("cover records: %d changed, %d removed", len(changed), len(removed))
 
     async def ensure(self, client: RecordClient, cover_ids: Iterable[str]) -> None:
-        """Publish the record of each cover not yet published on this connection."""
+        """Publish the record of each cover not yet published in this broker session."""
         self._session(client)
         wanted = [c for c in dict.fromkeys(cover_ids) if c not in self._published]
         await self._publish(client, wanted)
@@ -122,10 +127,11 @@ class CoverRecords:
                 raise
             self.cleared += len(cleared)
 
-    def _session(self, client: object) -> None:
-        if client is not self._client:  # a new connection: the broker may have lost them
+    def _session(self, client: RecordClient) -> None:
+        if client is not self._client:  # a new connection: did the broker lose them?
             self._client = client
-            self._published.clear()
+            if not client.session_present:
+                self._published.clear()
 
     async def _publish(self, client: RecordClient, cover_ids: list[str]) -> None:
         covers = self._covers()

@@ -68,6 +68,8 @@ class UplinkClient(aiomqtt.Client):
         # Refusals by message id, taken by the publish waiting on that id.
         self._refusals: dict[int, ReasonCode] = {}
         self.tcp_connected = False  # did the socket open? (tells a refused version from no route)
+        # The CONNACK's flag: the broker kept this client's session (and, with it, its state).
+        self.session_present = False
 
     # --- paho callbacks ---
 
@@ -82,6 +84,17 @@ class UplinkClient(aiomqtt.Client):
         if reason_code.is_failure:
             self._refusals[mid] = reason_code
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        self.session_present = bool(flags.session_present)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self.tcp_connected = True

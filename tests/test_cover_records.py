@@ -135,3 +135,57 @@ async def test_json_batches_carry_their_records_and_publish_none(tmp_path: Path)
     assert collector.errors == []
     assert collector.records == {}
     assert collector.of("telemetry")[0]["covers"]["C-1"]["address"] == "文三路"
+
+
+async def test_records_go_again_only_to_a_broker_that_lost_the_session(tmp_path: Path) -> None:
+    """A broker restarted with its state keeps the records: none are sent again. One
+    that lost its state (persistence file gone) has them again before the next batch."""
+    (tmp_path / "covers.csv").write_text(
+        "cover_id,owner_unit,node_id\nC-1,drainage,00C00001\n", encoding="utf-8"
+    )
+    config = tmp_path / "gw.toml"
+    node = 0x00C00001
+
+    async def delivered(gateway: Gateway, readings: int) -> None:
+        """Until the broker has acknowledged READINGS readings in all."""
+        assert gateway.uplink is not None
+        async with asyncio.timeout(30):
+            while gateway.uplink.stats.published_rows < readings:
+                await asyncio.sleep(0.05)
+
+    broker = Broker(tmp_path / "broker")
+    with broker:
+        write_config(config, broker.port, "cbor")
+        async with Collector(broker.port) as collector:
+            gateway = Gateway(load_config(config), config_path=config)
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(gateway, stop))
+            gateway.submit(report(node, 1), critical=False)
+            await collector.wait_for(lambda: len(collector.readings()) == 1)
+            assert gateway.uplink is not None
+            records = gateway.uplink.cover_records
+            assert records is not None
+            assert collector.records["C-1"] is not None
+            assert records.published == 1
+
+            broker.stop()  # Mosquitto saves sessions and retained messages: both kept
+            broker.start()
+            gateway.submit(report(node, 2), critical=False)
+            await collector.wait_for(lambda: len(collector.readings()) == 2)
+            assert gateway.uplink.stats.reconnects >= 1
+            assert records.published == 1  # the broker still had it
+            kept = await retained_records(broker.port)
+
+            broker.stop()
+            (tmp_path / "broker" / "mosquitto.db").unlink()  # everything lost
+            broker.start()
+            assert "C-1" not in await retained_records(broker.port)
+            gateway.submit(report(node, 3), critical=False)
+            await delivered(gateway, 3)
+            retained = await retained_records(broker.port)
+            stop.set()
+            await task
+    assert collector.errors == []
+    assert records.published == 2
+    assert b'"owner_unit":"drainage"' in kept["C-1"]
+    assert retained["C-1"] == kept["C-1"]
