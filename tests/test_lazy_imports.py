@@ -9,6 +9,7 @@ is imported; it is stopped once systemd's READY=1 says it is serving.
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 import socket
@@ -16,8 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from firmware_sim.broker import Broker, free_port
 from firmware_sim.ptys import PtyPort
+from gateway.cli import _Help, _RawHelp
 
 # Only when the configuration has them (or a command or tool needs them).
 NOT_FOR_A_RADIO = (
@@ -37,6 +41,7 @@ NOT_FOR_A_RADIO = (
     "difflib",  # "did you mean" for a misspelt key
     "importlib.resources",  # the command schemas, read at the first command
     "http.client",  # paho's urllib.request, deferred by gateway/__init__.py
+    "shutil",  # argparse's formatter asks it the width unless told (gateway.cli._Help)
 )
 
 
@@ -116,3 +121,19 @@ def test_a_deferred_module_loads_at_its_first_use() -> None:
         [sys.executable, "-c", check], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "50", "123"])
+def test_help_is_as_wide_as_argparse_would_make_it(
+    columns: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's formatters work the width out as argparse's own do (through shutil)."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    stock = argparse.HelpFormatter("covergw")._width  # the width it chose
+    assert _Help("covergw")._width == stock
+    assert _RawHelp("covergw")._width == stock
+    if columns is not None:
+        assert stock == int(columns) - 2
