@@ -42,6 +42,7 @@ NOT_FOR_A_RADIO = (
     "importlib.resources",  # the command schemas, read at the first command
     "http.client",  # paho's urllib.request, deferred by gateway/__init__.py
     "shutil",  # argparse's formatter asks it the width unless told (gateway.cli._Help)
+    "secrets",  # message id prefixes come from os.urandom (gateway.edge.render)
 )
 
 
