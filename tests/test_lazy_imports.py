@@ -138,3 +138,17 @@ def test_help_is_as_wide_as_argparse_would_make_it(
     assert _RawHelp("covergw")._width == stock
     if columns is not None:
         assert stock == int(columns) - 2
+
+
+def test_the_host_name_codec_is_imported_at_start_not_at_the_first_connect() -> None:
+    """paho resolves the broker's name in asyncio's executor thread (gateway.daemon_main)."""
+    check = (
+        "import sys\n"
+        "assert 'encodings.idna' not in sys.modules\n"
+        "import gateway.daemon_main\n"
+        "assert 'encodings.idna' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
