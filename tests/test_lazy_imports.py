@@ -36,6 +36,7 @@ NOT_FOR_A_RADIO = (
     "gateway.metrics",
     "gateway.protocol.devices",
     "gateway.tools.busscan",
+    "gateway.protocol.modbus_profiles",  # the config reads profiles only with a bus
     "construct",  # SCN-1 decodes with gateway.protocol.scn1_layouts
     "gateway.protocol.scn1_schema",
     "difflib",  # "did you mean" for a misspelt key
