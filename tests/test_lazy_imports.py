@@ -37,6 +37,7 @@ NOT_FOR_A_RADIO = (
     "gateway.protocol.devices",
     "gateway.tools.busscan",
     "gateway.protocol.modbus_profiles",  # the config reads profiles only with a bus
+    "gateway.cover_records",  # retained cover records: compact encodings only
     "construct",  # SCN-1 decodes with gateway.protocol.scn1_layouts
     "gateway.protocol.scn1_schema",
     "difflib",  # "did you mean" for a misspelt key
