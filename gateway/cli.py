@@ -71,6 +71,44 @@ def _run(args: argparse.Namespace) -> int:
     return run_daemon(Path(args.config))
 
 
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it (COLUMNS, then stdout)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Help(argparse.HelpFormatter):
+    """argparse's formatter, told the width instead of asking ``shutil`` for it.
+
+    argparse makes a formatter for every ``add_argument`` (to check its
+    metavar), and one left to find the width itself imports ``shutil``, with
+    ``bz2``, ``lzma`` and their libraries: into every start, the daemon's too,
+    which never prints help (~0.3 MiB of its idle memory, docs/performance.md).
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        width = _columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+    """``RawDescriptionHelpFormatter`` (descriptions and epilogs as written), told the width."""
+
+
 DEFAULT_CONFIG = "/etc/covergw/covergw.toml"
 DEFAULT_SOCKET = Path("/var/lib/covergw/control.sock")
 
@@ -313,7 +351,7 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "diag modbus scan --port /dev/ttyUSB1",
             "diag tail --cover HZ-XH-000123",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     ).add_subparsers(dest="tool", required=True)
     p = diag.add_parser(
         "sniff",
@@ -325,7 +363,7 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "diag sniff --port /dev/ttyUSB0 --rssi-append --raw",
             "diag sniff --port /dev/ttyUSB0 --dialect at --save capture.bin --duration 60",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("--port", required=True, metavar="DEV")
     p.add_argument("--baud", type=_baud, default=9600)
@@ -345,7 +383,7 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "they happen, from the running daemon's control socket. Filters combine.",
         epilog="examples:\n  covergw diag tail\n  covergw diag tail --cover HZ-XH-000123\n"
         "  covergw diag tail --node 00C0FFEE --raw\n  covergw diag tail --bus rs485-0 --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("--node", metavar="ID", help="one node (8 hex digits) or BUS:ADDRESS")
     p.add_argument("--cover", metavar="COVER_ID", help="a cover's node and wired sensors")
@@ -368,7 +406,7 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog="examples:\n  covergw diag modbus scan --port /dev/ttyUSB0\n"
         "  covergw diag modbus scan --bus rs485-0 --slaves 1-10,80 --json\n"
         "  covergw diag modbus read --port /dev/ttyUSB0 --slave 0x50 --profile wit_inclinometer",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("action", choices=("scan", "read"))
     p.add_argument("--port", metavar="DEV", help="the adapter (direct, or the daemon's bus on it)")
@@ -392,6 +430,7 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Subscribes (read-only) to ChirpStack's MQTT integration and prints each "
         "event: uplinks decoded by the gateway's device models, joins, status, downlink "
         "outcomes, log events. Ctrl-C stops.",
+        formatter_class=_Help,
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
@@ -409,7 +448,9 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="covergw", description="Smart manhole cover gateway")
+    parser = argparse.ArgumentParser(
+        prog="covergw", description="Smart manhole cover gateway", formatter_class=_Help
+    )
     parser.add_argument("--version", action="version", version=f"covergw {__version__}")
     parser.add_argument(
         "--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO for run)"
@@ -427,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
             "decode --file capture.bin --rssi-append",
             "decode --file /dev/ttyUSB0 --dialect at",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("frames", nargs="*", metavar="HEX", help="one whole frame in hex (spaces ok)")
     p.add_argument("--file", metavar="PATH", help="raw capture to frame; - for stdin")
@@ -455,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the gateway daemon",
         epilog=_examples("run --config /etc/covergw/covergw.toml"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     p.set_defaults(func=_run, parser=p)
@@ -469,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
             "check-config --config /etc/covergw/covergw.toml",
             "check-config /etc/covergw/covergw.toml   (the older form, still accepted)",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("config_file", nargs="?", metavar="FILE", help="same as --config FILE")
     p.add_argument("--config", metavar="FILE", help="TOML configuration")
@@ -484,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon holds are not taken from it. Exit 0: nothing failed (warnings allowed); 1: "
         "a check failed.",
         epilog=_examples("selftest", "selftest --config /etc/covergw/covergw.toml --json"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per check")
@@ -494,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="ask the running daemon how it is (local socket)",
         epilog=_examples("status", "status --json", "status --socket /run/covergw/control.sock"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
                    help="only to find the socket; need not be valid")  # fmt: skip
@@ -506,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the gateway against the simulator with a local broker, as an operator sees it",
         epilog=_examples("demo", "demo --scenario flood --speed 4", "demo --broker 127.0.0.1:1883"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     p.add_argument("--scenario", default="city_block", help="shipped name or file")
     p.add_argument("--duration", type=_positive, help="seconds (default: the scenario's length)")

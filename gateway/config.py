@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.confcheck import Errors, Table, hostport
 from gateway.drivers.ingress import (
@@ -28,8 +28,10 @@ from gateway.drivers.ingress import (
 )
 from gateway.errors import ConfigError
 from gateway.protocol.messages import GasKind
-from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, DeviceProfile, profile_from_config
 from gateway.wire import TelemetryEncoding
+
+if TYPE_CHECKING:
+    from gateway.protocol.modbus_profiles import DeviceProfile
 
 
 class Dialect(StrEnum):
@@ -735,6 +737,25 @@ def _device_inputs(
     return lorawan, tcp
 
 
+def _profiles(root: Table, errors: Errors) -> dict[str, DeviceProfile]:
+    """The Modbus device profiles, built in and ``[profiles]``: imported only when a
+    bus or a profile is configured (a radio gateway's idle memory, docs/performance.md)."""
+    if not root.has("profiles") and not root.has("modbus"):
+        return {}
+    from gateway.protocol.modbus_profiles import BUILTIN_PROFILES, profile_from_config  # noqa: PLC0415
+
+    profiles = dict(BUILTIN_PROFILES)
+    with errors.collect():
+        pt = root.table("profiles")
+        for name in pt.names():
+            with errors.collect():
+                if name in BUILTIN_PROFILES:
+                    raise ConfigError(pt.key(name), "a built-in profile cannot be redefined")
+                profiles[name] = profile_from_config(name, pt.table(name))
+        pt.done()
+    return profiles
+
+
 def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> GatewayConfig:
     """Every error of the file in one ``InvalidConfigError``; a broken section stops alone."""
     errors = Errors()
@@ -759,15 +780,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, digest: str = "") -> G
         )
         qt.done()
 
-    profiles = dict(BUILTIN_PROFILES)
-    with errors.collect():
-        pt = root.table("profiles")
-        for name in pt.names():
-            with errors.collect():
-                if name in BUILTIN_PROFILES:
-                    raise ConfigError(pt.key(name), "a built-in profile cannot be redefined")
-                profiles[name] = profile_from_config(name, pt.table(name))
-        pt.done()
+    profiles = _profiles(root, errors)
 
     metrics = MetricsConfig()
     with errors.collect():

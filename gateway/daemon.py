@@ -25,7 +25,6 @@ from gateway.buffer.queue import DurableQueue, Lane, Outgoing, QueueError
 from gateway.commands import Answer, CommandHandler, Delivery
 from gateway.config import GatewayConfig, SlaveConfig
 from gateway.control import ControlServer
-from gateway.cover_records import CoverRecords
 from gateway.downlinks import Downlinks
 from gateway.drivers.base import Driver
 from gateway.drivers.serial_radio import SerialRadio
@@ -46,6 +45,7 @@ from gateway.uplink import Uplink, UplinkState
 from gateway.validation import read_registry, validate
 
 if TYPE_CHECKING:
+    from gateway.cover_records import CoverRecords
     from gateway.drivers.lorawan import LorawanInput
     from gateway.metrics import MetricsServer, StatsCollector
 
@@ -253,6 +253,16 @@ class Gateway:
         cover = self.engine.registry.covers.get(cover_id)
         return None if cover is None else cover.identity()
 
+    def _cover_records(self) -> CoverRecords | None:
+        """The retained cover records of a compact encoding; JSON batches carry them instead."""
+        if self.config.uplink.telemetry_encoding.carries_covers:
+            return None
+        from gateway.cover_records import CoverRecords  # noqa: PLC0415 - compact encodings only
+
+        return CoverRecords(
+            topic_root=self.config.topic_root, covers=lambda: self.engine.registry.covers
+        )
+
     def _load_registry(self) -> tuple[Registry, list[str]]:
         if self.config.registry is None:
             return Registry(), []
@@ -391,11 +401,7 @@ class Gateway:
             # Answers whatever a handler does (``internal`` at worst).
             on_command=_WakingCommands(self.commands, self._input_ready),
             covers=self.cover_record,
-            cover_records=None
-            if self.config.uplink.telemetry_encoding.carries_covers
-            else CoverRecords(
-                topic_root=self.config.topic_root, covers=lambda: self.engine.registry.covers
-            ),
+            cover_records=self._cover_records(),
         )
         drivers_stop = asyncio.Event()
         pipeline_stop = asyncio.Event()

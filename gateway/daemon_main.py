@@ -15,6 +15,14 @@ the same failure with ``RestartPreventExitStatus=2 3``):
 from __future__ import annotations
 
 import asyncio
+
+# The uplink's connect resolves the broker's name (``socket.getaddrinfo``, which
+# encodes any ``str`` host with the IDNA codec, an IP literal too) inside
+# asyncio's executor thread, where paho connects. Imported there, the codec's
+# modules (encodings.idna, stringprep, unicodedata) grew that thread's own malloc
+# arena by ~0.25 MiB that nothing else used; imported here, on the main thread at
+# start, they take room the main heap has (docs/performance.md, idle memory).
+import encodings.idna  # noqa: F401
 import gc
 import logging
 import os

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -42,7 +42,6 @@ from gateway.backoff import Backoff
 from gateway.buffer.queue import DurableQueue, Lane, Outgoing, Queued, QueueError
 from gateway.commands import Answer, Delivery
 from gateway.config import MqttProtocol, UplinkConfig
-from gateway.cover_records import CoverRecords
 from gateway.edge.engine import iso
 from gateway.mqtt_client import (
     VERSION_REFUSED,
@@ -58,6 +57,9 @@ from gateway.wire import (
     encode_batch,
     unpack_row,
 )
+
+if TYPE_CHECKING:
+    from gateway.cover_records import CoverRecords  # compact encodings only
 
 log = logging.getLogger(__name__)
 

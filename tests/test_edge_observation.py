@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from itertools import count
 from pathlib import Path
 from types import MappingProxyType
@@ -373,3 +374,14 @@ def test_unregistered_devices_come_back_in_the_order_they_were_heard() -> None:
     again.load_state(sorted((k, v) for k, v in rows.items() if v is not None))
     assert [d.device_id for d in again.devices.unregistered] == ["00000020", "00000030"]
     assert again.take_state().get("engine/d/scn1:00000010", "kept") is None
+
+
+@given(
+    st.integers(0, int(FrameFlags.NODE_ALARM | FrameFlags.RETRANSMISSION | FrameFlags.LOW_BATTERY))
+)
+def test_the_alarm_bits_of_the_flags_are_the_device_alarms(bits: int) -> None:
+    frame = replace(decode_frame(SPEC_REPORT), flags=FrameFlags(bits))
+    obs = from_frame(heard(encode_frame(frame)))
+    expected = {"node_alarm"} if bits & FrameFlags.NODE_ALARM else set()
+    expected |= {"low_battery"} if bits & FrameFlags.LOW_BATTERY else set()
+    assert obs.quantities.device_alarms == expected

@@ -9,6 +9,7 @@ is imported; it is stopped once systemd's READY=1 says it is serving.
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 import socket
@@ -16,8 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from firmware_sim.broker import Broker, free_port
 from firmware_sim.ptys import PtyPort
+from gateway.cli import _Help, _RawHelp
 
 # Only when the configuration has them (or a command or tool needs them).
 NOT_FOR_A_RADIO = (
@@ -32,11 +36,15 @@ NOT_FOR_A_RADIO = (
     "gateway.metrics",
     "gateway.protocol.devices",
     "gateway.tools.busscan",
+    "gateway.protocol.modbus_profiles",  # the config reads profiles only with a bus
+    "gateway.cover_records",  # retained cover records: compact encodings only
     "construct",  # SCN-1 decodes with gateway.protocol.scn1_layouts
     "gateway.protocol.scn1_schema",
     "difflib",  # "did you mean" for a misspelt key
     "importlib.resources",  # the command schemas, read at the first command
     "http.client",  # paho's urllib.request, deferred by gateway/__init__.py
+    "shutil",  # argparse's formatter asks it the width unless told (gateway.cli._Help)
+    "secrets",  # message id prefixes come from os.urandom (gateway.edge.render)
 )
 
 
@@ -111,6 +119,36 @@ def test_a_deferred_module_loads_at_its_first_use() -> None:
         "assert 'http.client' in sys.modules\n"
         "assert paho.urllib.request is sys.modules['urllib.request'] is urllib.request\n"
         "assert urllib.request.Request('http://x/').host == 'x'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "50", "123"])
+def test_help_is_as_wide_as_argparse_would_make_it(
+    columns: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's formatters work the width out as argparse's own do (through shutil)."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    stock = argparse.HelpFormatter("covergw")._width  # the width it chose
+    assert _Help("covergw")._width == stock
+    assert _RawHelp("covergw")._width == stock
+    if columns is not None:
+        assert stock == int(columns) - 2
+
+
+def test_the_host_name_codec_is_imported_at_start_not_at_the_first_connect() -> None:
+    """paho resolves the broker's name in asyncio's executor thread (gateway.daemon_main)."""
+    check = (
+        "import sys\n"
+        "assert 'encodings.idna' not in sys.modules\n"
+        "import gateway.daemon_main\n"
+        "assert 'encodings.idna' in sys.modules\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", check], capture_output=True, text=True, check=False

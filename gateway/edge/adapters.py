@@ -91,14 +91,15 @@ def fingerprint(raw: bytes) -> bytes:
 _NO_LINK = Link()
 _NO_GAS: MappingProxyType[str, tuple[float, str]] = MappingProxyType({})
 _NO_ALARMS: frozenset[str] = frozenset()
-_ALARM_SETS = {  # the flag bits' alarm sets, built once
-    bits: frozenset(
-        name
-        for bit, name in ((_NODE_ALARM_BIT, NODE_ALARM), (_LOW_BATTERY_BIT, LOW_BATTERY))
-        if bits & bit
-    )
-    for bits in range(1 << 8)
+_FLAG_ALARMS = ((_NODE_ALARM_BIT, NODE_ALARM), (_LOW_BATTERY_BIT, LOW_BATTERY))
+_ALARM_BITS = _NODE_ALARM_BIT | _LOW_BATTERY_BIT
+_ALARM_SET_OF = {  # the four sets two bits make, built once
+    bits: frozenset(name for bit, name in _FLAG_ALARMS if bits & bit)
+    for bits in range(_ALARM_BITS + 1)
+    if not bits & ~_ALARM_BITS
 }
+# Every value of the flags byte to its set: one look-up per frame, 256 keys, 4 sets.
+_ALARM_SETS = {bits: _ALARM_SET_OF[bits & _ALARM_BITS] for bits in range(1 << 8)}
 
 
 # Every frame makes one of each, with a dozen keywords: without ``type.__call__``.

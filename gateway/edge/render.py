@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import secrets
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -122,7 +122,7 @@ def id_maker() -> Callable[[], str]:
     entropy), the CBOR layout carries just the counter (docs/mqtt-api.md), and
     the queue's unique index grows at its end (24 hex digits: stored as 12 bytes).
     """
-    prefix = secrets.token_hex(8)
+    prefix = os.urandom(8).hex()  # secrets.token_hex(8), without importing secrets
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):08x}"
 
