@@ -96,6 +96,27 @@ class Admission:
             modulus=obs.counter_modulus,
         )
 
+    def admit_polled(
+        self, device: DeviceRef, cover: Cover | None, *, source: str, at: float
+    ) -> tuple[Admitted, list[Token]]:
+        """``admit`` of a polled reading (``adapters.from_slave_read``), from its parts:
+        no counter, no message id, no events, never partial."""
+        return self._admit(
+            device,
+            device,
+            cover,
+            source=source,
+            at=at,
+            counter=None,
+            fp=0,
+            by_id=False,
+            counted=False,
+            restart=False,
+            polled=True,
+            partial=False,
+            modulus=1 << 16,
+        )
+
     def admit_node(
         self,
         node_id: int,

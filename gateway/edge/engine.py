@@ -40,6 +40,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.buffer.queue import Lane, Outgoing
@@ -146,6 +147,20 @@ def _seen(row: tuple[str, str]) -> float:
         return 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """A polled reading judged in full that changed nothing, and what it was judged with
+    (besides the subject's alarm machines and the clock, which ``_polled`` asks anew)."""
+
+    values: dict[str, float]
+    slave: SlaveConfig | None
+    cover: Cover | None
+    thr: Thresholds
+    baseline: tuple[float, ...] | None  # the sensor's tilt baseline after it
+    device: DeviceRef
+    key: str  # the subject's
+
+
 class EdgeEngine:
     def __init__(
         self,
@@ -176,6 +191,8 @@ class EdgeEngine:
         self.alarms = AlarmBook(self._log)
         self.baselines = Baselines(self._log)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
+        # (bus, address) → the last polled reading judged in full that changed nothing.
+        self._quiet: dict[tuple[str, int], _Quiet] = {}
         self._rules: dict[tuple[float, int], Debounce] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         self._watch_registered()
@@ -192,6 +209,7 @@ class EdgeEngine:
         self.registry = registry
         self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
+        self._quiet.clear()  # slaves may be gone: judged afresh (each held its own anyway)
         for device in self.devices.regroup(
             lambda d: registry.cover_for(d) is not None or d.model == adapters.MODBUS
         ):
@@ -258,8 +276,7 @@ class EdgeEngine:
                     return self._routine_frame(event)
                 return self.observe(adapters.from_frame(event))
             case SlaveRead():
-                slave = self.slaves.get((event.bus, event.address))
-                return self.observe(adapters.from_slave_read(event, slave))
+                return self._polled(event)
             case SlaveFailed():
                 return self.observe(adapters.from_slave_failed(event))
         return self.observe(event)
@@ -279,7 +296,10 @@ class EdgeEngine:
 
     def observe(self, obs: Observation) -> list[Outgoing]:
         """One observation: tracked, judged, rendered."""
-        subject = self._subject(obs.device)
+        return self._observed(obs, self._subject(obs.device))[0]
+
+    def _observed(self, obs: Observation, subject: Subject) -> tuple[list[Outgoing], bool]:
+        """``observe``, and whether the observation was admitted and judged."""
         failure = [e for e in obs.events if "failures" in e.detail] if obs.events else []
         if obs.raw:
             self._remember(obs)
@@ -287,7 +307,7 @@ class EdgeEngine:
         if not failure:
             accepted = self._track(obs, subject)
             if accepted is None:
-                return []
+                return [], False
             forward = accepted
         thr = self.thresholds(subject.cover)
         sub, fsub = alarm_sub(obs.device), fault_sub(obs.device)
@@ -324,6 +344,63 @@ class EdgeEngine:
             reading_id = self._new_id()
             payload = render_reading(obs, reading_id, subject, derived)
             out.insert(0, Outgoing(reading_id, _TELEMETRY, self._telemetry_topic, payload))
+        return out, True
+
+    def _polled(self, event: SlaveRead) -> list[Outgoing]:
+        """A polled reading: ``observe(from_slave_read(...))``, or the quiet path.
+
+        A wired sensor at rest reads the same every second. A reading equal to
+        the sensor's last one judged in full, when that judgement changed
+        nothing (the subject had no alarm machine away from normal before or
+        after it, and no alarm moved), is not judged again while nothing it was
+        judged with has changed: the same slave and cover configuration, the
+        same thresholds and tilt baseline, still no machine away from normal
+        (so no debounce or hold window runs), and no telemetry due. Judged
+        again it would say nothing and change nothing; it is admitted (the
+        sensor was heard) and that is all. A property test holds this path to
+        the general one's messages and state for arbitrary sequences.
+        """
+        where = (event.bus, event.address)
+        slave = self.slaves.get(where)
+        quiet = self._quiet.get(where)
+        if (
+            quiet is not None
+            and quiet.values == event.values
+            and quiet.slave is slave
+            and quiet.cover is self.registry.cover_for(quiet.device)
+            and quiet.thr is self.thresholds(quiet.cover)
+            and not self.alarms.any_kept(quiet.key)
+            and quiet.baseline is self.baselines.kept(quiet.key, quiet.device.device_id)
+            and not self._telemetry_owed(quiet.device, event.at)
+        ):
+            _, forgotten = self.admission.admit_polled(
+                quiet.device, quiet.cover, source=event.bus, at=event.at
+            )
+            for gone in forgotten:
+                self._forget(gone)
+            return []
+        obs = adapters.from_slave_read(event, slave)
+        subject = self._subject(obs.device)
+        calm = not self.alarms.any_kept(subject.key)
+        out, judged = self._observed(obs, subject)
+        if (
+            calm
+            and judged
+            and not self.alarms.any_kept(subject.key)
+            and all(m.lane is _TELEMETRY for m in out)
+        ):
+            sub = alarm_sub(obs.device)
+            self._quiet[where] = _Quiet(
+                event.values,
+                slave,
+                subject.cover,
+                self.thresholds(subject.cover),
+                self.baselines.kept(subject.key, sub),
+                obs.device,
+                subject.key,
+            )
+        else:
+            self._quiet.pop(where, None)
         return out
 
     def _routine_frame(self, event: FrameHeard) -> list[Outgoing]:
@@ -495,11 +572,15 @@ class EdgeEngine:
     def _telemetry_due(self, obs: Observation, alarmed: bool) -> bool:
         if not obs.polled:
             return True
-        last = self._polled_telemetry_at.get(obs.device)
-        if alarmed or last is None or obs.at - last >= POLLED_TELEMETRY_INTERVAL_S:
+        if alarmed or self._telemetry_owed(obs.device, obs.at):
             self._polled_telemetry_at[obs.device] = obs.at
             return True
         return False
+
+    def _telemetry_owed(self, device: DeviceRef, at: float) -> bool:
+        """Is a polled sensor's reading at AT due upstream (one a minute, unless it alarms)?"""
+        last = self._polled_telemetry_at.get(device)
+        return last is None or at - last >= POLLED_TELEMETRY_INTERVAL_S
 
     def _track(self, obs: Observation, subject: Subject) -> bool | None:
         """Admission, then liveness: None refuses, False holds back telemetry."""
