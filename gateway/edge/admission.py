@@ -18,7 +18,7 @@ from enum import Enum
 
 from gateway.config import LimitsConfig
 from gateway.edge import state
-from gateway.edge.devices import SCN1, DeviceTable, Token, device_key
+from gateway.edge.devices import SCN1, DeviceState, DeviceTable, Token, device_key
 from gateway.edge.seqtrack import digest
 from gateway.edge.state import StateLog
 from gateway.observation import DeviceEventKind, DeviceRef, Observation
@@ -96,26 +96,12 @@ class Admission:
             modulus=obs.counter_modulus,
         )
 
-    def admit_polled(
-        self, device: DeviceRef, cover: Cover | None, *, source: str, at: float
-    ) -> tuple[Admitted, list[Token]]:
-        """``admit`` of a polled reading (``adapters.from_slave_read``), from its parts:
-        no counter, no message id, no events, never partial."""
-        return self._admit(
-            device,
-            device,
-            cover,
-            source=source,
-            at=at,
-            counter=None,
-            fp=0,
-            by_id=False,
-            counted=False,
-            restart=False,
-            polled=True,
-            partial=False,
-            modulus=1 << 16,
-        )
+    def heard_again(self, state: DeviceState, cover: Cover | None, *, at: float) -> None:
+        """What ``admit`` does with a polled reading of a device it forwarded before, when
+        neither the device's cover nor its state has changed since: the device was heard."""
+        if cover is None:
+            self.stats.unregistered_frames += 1
+        state.last_seen = at
 
     def admit_node(
         self,

@@ -150,15 +150,19 @@ def _seen(row: tuple[str, str]) -> float:
 @dataclass(frozen=True, slots=True)
 class _Quiet:
     """A polled reading judged in full that changed nothing, and what it was judged with
-    (besides the subject's alarm machines and the clock, which ``_polled`` asks anew)."""
+    (besides the subject's alarm machines and the clock, which ``_polled`` asks anew).
+    Dropped whenever device states may be replaced or telemetry times forgotten:
+    ``reconfigure``, ``load_state``, ``restore``, ``_forget``."""
 
     values: dict[str, float]
+    sent_at: float  # when the sensor's last reading went upstream
     slave: SlaveConfig | None
     cover: Cover | None
     thr: Thresholds
     baseline: tuple[float, ...] | None  # the sensor's tilt baseline after it
-    device: DeviceRef
     key: str  # the subject's
+    sub: str  # the sensor's, in its subject
+    state: DeviceState  # admission's, replaced only by a reload or restored state
 
 
 class EdgeEngine:
@@ -361,43 +365,45 @@ class EdgeEngine:
         the general one's messages and state for arbitrary sequences.
         """
         where = (event.bus, event.address)
-        slave = self.slaves.get(where)
         quiet = self._quiet.get(where)
         if (
             quiet is not None
             and quiet.values == event.values
-            and quiet.slave is slave
-            and quiet.cover is self.registry.cover_for(quiet.device)
+            and event.at - quiet.sent_at < POLLED_TELEMETRY_INTERVAL_S
+            and quiet.slave is self.slaves.get(where)
+            and quiet.cover is self.registry.by_slave.get(where)  # ``cover_for`` of the slave
             and quiet.thr is self.thresholds(quiet.cover)
             and not self.alarms.any_kept(quiet.key)
-            and quiet.baseline is self.baselines.kept(quiet.key, quiet.device.device_id)
-            and not self._telemetry_owed(quiet.device, event.at)
+            and quiet.baseline is self.baselines.kept(quiet.key, quiet.sub)
         ):
-            _, forgotten = self.admission.admit_polled(
-                quiet.device, quiet.cover, source=event.bus, at=event.at
-            )
-            for gone in forgotten:
-                self._forget(gone)
+            self.admission.heard_again(quiet.state, quiet.cover, at=event.at)
             return []
+        slave = self.slaves.get(where)
         obs = adapters.from_slave_read(event, slave)
         subject = self._subject(obs.device)
         calm = not self.alarms.any_kept(subject.key)
         out, judged = self._observed(obs, subject)
+        state = self.devices.get(obs.device)
+        sent_at = self._polled_telemetry_at.get(obs.device)
         if (
             calm
             and judged
             and not self.alarms.any_kept(subject.key)
             and all(m.lane is _TELEMETRY for m in out)
+            and state is not None
+            and sent_at is not None
         ):
             sub = alarm_sub(obs.device)
             self._quiet[where] = _Quiet(
                 event.values,
+                sent_at,
                 slave,
                 subject.cover,
                 self.thresholds(subject.cover),
                 self.baselines.kept(subject.key, sub),
-                obs.device,
                 subject.key,
+                sub,
+                state,
             )
         else:
             self._quiet.pop(where, None)
@@ -572,15 +578,11 @@ class EdgeEngine:
     def _telemetry_due(self, obs: Observation, alarmed: bool) -> bool:
         if not obs.polled:
             return True
-        if alarmed or self._telemetry_owed(obs.device, obs.at):
+        last = self._polled_telemetry_at.get(obs.device)
+        if alarmed or last is None or obs.at - last >= POLLED_TELEMETRY_INTERVAL_S:
             self._polled_telemetry_at[obs.device] = obs.at
             return True
         return False
-
-    def _telemetry_owed(self, device: DeviceRef, at: float) -> bool:
-        """Is a polled sensor's reading at AT due upstream (one a minute, unless it alarms)?"""
-        last = self._polled_telemetry_at.get(device)
-        return last is None or at - last >= POLLED_TELEMETRY_INTERVAL_S
 
     def _track(self, obs: Observation, subject: Subject) -> bool | None:
         """Admission, then liveness: None refuses, False holds back telemetry."""
@@ -595,6 +597,8 @@ class EdgeEngine:
 
     def _forget(self, gone: Token) -> None:
         """An unregistered device pushed out: its state and alarms go with it."""
+        if self._quiet and not isinstance(gone, int) and gone.model == adapters.MODBUS:
+            self._quiet.clear()  # a wired sensor's state gone (a reload): judged in full
         if isinstance(gone, int):
             # An SCN-1 node by number (nearly every one: strangers churn through the
             # LRU), named as ``device_key`` and ``_unregistered_key`` name its ref.
@@ -839,6 +843,7 @@ class EdgeEngine:
 
     def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
         """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
+        self._quiet.clear()
         counts: Counter[str] = Counter()
         # Devices last, least recently heard first, so the LRU keeps its order.
         rows = sorted(rows, key=lambda r: (r[0].startswith(state.DEVICE), _seen(r)))
@@ -875,6 +880,7 @@ class EdgeEngine:
 
     def restore(self, data: dict[str, Any]) -> None:
         """The whole-state blob of earlier versions: read once, then written as rows."""
+        self._quiet.clear()
         for key, value in data.get("machines", {}).items():
             subject_key, kind, sub = key.rsplit("|", 2)  # unescaped in the old blob
             self.alarms.load(state.join(subject_key, kind, sub), value, save=True)
