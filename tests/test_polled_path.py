@@ -199,7 +199,7 @@ def _reads(slave: tuple[str, int], *which: int) -> list[tuple[Any, ...]]:
 @example(  # opened: no baseline recorded; closed by the node's normal reports, then one
     [
         ("frame", EventCode.COVER_OPENED),
-        *_reads(TILT_A, 0),
+        *_reads(TILT_A, 0, 0),
         *[("frame", None)] * 3,
         *_reads(TILT_A, 0, 0),
     ]
@@ -208,7 +208,13 @@ def _reads(slave: tuple[str, int], *which: int) -> list[tuple[Any, ...]]:
     [("frame", EventCode.COVER_OPENED), *_reads(TILT_A, 2, 2, 2, 2, 2, 2, 2), ("tick",)]
 )
 @example(_reads(TILT_A, 0, 0, 0, 3, 3, 3, 3, 0, 0, 0, 0))  # tilted past the hold, then back
-@example([*_reads(LEVEL_B, 0, 0), ("thresholds", ("C-2", None), {"water_high_mm": 950.0})])
+@example(
+    [
+        *_reads(LEVEL_B, 0, 0),
+        ("thresholds", ("C-2", None), {"water_high_mm": 950.0}),
+        *_reads(LEVEL_B, 0),
+    ]
+)
 @example([*_reads(TILT_A, 0, 0), ("frame", EventCode.COVER_OPENED), *_reads(TILT_A, 0, 0)])
 @example([*_reads(TILT_A, 0, 0), ("rezero", "C-1"), *_reads(TILT_A, 4, 4, 4, 4)])
 @example([*_reads(LEVEL_ELSEWHERE, 1, 1), *_reads(TILT_STRANGER, 1, 2, 2)])
@@ -224,6 +230,7 @@ def test_a_sensor_at_rest_is_not_judged_again_until_something_changes(
     """The quiet path is taken: while it holds, no observation is made for the engine to judge."""
     engine = _engine()
     assert [m.lane for m in engine.handle(_read(TILT_A, 0, START))] == [Lane.TELEMETRY]
+    assert engine.handle(_read(TILT_A, 0, START + 0.5)) == []  # a repeat: judged, remembered
     judged: list[SlaveRead] = []
     general = adapters.from_slave_read
 

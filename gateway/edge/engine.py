@@ -195,8 +195,10 @@ class EdgeEngine:
         self.alarms = AlarmBook(self._log)
         self.baselines = Baselines(self._log)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
-        # (bus, address) → the last polled reading judged in full that changed nothing.
+        # (bus, address) → the last polled reading judged in full that changed nothing,
+        # remembered when it repeated the one before (a sensor at rest); the one before.
         self._quiet: dict[tuple[str, int], _Quiet] = {}
+        self._read_before: dict[tuple[str, int], dict[str, float]] = {}
         self._rules: dict[tuple[float, int], Debounce] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         self._watch_registered()
@@ -214,6 +216,7 @@ class EdgeEngine:
         self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
         self._quiet.clear()  # slaves may be gone: judged afresh (each held its own anyway)
+        self._read_before.clear()
         for device in self.devices.regroup(
             lambda d: registry.cover_for(d) is not None or d.model == adapters.MODBUS
         ):
@@ -354,7 +357,8 @@ class EdgeEngine:
         """A polled reading: ``observe(from_slave_read(...))``, or the quiet path.
 
         A wired sensor at rest reads the same every second. A reading equal to
-        the sensor's last one judged in full, when that judgement changed
+        the sensor's last one judged in full (remembered when it repeated the one
+        before it: one on the move costs one comparison), when that judgement changed
         nothing (the subject had no alarm machine away from normal before or
         after it, and no alarm moved), is not judged again while nothing it was
         judged with has changed: the same slave and cover configuration, the
@@ -383,6 +387,10 @@ class EdgeEngine:
         subject = self._subject(obs.device)
         calm = not self.alarms.any_kept(subject.key)
         out, judged = self._observed(obs, subject)
+        before, self._read_before[where] = self._read_before.get(where), event.values
+        if before != event.values:  # a sensor on the move: not worth remembering
+            self._quiet.pop(where, None)
+            return out
         state = self.devices.get(obs.device)
         sent_at = self._polled_telemetry_at.get(obs.device)
         if (
