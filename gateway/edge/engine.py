@@ -32,6 +32,9 @@ Bounds of the per-key state (what happens at each is said beside it):
   back) but not forwarded, and counted as ``rate_limited``.
 - devices named in ``lost_frames_by_node``: 1000; later ones are counted in
   ``lost_frames`` only.
+- polled readings remembered for the quiet path (``_polled``): two per
+  configured slave (the last one judged in full, the one before it);
+  forgotten at a reload.
 """
 
 from __future__ import annotations
