@@ -305,7 +305,7 @@ class Gateway:
         sleep, like the commands that change the engine between its turns.
         """
         try:
-            alarms = self._handle([event])
+            alarms = self._took(self.engine.handle(event))
         except Exception as err:  # a bug: the pipeline raises it, and is restarted as ever
             self._idle_error = err
             self._input_ready.set()
@@ -586,11 +586,19 @@ class Gateway:
         """Through the engine into pending; alarms also straight to the uplink. True: alarms."""
         alarms = False
         for event in events:
-            out = self.engine.handle(event)
-            if any(m.lane is Lane.ALARM for m in out):
-                alarms = self._alarms_pending = True
-                self._expedite(out)
-            self._pending += out
+            alarms |= self._took(self.engine.handle(event))
+        return alarms
+
+    def _took(self, out: list[Outgoing]) -> bool:
+        """What the engine said of one input into pending; alarms also straight to the uplink.
+        True: alarms. (Nearly every polled reading says nothing.)"""
+        if not out:
+            return False
+        alarms = any(m.lane is Lane.ALARM for m in out)
+        if alarms:
+            self._alarms_pending = True
+            self._expedite(out)
+        self._pending += out
         return alarms
 
     def _expedite(self, out: list[Outgoing]) -> None:

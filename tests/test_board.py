@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway.observation import DeviceRef, Link, Observation, Quantities
 from gateway.registry import Cover, OwnerUnit
-from gateway.tools.board import NodeBoard, cover_rows
+from gateway.tools.board import NodeBoard, Seen, cover_rows
 
 EM310 = DeviceRef("em310-tilt", "24e124710c401234")
 
@@ -31,3 +34,39 @@ def test_a_lorawan_device_shows_in_its_covers_row_not_as_a_stranger() -> None:
     assert row["battery_pct"] == 97
     assert row["link"] == "RSSI -97 dBm, SNR 7.5 dB"
     assert row["last_heard"] is not None
+
+
+def _slave_as_put(board: NodeBoard, bus: str, address: int, at: float, failing: str | None) -> None:
+    """``NodeBoard.slave`` as it was written before its one-step form: through ``_put``."""
+    key = f"modbus:{bus}:{address}"
+    previous = board.get(key)
+    heard_at = at if failing is None or previous is None else previous.at
+    board._put(key, Seen(heard_at, bus, failing=failing))
+
+
+_polls = st.lists(
+    st.tuples(
+        st.sampled_from([("rs485-0", 1), ("rs485-0", 80), ("rs485-1", 1)]),
+        st.floats(0, 1e9),
+        st.none() | st.sampled_from(["no reply", "CRC error"]),
+        st.none() | st.floats(2000, 4200),  # a battery another source gave the key, kept
+    ),
+    max_size=30,
+)
+
+
+@given(_polls, st.integers(1, 4))
+def test_a_poll_on_the_board_is_what_put_made_of_it(
+    polls: list[tuple[tuple[str, int], float, str | None, float | None]], limit: int
+) -> None:
+    board, reference = NodeBoard(limit=limit), NodeBoard(limit=limit)
+    for (bus, address), at, failing, mv in polls:
+        if mv is not None:
+            for b in (board, reference):
+                b._put(f"modbus:{bus}:{address}", Seen(at, bus, battery_mv=mv))
+        board.slave(bus, address, at, failing)
+        _slave_as_put(reference, bus, address, at, failing)
+        assert list(board.devices()) == list(reference.devices())  # the same order (LRU)
+        assert [board.get(k) for k in board.devices()] == [
+            reference.get(k) for k in reference.devices()
+        ]

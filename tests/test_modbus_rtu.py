@@ -204,8 +204,9 @@ async def test_master_reads_simulated_slaves_and_hears_silence(
         assert not master.connected
 
 
-async def _answer(port: PtyPort, reply: bytes) -> bytes:
-    """Play a slave: wait for a request on the pty, answer ``reply``; the request."""
+async def _answer(port: PtyPort, reply: bytes, *, pieces: int = 1) -> bytes:
+    """Play a slave: wait for a request on the pty, answer ``reply`` (in ``pieces`` writes
+    10 ms apart, as a slow UART delivers it); the request."""
     loop = asyncio.get_running_loop()
     got: asyncio.Future[bytes] = loop.create_future()
 
@@ -219,8 +220,11 @@ async def _answer(port: PtyPort, reply: bytes) -> bytes:
         request = await asyncio.wait_for(got, 5)
     finally:
         loop.remove_reader(port.master)
-    if reply:
-        port.write(reply)
+    step = -(-len(reply) // pieces)
+    for i in range(0, len(reply), step):
+        if i:
+            await asyncio.sleep(0.01)
+        port.write(reply[i : i + step])
     return request
 
 
@@ -278,6 +282,15 @@ async def test_a_repeated_reply_is_taken_from_memory_and_a_changed_one_parsed(
             assert (await master.read_holding_registers(4, device_id=1)).registers == (expected,)
             await peer
         assert parsed == [seven, eight, seven]  # each change parsed, each repeat remembered
+        # A repeat in pieces is gathered and measured first, and still remembered.
+        peer = asyncio.create_task(_answer(port, seven, pieces=3))
+        assert (await master.read_holding_registers(4, device_id=1)).registers == (7,)
+        await peer
+        # The last reply and more: the reply is what its length says, the rest dropped.
+        peer = asyncio.create_task(_answer(port, seven + b"\x00"))
+        assert (await master.read_holding_registers(4, device_id=1)).registers == (7,)
+        await peer
+        assert parsed == [seven, eight, seven]
         peer = asyncio.create_task(_answer(port, bytes(garbled)))  # one bit off the last good
         with pytest.raises(ModbusLinkError, match="garbled"):
             await master.read_holding_registers(4, device_id=1)

@@ -353,7 +353,7 @@ class ModbusBus:
     def _arm(self, client: RtuMaster) -> None:
         assert self._loop is not None
         self._disarm()
-        due = min(s.next_due for s in self.slaves.values())
+        due = min([s.next_due for s in self.slaves.values()])
         delay = max(0.0, due - self._monotonic())
         self._timer = self._loop.call_later(delay, self._begin, client)
 

@@ -10,7 +10,9 @@ RTU framer in ``gateway/protocol/modbus_rtu.py``): a transaction is one
 callback until its length is known and reached, one timer for the timeout
 (shared by the transactions a poll cycle chains: each moves it on), and a
 reply that repeats the last one to the same request byte for byte is not
-parsed again; nothing else runs per poll.
+parsed again (when it comes in one read, as it nearly always does, it is
+not even gathered or measured: the read is compared with it); nothing else
+runs per poll.
 ``start`` is that transaction in callback form (the bus driver chains a poll
 cycle's transactions from the reader callback, with no task woken); the
 ``read_*_registers`` coroutines, for tools, await the same.
@@ -207,7 +209,8 @@ class RtuMaster:
         self._rx.clear()
         pending.deadline = loop.time() + pending.timeout_s
         if self._timer is None or self._timer_at > pending.deadline:
-            self._stop_timer()
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = loop.call_at(pending.deadline, self._expired)
             self._timer_at = pending.deadline
         try:
@@ -289,9 +292,16 @@ class RtuMaster:
         if not data:
             self._lost(None)
             return
-        if self._pending is None:
+        pending = self._pending
+        if pending is None:
             return  # nobody asked: a late reply or line noise, dropped
         rx = self._rx
+        if not rx:
+            # Nearly every poll: the whole reply in one read, byte for byte the last one.
+            known = self._answers.get(pending.request)
+            if known is not None and data == known[0]:
+                self._finish(known[1])
+                return
         rx += data
         length = reply_length(rx)
         if length is not None and len(rx) >= length:

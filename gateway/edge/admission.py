@@ -18,7 +18,7 @@ from enum import Enum
 
 from gateway.config import LimitsConfig
 from gateway.edge import state
-from gateway.edge.devices import SCN1, DeviceTable, Token, device_key
+from gateway.edge.devices import SCN1, DeviceState, DeviceTable, Token, device_key
 from gateway.edge.seqtrack import digest
 from gateway.edge.state import StateLog
 from gateway.observation import DeviceEventKind, DeviceRef, Observation
@@ -95,6 +95,13 @@ class Admission:
             partial=bool(obs.partial),
             modulus=obs.counter_modulus,
         )
+
+    def heard_again(self, state: DeviceState, cover: Cover | None, *, at: float) -> None:
+        """What ``admit`` does with a polled reading of a device it forwarded before, when
+        neither the device's cover nor its state has changed since: the device was heard."""
+        if cover is None:
+            self.stats.unregistered_frames += 1
+        state.last_seen = at
 
     def admit_node(
         self,

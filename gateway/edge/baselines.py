@@ -56,6 +56,10 @@ class Baselines:
         # Each subject's other sensors: ``rezero`` (every forgotten device) without a scan.
         self._subs: dict[str, set[str]] = {}
 
+    def kept(self, subject_key: str, sub: str) -> Orientation | None:
+        """The installed orientation recorded for the sensor, if any."""
+        return self._by_key.get((subject_key, sub) if sub else subject_key)
+
     def relative_tilt(
         self,
         subject_key: str,

@@ -32,6 +32,9 @@ Bounds of the per-key state (what happens at each is said beside it):
   back) but not forwarded, and counted as ``rate_limited``.
 - devices named in ``lost_frames_by_node``: 1000; later ones are counted in
   ``lost_frames`` only.
+- polled readings remembered for the quiet path (``_polled``): two per
+  configured slave (the last one judged in full, the one before it);
+  forgotten at a reload.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.buffer.queue import Lane, Outgoing
@@ -146,6 +150,24 @@ def _seen(row: tuple[str, str]) -> float:
         return 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """A polled reading judged in full that changed nothing, and what it was judged with
+    (besides the subject's alarm machines and the clock, which ``_polled`` asks anew).
+    Dropped whenever device states may be replaced or telemetry times forgotten:
+    ``reconfigure``, ``load_state``, ``restore``, ``_forget``."""
+
+    values: dict[str, float]
+    sent_at: float  # when the sensor's last reading went upstream
+    slave: SlaveConfig | None
+    cover: Cover | None
+    thr: Thresholds
+    baseline: tuple[float, ...] | None  # the sensor's tilt baseline after it
+    key: str  # the subject's
+    sub: str  # the sensor's, in its subject
+    state: DeviceState  # admission's, replaced only by a reload or restored state
+
+
 class EdgeEngine:
     def __init__(
         self,
@@ -176,6 +198,10 @@ class EdgeEngine:
         self.alarms = AlarmBook(self._log)
         self.baselines = Baselines(self._log)
         self._polled_telemetry_at: dict[DeviceRef, float] = {}
+        # (bus, address) → the last polled reading judged in full that changed nothing,
+        # remembered when it repeated the one before (a sensor at rest); the one before.
+        self._quiet: dict[tuple[str, int], _Quiet] = {}
+        self._read_before: dict[tuple[str, int], dict[str, float]] = {}
         self._rules: dict[tuple[float, int], Debounce] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         self._watch_registered()
@@ -192,6 +218,8 @@ class EdgeEngine:
         self.registry = registry
         self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
+        self._quiet.clear()  # slaves may be gone: judged afresh (each held its own anyway)
+        self._read_before.clear()
         for device in self.devices.regroup(
             lambda d: registry.cover_for(d) is not None or d.model == adapters.MODBUS
         ):
@@ -258,8 +286,7 @@ class EdgeEngine:
                     return self._routine_frame(event)
                 return self.observe(adapters.from_frame(event))
             case SlaveRead():
-                slave = self.slaves.get((event.bus, event.address))
-                return self.observe(adapters.from_slave_read(event, slave))
+                return self._polled(event)
             case SlaveFailed():
                 return self.observe(adapters.from_slave_failed(event))
         return self.observe(event)
@@ -279,7 +306,10 @@ class EdgeEngine:
 
     def observe(self, obs: Observation) -> list[Outgoing]:
         """One observation: tracked, judged, rendered."""
-        subject = self._subject(obs.device)
+        return self._observed(obs, self._subject(obs.device))[0]
+
+    def _observed(self, obs: Observation, subject: Subject) -> tuple[list[Outgoing], bool]:
+        """``observe``, and whether the observation was admitted and judged."""
         failure = [e for e in obs.events if "failures" in e.detail] if obs.events else []
         if obs.raw:
             self._remember(obs)
@@ -287,7 +317,7 @@ class EdgeEngine:
         if not failure:
             accepted = self._track(obs, subject)
             if accepted is None:
-                return []
+                return [], False
             forward = accepted
         thr = self.thresholds(subject.cover)
         sub, fsub = alarm_sub(obs.device), fault_sub(obs.device)
@@ -324,6 +354,70 @@ class EdgeEngine:
             reading_id = self._new_id()
             payload = render_reading(obs, reading_id, subject, derived)
             out.insert(0, Outgoing(reading_id, _TELEMETRY, self._telemetry_topic, payload))
+        return out, True
+
+    def _polled(self, event: SlaveRead) -> list[Outgoing]:
+        """A polled reading: ``observe(from_slave_read(...))``, or the quiet path.
+
+        A wired sensor at rest reads the same every second. A reading equal to
+        the sensor's last one judged in full (remembered when it repeated the one
+        before it: one on the move costs one comparison), when that judgement changed
+        nothing (the subject had no alarm machine away from normal before or
+        after it, and no alarm moved), is not judged again while nothing it was
+        judged with has changed: the same slave and cover configuration, the
+        same thresholds and tilt baseline, still no machine away from normal
+        (so no debounce or hold window runs), and no telemetry due. Judged
+        again it would say nothing and change nothing; it is admitted (the
+        sensor was heard) and that is all. A property test holds this path to
+        the general one's messages and state for arbitrary sequences.
+        """
+        where = (event.bus, event.address)
+        quiet = self._quiet.get(where)
+        if (
+            quiet is not None
+            and quiet.values == event.values
+            and event.at - quiet.sent_at < POLLED_TELEMETRY_INTERVAL_S
+            and quiet.slave is self.slaves.get(where)
+            and quiet.cover is self.registry.by_slave.get(where)  # ``cover_for`` of the slave
+            and quiet.thr is self.thresholds(quiet.cover)
+            and not self.alarms.any_kept(quiet.key)
+            and quiet.baseline is self.baselines.kept(quiet.key, quiet.sub)
+        ):
+            self.admission.heard_again(quiet.state, quiet.cover, at=event.at)
+            return []
+        slave = self.slaves.get(where)
+        obs = adapters.from_slave_read(event, slave)
+        subject = self._subject(obs.device)
+        calm = not self.alarms.any_kept(subject.key)
+        out, judged = self._observed(obs, subject)
+        before, self._read_before[where] = self._read_before.get(where), event.values
+        if before != event.values:  # a sensor on the move: not worth remembering
+            self._quiet.pop(where, None)
+            return out
+        state = self.devices.get(obs.device)
+        sent_at = self._polled_telemetry_at.get(obs.device)
+        if (
+            calm
+            and judged
+            and not self.alarms.any_kept(subject.key)
+            and all(m.lane is _TELEMETRY for m in out)
+            and state is not None
+            and sent_at is not None
+        ):
+            sub = alarm_sub(obs.device)
+            self._quiet[where] = _Quiet(
+                event.values,
+                sent_at,
+                slave,
+                subject.cover,
+                self.thresholds(subject.cover),
+                self.baselines.kept(subject.key, sub),
+                subject.key,
+                sub,
+                state,
+            )
+        else:
+            self._quiet.pop(where, None)
         return out
 
     def _routine_frame(self, event: FrameHeard) -> list[Outgoing]:
@@ -514,6 +608,8 @@ class EdgeEngine:
 
     def _forget(self, gone: Token) -> None:
         """An unregistered device pushed out: its state and alarms go with it."""
+        if self._quiet and not isinstance(gone, int) and gone.model == adapters.MODBUS:
+            self._quiet.clear()  # a wired sensor's state gone (a reload): judged in full
         if isinstance(gone, int):
             # An SCN-1 node by number (nearly every one: strangers churn through the
             # LRU), named as ``device_key`` and ``_unregistered_key`` name its ref.
@@ -758,6 +854,7 @@ class EdgeEngine:
 
     def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
         """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
+        self._quiet.clear()
         counts: Counter[str] = Counter()
         # Devices last, least recently heard first, so the LRU keeps its order.
         rows = sorted(rows, key=lambda r: (r[0].startswith(state.DEVICE), _seen(r)))
@@ -794,6 +891,7 @@ class EdgeEngine:
 
     def restore(self, data: dict[str, Any]) -> None:
         """The whole-state blob of earlier versions: read once, then written as rows."""
+        self._quiet.clear()
         for key, value in data.get("machines", {}).items():
             subject_key, kind, sub = key.rsplit("|", 2)  # unescaped in the old blob
             self.alarms.load(state.join(subject_key, kind, sub), value, save=True)

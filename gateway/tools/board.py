@@ -115,10 +115,19 @@ class NodeBoard:
         )
 
     def slave(self, bus: str, address: int, at: float, failing: str | None) -> None:
+        """Every poll of a wired sensor (``_put`` for its key, in one step): a failing
+        one keeps the time it last answered."""
         key = f"modbus:{bus}:{address}"
-        previous = self._seen.get(key)
-        heard_at = at if failing is None or previous is None else previous.at
-        self._put(key, Seen(heard_at, bus, failing=failing))
+        seen = self._seen
+        previous = seen.pop(key, None)
+        if previous is None:
+            seen[key] = _make_seen(at, bus, None, None, None, None, None, failing)
+        else:  # a wired sensor reports no battery; what it had, it keeps (as in ``_put``)
+            heard_at = at if failing is None else previous.at
+            mv, pct = previous.battery_mv, previous.battery_pct
+            seen[key] = _make_seen(heard_at, bus, mv, pct, None, None, None, failing)
+        if len(seen) > self._limit:
+            seen.popitem(last=False)
 
     def get(self, key: str) -> Seen | None:
         return self._seen.get(key)

@@ -39,6 +39,9 @@ class Watch:
         """The last word per device, and Modbus readings for tails."""
         if isinstance(event, FrameHeard):
             return  # every radio frame: its board entry came with ``frame``
+        if type(event) is SlaveRead and not self.tap.watched:  # each poll: just the board
+            self.board.slave(event.bus, event.address, event.at, None)
+            return
         if isinstance(event, SlaveRead | SlaveFailed):
             failing = event.reason if isinstance(event, SlaveFailed) else None
             self.board.slave(event.bus, event.address, event.at, failing)
