@@ -548,8 +548,8 @@ class Suite:
                     cmd("wire"),
                     f"{seen.telemetry_messages} messages for {seen.readings} readings"
                     + (
-                        f"; plus {seen.record_bytes / nodes:.0f} B per cover once per connection"
-                        " (its retained record)"
+                        f"; plus {seen.record_bytes / nodes:.0f} B per cover once per"
+                        " broker session (its retained record)"
                         if seen.record_bytes
                         else ""
                     ),
