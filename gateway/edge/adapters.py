@@ -167,20 +167,10 @@ def from_frame(event: FrameHeard) -> Observation:
     elif frame.msg_type is _BOOT:
         events = [DeviceEvent(DeviceEventKind.BOOT, event.at)]
     node_hex = f"{frame.node_id:08X}"
-    source: dict[str, Any] = {
-        "type": "node",
-        "port": event.source,
-        "node": node_hex,
-        "seq": frame.seq,
-        "msg_type": TYPE_NAMES[frame.msg_type],
-        "flags": {  # as ``flags_to_dict``, without its slow IntFlag membership tests
-            "node_alarm": bool(bits & _NODE_ALARM_BIT),
-            "retransmission": bool(bits & _RETRANSMISSION_BIT),
-            "low_battery": bool(bits & _LOW_BATTERY_BIT),
-        },
-        "rx_rssi_dbm": received.rssi_dbm,
-        "rx_snr_db": received.snr_db,
-    }
+    source = _node_source(event, node_hex)
+    source["flags"] = _flags(bits)
+    source["rx_rssi_dbm"] = received.rssi_dbm
+    source["rx_snr_db"] = received.snr_db
     return _make_observation(
         device=DeviceRef(SCN1, node_hex),  # scn1_device, its id formatted once
         source=event.source,
@@ -204,6 +194,27 @@ def from_frame(event: FrameHeard) -> Observation:
     )
 
 
+def _node_source(event: FrameHeard, node_hex: str) -> dict[str, Any]:
+    """The keys a node's source block begins with, full or lean (their order is the JSON's)."""
+    frame = event.received.frame
+    return {
+        "type": "node",
+        "port": event.source,
+        "node": node_hex,
+        "seq": frame.seq,
+        "msg_type": TYPE_NAMES[frame.msg_type],
+    }
+
+
+def _flags(bits: int) -> dict[str, bool]:
+    """As ``flags_to_dict``, without its slow IntFlag membership tests."""
+    return {
+        "node_alarm": bool(bits & _NODE_ALARM_BIT),
+        "retransmission": bool(bits & _RETRANSMISSION_BIT),
+        "low_battery": bool(bits & _LOW_BATTERY_BIT),
+    }
+
+
 def lean_node_source(event: FrameHeard, node_hex: str) -> dict[str, Any]:
     """``render.lean_source`` of the source block ``from_frame`` gives, made directly.
 
@@ -211,21 +222,10 @@ def lean_node_source(event: FrameHeard, node_hex: str) -> dict[str, Any]:
     block it would carry, without the nulls and the flags when all are clear.
     """
     received = event.received
-    frame = received.frame
-    source: dict[str, Any] = {
-        "type": "node",
-        "port": event.source,
-        "node": node_hex,
-        "seq": frame.seq,
-        "msg_type": TYPE_NAMES[frame.msg_type],
-    }
-    bits = int(frame.flags)
+    source = _node_source(event, node_hex)
+    bits = int(received.frame.flags)
     if bits & _ANY_FLAG:
-        source["flags"] = {
-            "node_alarm": bool(bits & _NODE_ALARM_BIT),
-            "retransmission": bool(bits & _RETRANSMISSION_BIT),
-            "low_battery": bool(bits & _LOW_BATTERY_BIT),
-        }
+        source["flags"] = _flags(bits)
     if received.rssi_dbm is not None:
         source["rx_rssi_dbm"] = received.rssi_dbm
     if received.snr_db is not None:
