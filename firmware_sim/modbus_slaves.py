@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +49,11 @@ class SimSlave(Protocol):
     def fill(self, start: int, registers: list[int]) -> None: ...
 
 
+def _jitter(rng: random.Random, noise: float) -> float:
+    """Measurement noise: a reading whose last digits move from one read to the next."""
+    return rng.uniform(-noise, noise) if noise else 0.0
+
+
 @dataclass
 class WitInclinometer:
     """WT901C-485 class: angles at 0x3D.., temperature at 0x40."""
@@ -59,6 +65,10 @@ class WitInclinometer:
     temperature_c: float = 15.0
     accel_g: tuple[float, float, float] = (0.0, 0.0, 1.0)
     silent: bool = False
+    noise: float = 0.0  # each read adds up to ± this to roll and pitch, as a real sensor's
+    _rng: random.Random = field(
+        default_factory=lambda: random.Random(WIT_DEFAULT_ADDRESS), repr=False, compare=False
+    )
 
     def register_span(self) -> tuple[int, int]:
         return 0x00, 0x70
@@ -68,8 +78,8 @@ class WitInclinometer:
             0x34: _int16(self.accel_g[0] / 16 * 32768),
             0x35: _int16(self.accel_g[1] / 16 * 32768),
             0x36: _int16(self.accel_g[2] / 16 * 32768),
-            0x3D: _int16(self.roll_deg / 180 * 32768),
-            0x3E: _int16(self.pitch_deg / 180 * 32768),
+            0x3D: _int16((self.roll_deg + _jitter(self._rng, self.noise)) / 180 * 32768),
+            0x3E: _int16((self.pitch_deg + _jitter(self._rng, self.noise)) / 180 * 32768),
             0x3F: _int16(self.yaw_deg / 180 * 32768),
             0x40: _int16(self.temperature_c * 100),
             0x1A: self.address,
@@ -91,6 +101,10 @@ class Qdy30aLevel:
     decimals: int = 3
     unit_code: int = 1
     silent: bool = False
+    noise: float = 0.0  # each read adds up to ± this to the level (its unit)
+    _rng: random.Random = field(
+        default_factory=lambda: random.Random(QDY30A_DEFAULT_ADDRESS), repr=False, compare=False
+    )
 
     def register_span(self) -> tuple[int, int]:
         return 0x00, 0x10
@@ -101,7 +115,7 @@ class Qdy30aLevel:
             0x01: 3,  # 9600
             0x02: self.unit_code,
             0x03: self.decimals,
-            0x04: _int16(self.level * 10**self.decimals),
+            0x04: _int16((self.level + _jitter(self._rng, self.noise)) * 10**self.decimals),
         }
         for address, raw in values.items():
             registers[address - start] = raw

@@ -28,7 +28,7 @@ NODE_FIELDS = {
     "vibration_mg",
     "rx_rssi_dbm",
 } | {f"gas_{k.name}" for k in GasKind}
-SLAVE_FIELDS = {"roll_deg", "pitch_deg", "yaw_deg", "temperature_c", "level"}
+SLAVE_FIELDS = {"roll_deg", "pitch_deg", "yaw_deg", "temperature_c", "level", "noise"}
 SLAVE_MODELS = ("wit_inclinometer", "qdy30a_level")
 
 

@@ -817,15 +817,23 @@ class Suite:
             )
         )
 
-    async def peer(self) -> None:
-        """The peer's work: two Modbus RTU slaves polled at 1 Hz into the local broker."""
+    async def peer(self, *, noisy: bool = False) -> None:
+        """The peer's work: two Modbus RTU slaves polled at 1 Hz into the local broker.
+
+        NOISY: their values move from one read to the next, as a real
+        inclinometer's and level transmitter's last digits do (the daemon skips
+        work for a reading that repeats the last one; a real sensor rarely does).
+        """
         work = self.workdir()
         scenario = work / "peer.toml"
+        wit_noise, level_noise = (0.05, 0.002) if noisy else (0.0, 0.0)
         scenario.write_text(
             '[scenario]\nname = "peer"\nduration_s = 100000\nseed = 1\n'
             '[[buses]]\nname = "rs485-0"\n'
             '[[buses.slaves]]\nmodel = "wit_inclinometer"\naddress = 80\n'
-            '[[buses.slaves]]\nmodel = "qdy30a_level"\naddress = 1\nlevel = 0.5\ndecimals = 3\n',
+            f"noise = {wit_noise}\n"
+            '[[buses.slaves]]\nmodel = "qdy30a_level"\naddress = 1\nlevel = 0.5\ndecimals = 3\n'
+            f"noise = {level_noise}\n",
             encoding="utf-8",
         )
         sim = subprocess.Popen(  # noqa: S603 - our own simulator
@@ -858,6 +866,19 @@ class Suite:
         note = f"schedstat, all threads; /proc/PID/stat ticks: {ticks / window * 60:.3f}"
         if ended:
             note += f"; {ended} threads ended in the window, their time lost"
+        if noisy:
+            self.add(
+                Figure(
+                    "peer_cpu_noisy",
+                    "… the same, sensor values that move each read (±0.05°, ±2 mm)",
+                    cpu,
+                    "CPU-s/min",
+                    "",
+                    cmd("peer"),
+                    note,
+                )
+            )
+            return
         self.add(
             Figure(
                 "peer_cpu",
@@ -901,6 +922,7 @@ class Suite:
         if wanted("peer"):
             print("the peer's work", flush=True)
             await self.peer()
+            await self.peer(noisy=True)
 
 
 def machine() -> dict[str, Any]:

@@ -38,6 +38,7 @@ FIGURES = {
     "idle_cpu_large",
     "udp_first_contact",
     "peer_cpu",
+    "peer_cpu_noisy",
 }
 
 

@@ -168,6 +168,36 @@ def test_impossible_requests_are_refused(dev: int, function: int, address: int, 
         read_request(dev, function, address, count)
 
 
+async def test_noisy_simulated_slaves_read_differently_each_time(
+    make_scenario: Callable[..., Scenario],
+) -> None:
+    """``noise`` moves a slave's last digits from one read to the next, within ± noise."""
+    scenario = make_scenario(
+        buses=[
+            {
+                "name": "bus",
+                "slaves": [
+                    {"model": "wit_inclinometer", "address": 0x50, "roll_deg": 3.0, "noise": 0.2},
+                    {"model": "qdy30a_level", "address": 1, "level": 1.0, "noise": 0.01},
+                ],
+            }
+        ],
+    )
+    async with ScenarioRunner(scenario) as sim:
+        master = RtuMaster(sim.endpoints().buses["bus"]["path"], timeout_s=0.3, retries=1)
+        assert await master.connect()
+        try:
+            tilts = [(await read_profile(master, 0x50, WIT_INCLINOMETER))[1] for _ in range(4)]
+            levels = [(await read_profile(master, 1, QDY30A_LEVEL))[1] for _ in range(4)]
+        finally:
+            master.close()
+    rolls = [t["roll_deg"] for t in tilts]
+    assert len(set(rolls)) > 1
+    assert all(abs(r - 3.0) <= 0.21 for r in rolls)
+    assert len({lv["level"] for lv in levels}) > 1
+    assert all(abs(lv["level"] - 1.0) <= 0.0101 for lv in levels)
+
+
 async def test_master_reads_simulated_slaves_and_hears_silence(
     make_scenario: Callable[..., Scenario],
 ) -> None:
