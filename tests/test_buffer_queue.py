@@ -465,8 +465,9 @@ async def test_a_stalled_commit_does_not_stall_the_event_loop(tmp_path: Path) ->
         assert q.stats().depth[Lane.TELEMETRY] == 5
 
 
-def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
-    """A copy taken while the queue is open is what a power cut leaves: the check runs."""
+def damaged_copy(tmp_path: Path) -> Path:
+    """A queue of 2,000 readings copied while open (what a power cut leaves), a page in
+    its middle then overwritten; returns the copy's folder."""
     live, crashed = tmp_path / "live", tmp_path / "crashed"
     live.mkdir()
     crashed.mkdir()
@@ -478,6 +479,12 @@ def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
     with (crashed / "q.db").open("r+b") as f:
         f.seek(f.seek(0, os.SEEK_END) // 2 // 4096 * 4096)
         f.write(b"\x00\xff" * 4096)
+    return crashed
+
+
+def test_after_an_unclean_stop_damage_is_found_at_open(tmp_path: Path) -> None:
+    """A copy taken while the queue is open is what a power cut leaves: the check runs."""
+    crashed = damaged_copy(tmp_path)
     with DurableQueue(crashed / "q.db") as q:
         stats = q.stats()  # before any read: the damage was found by the open itself
     assert list(crashed.glob("q.corrupt-*"))
@@ -490,17 +497,8 @@ async def test_the_daemon_s_check_after_an_unclean_stop_runs_beside_the_open(
 ) -> None:
     """check_at_open=False: the open does not scan; check_async finds the damage,
     salvages as the open would have, and a close before it leaves the check owed."""
-    live, crashed = tmp_path / "live", tmp_path / "crashed"
-    live.mkdir()
-    crashed.mkdir()
-    with DurableQueue(live / "q.db") as q:
-        for start in range(0, 2000, 500):
-            q.put_many(readings(500, start=start))
-        q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        shutil.copy(live / "q.db", crashed / "q.db")
-    with (crashed / "q.db").open("r+b") as f:
-        f.seek(f.seek(0, os.SEEK_END) // 2 // 4096 * 4096)
-        f.write(b"\x00\xff" * 4096)
+    crashed = damaged_copy(tmp_path)
+    live = tmp_path / "live"  # the undamaged original, closed cleanly
     with DurableQueue(crashed / "q.db", check_at_open=False) as q:
         assert q.unchecked
         assert q.stats().depth[Lane.TELEMETRY] == 2000  # the counters, not a scan

@@ -109,6 +109,14 @@ def test_what_the_configuration_has_is_imported(tmp_path: Path) -> None:
     assert not loaded(modules, "pymodbus")
 
 
+def run_fresh(check: str) -> None:
+    """CHECK's asserts in an interpreter of its own (nothing imported by the tests)."""
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_deferred_module_loads_at_its_first_use() -> None:
     """urllib.request is a placeholder until used; then it is the real module, everywhere."""
     check = (
@@ -120,10 +128,7 @@ def test_a_deferred_module_loads_at_its_first_use() -> None:
         "assert paho.urllib.request is sys.modules['urllib.request'] is urllib.request\n"
         "assert urllib.request.Request('http://x/').host == 'x'\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_fresh(check)
 
 
 @pytest.mark.parametrize("columns", [None, "50", "123"])
@@ -150,7 +155,4 @@ def test_the_host_name_codec_is_imported_at_start_not_at_the_first_connect() -> 
         "import gateway.daemon_main\n"
         "assert 'encodings.idna' in sys.modules\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_fresh(check)

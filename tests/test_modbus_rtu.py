@@ -237,19 +237,7 @@ async def test_master_reads_simulated_slaves_and_hears_silence(
 async def _answer(port: PtyPort, reply: bytes, *, pieces: int = 1) -> bytes:
     """Play a slave: wait for a request on the pty, answer ``reply`` (in ``pieces`` writes
     10 ms apart, as a slow UART delivers it); the request."""
-    loop = asyncio.get_running_loop()
-    got: asyncio.Future[bytes] = loop.create_future()
-
-    def readable() -> None:
-        data = port.read_nowait()
-        if data and not got.done():
-            got.set_result(data)
-
-    loop.add_reader(port.master, readable)
-    try:
-        request = await asyncio.wait_for(got, 5)
-    finally:
-        loop.remove_reader(port.master)
+    request = await asyncio.wait_for(port_read(port), 5)
     step = -(-len(reply) // pieces)
     for i in range(0, len(reply), step):
         if i:

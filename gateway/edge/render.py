@@ -136,9 +136,11 @@ def lean_source(source: dict[str, Any]) -> dict[str, Any]:
     return lean
 
 
-def _queued(body: dict[str, Any]) -> bytes:
-    """A reading's body as the queue takes it (``reading`` and ``node_reading`` alike):
-    JSON; the queue packs a chunk of readings at once."""
+def _queued(body: dict[str, Any], derived: dict[str, Any]) -> bytes:
+    """How ``reading`` and ``node_reading`` end: the derived values last, then the JSON
+    the queue takes (it packs a chunk of readings at once)."""
+    if derived:
+        body["derived"] = {k: finite(v) for k, v in derived.items()}
     return dumps(body)
 
 
@@ -185,9 +187,7 @@ def reading(obs: Observation, reading_id: str, subject: Subject, derived: dict[s
     for k, v in obs.extra.items():
         if k != "source":
             body[k] = v
-    if derived:
-        body["derived"] = {k: finite(v) for k, v in derived.items()}
-    return _queued(body)
+    return _queued(body, derived)
 
 
 def node_reading(
@@ -211,9 +211,7 @@ def node_reading(
     body["time"] = iso(at)
     body["source"] = source
     body["records"] = records
-    if derived:
-        body["derived"] = {k: finite(v) for k, v in derived.items()}
-    return _queued(body)
+    return _queued(body, derived)
 
 
 def alarm(
