@@ -9,7 +9,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def _defer(name: str) -> None:
+def _defer(name: str, *, bind: bool = True) -> None:
     """Import NAME at its first use instead of now.
 
     paho imports ``urllib.request`` (and with it ``http.client``, ``email``,
@@ -33,7 +33,16 @@ def _defer(name: str) -> None:
 
     placeholder.__getattr__ = load  # type: ignore[method-assign]
     sys.modules[name] = placeholder
-    setattr(importlib.import_module(parent), child, placeholder)
+    if parent and bind:  # ``import a.b`` then ``a.b.f()`` reads the package's attribute
+        setattr(importlib.import_module(parent), child, placeholder)
 
 
 _defer("urllib.request")
+# asyncio, aiomqtt and paho import ``ssl`` (and asyncio its TLS protocol, which
+# reads ``ssl`` at import) whether or not TLS is configured; without TLS the
+# daemon never touches them. asyncio takes its submodule by ``from . import``.
+_defer("ssl")
+_defer("asyncio.sslproto", bind=False)
+# paho imports ``hashlib`` (OpenSSL's libcrypto, ~3.8 MiB) for websockets only;
+# our own digests come from gateway.digests.
+_defer("hashlib")

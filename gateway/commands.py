@@ -18,7 +18,6 @@ with old and new values and an ``event`` upstream) and shown as the retained
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import json
 import logging
@@ -33,6 +32,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway import digests
 from gateway.buffer.queue import Lane, Outgoing, QueueError
 from gateway.config import CommandsConfig
 from gateway.edge.alarm import SEVERITY, AlarmKind
@@ -212,7 +212,7 @@ def _digest(request: dict[str, Any]) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return digests.sha256(canonical.encode()).hexdigest()[:32]
 
 
 class CommandHandler:

@@ -7,7 +7,6 @@ nowhere else; deploy/covergw.toml documents every key.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import ssl
@@ -18,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import digests
 from gateway.confcheck import Errors, Table, hostport
 from gateway.drivers.ingress import (
     MAX_SOURCES,
@@ -891,5 +891,5 @@ def load_config(path: Path) -> GatewayConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(str(path), f"not valid TOML: {err}") from err
-    digest = hashlib.sha256(raw).hexdigest()[:16]
+    digest = digests.sha256(raw).hexdigest()[:16]
     return parse_config(data, base_dir=path.resolve().parent, digest=digest)

@@ -45,6 +45,8 @@ NOT_FOR_A_RADIO = (
     "http.client",  # paho's urllib.request, deferred by gateway/__init__.py
     "shutil",  # argparse's formatter asks it the width unless told (gateway.cli._Help)
     "secrets",  # message id prefixes come from os.urandom (gateway.edge.render)
+    "_ssl",  # asyncio's, aiomqtt's and paho's ssl without TLS, deferred by gateway/__init__.py
+    "_hashlib",  # OpenSSL's digests: paho's hashlib is deferred, ours are gateway.digests
 )
 
 
@@ -127,6 +129,24 @@ def test_a_deferred_module_loads_at_its_first_use() -> None:
         "assert 'http.client' in sys.modules\n"
         "assert paho.urllib.request is sys.modules['urllib.request'] is urllib.request\n"
         "assert urllib.request.Request('http://x/').host == 'x'\n"
+    )
+    run_fresh(check)
+
+
+def test_ssl_and_hashlib_load_at_their_first_use() -> None:
+    """asyncio, aiomqtt and paho import ssl and hashlib without OpenSSL until one is used."""
+    check = (
+        "import sys, gateway, asyncio, asyncio.base_events as base, aiomqtt\n"
+        "assert not {'_ssl', '_hashlib'} & set(sys.modules), sys.modules.keys()\n"
+        "from gateway import digests\n"
+        "assert digests.sha256(b'abc').hexdigest().startswith('ba7816bf')\n"
+        "assert '_hashlib' not in sys.modules\n"
+        "import hashlib\n"
+        "assert hashlib.sha256(b'abc').hexdigest().startswith('ba7816bf')\n"
+        "import ssl\n"
+        "assert isinstance(ssl.create_default_context(), ssl.SSLContext)\n"
+        "assert base.sslproto.SSLProtocol is sys.modules['asyncio.sslproto'].SSLProtocol\n"
+        "assert '_ssl' in sys.modules and '_hashlib' in sys.modules\n"
     )
     run_fresh(check)
 

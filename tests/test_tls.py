@@ -14,7 +14,7 @@ from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.tools.selftest import Verdict, check_broker
 from gateway.uplink import UplinkState
-from tests.harness import Collector
+from tests.harness import Collector, spawn_daemon
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -151,6 +151,32 @@ async def test_gateway_connects_with_its_certificate(tmp_path: Path, pki: Path) 
     assert [s["state"] for s in collector.of("status")][:1] == ["online"]
     assert collector.of("stats")
     assert collector.errors == []
+
+
+async def test_the_daemon_process_loads_tls_when_it_is_configured(
+    tmp_path: Path, pki: Path
+) -> None:
+    """``covergw run`` as a process: ``ssl`` is a placeholder until the uplink's TLS uses it
+    (gateway/__init__.py); the real module then takes its place and the session is TLS."""
+    with tls_broker(tmp_path, pki) as broker:
+        config = tmp_path / "gw.toml"
+        config.write_text(
+            f'[gateway]\nid = "gw-tls"\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[uplink]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            f'[uplink.tls]\nenabled = true\nca_file = "{pki / "ca.crt"}"\n'
+            f'cert_file = "{pki / "gw-tls.crt"}"\nkey_file = "{pki / "gw-tls.key"}"\n',
+            encoding="utf-8",
+        )
+        async with Collector(broker.port, tls_context=platform_tls(pki)) as collector:
+            daemon = spawn_daemon(config, tmp_path / "daemon.log")
+            try:
+                await collector.wait_for(lambda: len(collector.of("status")) >= 1, timeout=30)
+            finally:
+                daemon.terminate()
+                daemon.wait(20)
+    log = (tmp_path / "daemon.log").read_text(encoding="utf-8")
+    assert [s["state"] for s in collector.of("status")][:1] == ["online"], log[-2000:]
+    assert daemon.returncode == 0, log[-2000:]
 
 
 @pytest.mark.parametrize(

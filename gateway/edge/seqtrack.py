@@ -10,9 +10,10 @@ forged frame can never make the real one with that number be discarded.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
+
+from gateway import digests
 
 DUPLICATE_WINDOW_S = 600.0  # spec: same (NODE, SEQ) within 10 minutes
 MAX_RECENT = 16  # remembered (counter, fingerprint) pairs per device
@@ -20,7 +21,7 @@ MAX_RECENT = 16  # remembered (counter, fingerprint) pairs per device
 
 def digest(content: bytes) -> int:
     """A short, stable digest (persisted, so not Python's salted ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(content, digest_size=8).digest(), "big")
+    return int.from_bytes(digests.blake2b(content, digest_size=8).digest(), "big")
 
 
 @dataclass(frozen=True, slots=True)
