@@ -10,6 +10,7 @@ internal modules falls back to ``hashlib``.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,8 +22,6 @@ class Hash(Protocol):
 
 def _lean(*names: tuple[str, str]) -> Callable[..., Any]:
     """The first of (module, attribute) that imports; ``hashlib``'s as the last resort."""
-    import importlib  # noqa: PLC0415
-
     for module, attr in names:
         try:
             found: Callable[..., Any] = getattr(importlib.import_module(module), attr)
@@ -33,15 +32,8 @@ def _lean(*names: tuple[str, str]) -> Callable[..., Any]:
 
 
 # CPython 3.11 names the built-in SHA-256 module _sha256; 3.12 renamed it _sha2.
-_sha256 = _lean(("_sha256", "sha256"), ("_sha2", "sha256"), ("hashlib", "sha256"))
-_blake2b = _lean(("_blake2", "blake2b"), ("hashlib", "blake2b"))
-
-
-def sha256(data: bytes) -> Hash:
-    hashed: Hash = _sha256(data)
-    return hashed
-
-
-def blake2b(data: bytes, *, digest_size: int) -> Hash:
-    hashed: Hash = _blake2b(data, digest_size=digest_size)
-    return hashed
+sha256: Callable[[bytes], Hash] = _lean(
+    ("_sha256", "sha256"), ("_sha2", "sha256"), ("hashlib", "sha256")
+)
+blake2b: Callable[..., Hash] = _lean(("_blake2", "blake2b"), ("hashlib", "blake2b"))
+"""``blake2b(data, digest_size=N)``, as ``hashlib.blake2b``."""
