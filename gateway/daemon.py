@@ -26,7 +26,7 @@ from gateway.commands import Answer, CommandHandler, Delivery
 from gateway.config import GatewayConfig, SlaveConfig
 from gateway.control import ControlServer
 from gateway.downlinks import Downlinks
-from gateway.drivers.base import Driver
+from gateway.drivers.base import Driver, PolledBus
 from gateway.drivers.serial_radio import SerialRadio
 from gateway.edge import state as engine_state
 from gateway.edge.engine import EdgeEngine, iso
@@ -60,6 +60,9 @@ MEMORY_BACKLOG = 50_000  # messages held in memory while the disk refuses writes
 MEMORY_ALARMS = 10_000  # of which alarms; past it the oldest held alarm goes, counted
 TICK_S = 1.0  # stats refreshed for metrics and systemd's status line; storage rechecked
 IDLE_TICK_MAX_S = 10.0  # the longest an idle pipeline sleeps: storage and clock steps seen then
+# A quiet polled reading repeated is kept from the engine for at most this long (the
+# last-heard time ``covergw status`` shows for the slave lags by as much).
+HUSH_MAX_S = IDLE_TICK_MAX_S
 DEADLINE_SLACK_S = 0.001  # wake a hair after a deadline: timers may fire a hair early
 STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
 UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
@@ -166,6 +169,7 @@ class Gateway:
         ]
         # A device bound to an input that is no longer configured may bind again.
         self.engine.admission.known_inputs = frozenset(d.name for d in self.drivers)
+        self._buses = {d.name: d for d in self.drivers if isinstance(d, PolledBus)}
         if config.console is not None:
             from gateway.console import Console  # noqa: PLC0415 - only when configured
 
@@ -313,6 +317,30 @@ class Gateway:
         owed = alarms or self._pending or self.engine.dirty or self._pending_state
         if owed or self._deadline_before(self._asleep_until):
             self._input_ready.set()
+        else:
+            self._hush(event)
+
+    def _hush(self, event: SlaveRead) -> None:
+        """A reading that changed nothing: its bus keeps the same again from the engine.
+
+        While ``quiet_until`` says the engine would take the quiet path for it
+        (nothing it was judged with has moved: ``epoch``), at most until its
+        next telemetry is due and for ``HUSH_MAX_S``, and never while somebody
+        tails: the poll thread polls and counts, and the event loop sleeps on.
+        """
+        bus = self._buses.get(event.bus)
+        if bus is None or self.tap.watched:
+            return
+        until = self.engine.quiet_until((event.bus, event.address), event.values)
+        if until is None:
+            return
+        engine, tap, epoch = self.engine, self.tap, self.engine.epoch
+        bus.hush(
+            event.address,
+            event.values,
+            min(until, event.at + HUSH_MAX_S),
+            lambda: engine.epoch == epoch and not tap.watched,
+        )
 
     def _deadline_before(self, until: float | None) -> bool:
         """Does the engine's next deadline fall before ``until`` (monotonic), by more than

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from firmware_sim.scenario import Scenario, load_scenario
 from firmware_sim.wiring import gateway_config
 from gateway.config import parse_config
 from gateway.daemon import Gateway
-from gateway.edge.adapters import modbus_device
 from gateway.protocol.messages import MessageType
 from tests.harness import Broker, Collector, free_udp_port
 
@@ -302,17 +302,10 @@ async def test_a_polled_crossing_reaches_the_broker_at_once_while_the_pipeline_s
     tmp_path: Path, broker: Broker
 ) -> None:
     """Polled readings that change nothing are judged without waking the pipeline, which
-    sleeps until its next deadline (up to 10 s); the reading that crosses a threshold
+    sleeps until its next deadline (up to 10 s), and once known quiet are kept at the bus
+    (its poll thread counts them); the reading that crosses a threshold is handed on and
     wakes it, and its alarm is at the broker within a poll or two, not at that deadline."""
-    from firmware_sim.scenario import parse_scenario  # noqa: PLC0415
-
-    level = {"model": "qdy30a_level", "address": 1, "level": 0.2, "decimals": 3}
-    scenario = parse_scenario(
-        {
-            "scenario": {"name": "calm", "duration_s": 30, "seed": 5},
-            "buses": [{"name": "rs485-0", "slaves": [level]}],
-        }
-    )
+    scenario = calm_level()
 
     def overflow() -> list[dict[str, Any]]:
         return [a for a in collector.alarms() if a["kind"] == "water_overflow"]
@@ -323,13 +316,7 @@ async def test_a_polled_crossing_reaches_the_broker_at_once_while_the_pipeline_s
         )
         try:
             await collector.wait_for(lambda: bool(collector.readings()), 10)  # the first poll's
-            device = gateway.engine.devices.get(modbus_device("rs485-0", 1))
-            assert device is not None
-            heard = device.last_seen
-            assert heard is not None
-            async with asyncio.timeout(10):  # four polls at 0.25 s that change nothing
-                while (device.last_seen or 0.0) < heard + 1.0:  # each judged, none sent
-                    await asyncio.sleep(0.05)
+            await kept_at_the_bus(gateway, 4)  # polls at 0.25 s that change nothing
             assert gateway.engine.active_alarms() == []
             sim.buses["rs485-0"].slave(1).level = 2.35  # 150 mm below the cover
             crossed = time.monotonic()
@@ -347,3 +334,101 @@ async def test_a_polled_crossing_reaches_the_broker_at_once_while_the_pipeline_s
     assert overflow()[0]["source"] == {"type": "modbus", "bus": "rs485-0", "slave": 1}
     assert len([r for r in collector.readings() if r["source"]["type"] == "modbus"]) <= 2
     assert collector.errors == []
+
+
+def calm_level() -> Scenario:
+    """HZ-0002's level transmitter alone, 2.3 m below the cover, polled every 0.25 s."""
+    from firmware_sim.scenario import parse_scenario  # noqa: PLC0415
+
+    level = {"model": "qdy30a_level", "address": 1, "level": 0.2, "decimals": 3}
+    return parse_scenario(
+        {
+            "scenario": {"name": "calm", "duration_s": 30, "seed": 5},
+            "buses": [{"name": "rs485-0", "slaves": [level]}],
+        }
+    )
+
+
+async def kept_at_the_bus(gateway: Gateway, count: int) -> None:
+    """Until the bus has kept COUNT more quiet repeats of slave 1 from the engine."""
+    (bus,) = [d for d in gateway.drivers if d.name == "rs485-0"]
+
+    def kept() -> int:
+        return int(bus.status()["slaves"]["1"]["kept_as_quiet"])
+
+    target = kept() + count
+    async with asyncio.timeout(10):
+        while kept() < target:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_command_reaches_a_sensor_whose_repeats_the_bus_keeps(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """New thresholds by the platform's command: the bus stops keeping the level's repeats
+    (the engine's epoch moved), the next poll is judged, and its alarm is at the broker
+    within a poll or two, not when the keeping would have lapsed (up to 10 s)."""
+    import aiomqtt  # noqa: PLC0415
+
+    async with Collector(broker.port) as collector:
+        sim, gateway, stop, task = await start_rig(
+            tmp_path, broker, calm_level(), speed=1.0, alarms={"hold_s": 0}
+        )
+        try:
+            await collector.wait_for(lambda: bool(collector.readings()), 10)
+            await kept_at_the_bus(gateway, 4)
+            assert collector.alarms() == []
+            root = gateway.engine.topic_root
+            async with aiomqtt.Client("127.0.0.1", broker.port) as platform:
+                await platform.subscribe(f"{root}/cmd/response", qos=1)
+                request = {
+                    "request_id": "lower-it",
+                    "cmd": "set_thresholds",  # 2.3 m below the cover is now "high"
+                    "args": {"cover_id": "HZ-0002", "thresholds": {"water_high_mm": 2400}},
+                }
+                await platform.publish(f"{root}/cmd", json.dumps(request), qos=1)
+                async with asyncio.timeout(5):
+                    async for message in platform.messages:
+                        assert isinstance(message.payload, bytes)
+                        assert json.loads(message.payload)["ok"] is True
+                        break
+            answered = time.monotonic()
+            await collector.wait_for(lambda: bool(collector.alarms()), 10)
+            took = time.monotonic() - answered
+        finally:
+            await finish(sim, stop, task)
+    (alarm,) = collector.alarms()
+    assert (alarm["kind"], alarm["state"], alarm["cover"]["cover_id"]) == (
+        "water_high",
+        "raised",
+        "HZ-0002",
+    )
+    assert took < 1.5, f"the alarm took {took:.2f} s"
+    assert collector.errors == []
+
+
+async def test_a_technicians_tail_sees_every_poll_of_a_quiet_sensor(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """While somebody tails, the bus keeps nothing back (each poll is a line for them);
+    when the tail ends, it keeps the quiet repeats again."""
+    from gateway.control import follow  # noqa: PLC0415
+
+    sim, gateway, stop, task = await start_rig(tmp_path, broker, calm_level(), speed=1.0)
+    try:
+        await kept_at_the_bus(gateway, 4)
+        polls: list[float] = []
+
+        async def tail() -> None:
+            request = {"cmd": "tail", "node": "rs485-0:1", "json": True}
+            async for line in follow(gateway.config.control_path, request):
+                if json.loads(line).get("what") == "modbus":
+                    polls.append(time.monotonic())
+                    if len(polls) >= 8:
+                        return
+
+        await asyncio.wait_for(tail(), 6)  # 8 polls at 0.25 s; kept back, one each 10 s
+        await kept_at_the_bus(gateway, 4)
+    finally:
+        await finish(sim, stop, task)
+    assert polls[-1] - polls[0] < 3.0

@@ -135,13 +135,30 @@ def _read(slave: tuple[str, int], which: int, at: float) -> SlaveRead:
 
 def _run(quiet: EdgeEngine, general: EdgeEngine, sequence: list[tuple[Any, ...]]) -> None:
     at, seq = START, 0
+    # What a bus would be told after each read (gateway/daemon.py, Gateway._hush): the
+    # values, until when, and the engine's epoch then.
+    grants: dict[tuple[str, int], tuple[dict[str, float], float, int]] = {}
     for step in sequence:
         match step:
             case ("read", slave, which, gap):
                 at += gap
                 event = _read(slave, which, at)
+                grant = grants.get(slave)
+                kept = (
+                    grant is not None
+                    and grant[0] == event.values
+                    and at < grant[1]
+                    and quiet.epoch == grant[2]
+                )
                 full = general.observe(adapters.from_slave_read(event, general.slaves.get(slave)))
-                assert _said(quiet.handle(event)) == _said(full)
+                said = quiet.handle(event)
+                assert _said(said) == _said(full)
+                if kept:  # a bus keeps it from the engine: it had to be a quiet repeat
+                    assert said == []
+                    assert quiet.epoch == grant[2]  # the quiet path, nothing judged
+                until = quiet.quiet_until(slave, event.values)
+                if until is not None:
+                    grants[slave] = (dict(event.values), until, quiet.epoch)
             case ("fail", slave):
                 event = SlaveFailed(slave[0], slave[1], at, "no reply", 3)
                 assert _said(quiet.handle(event)) == _said(general.handle(event))
@@ -222,6 +239,34 @@ def test_the_quiet_path_says_and_stores_what_the_general_path_does(
     sequence: list[tuple[Any, ...]],
 ) -> None:
     _run(_engine(), _engine(), sequence)
+
+
+def test_a_bus_is_told_to_keep_only_repeats_the_engine_would_not_judge() -> None:
+    """``quiet_until`` and ``epoch``: the grant ends with the telemetry interval and moves
+    with every command, input or tick that may change the judgement."""
+    engine = _engine()
+    engine.handle(_read(TILT_A, 0, START))
+    assert engine.quiet_until(TILT_A, TILTS[0]) is None  # judged once: not known quiet yet
+    engine.handle(_read(TILT_A, 0, START + 1))
+    until = engine.quiet_until(TILT_A, TILTS[0])
+    assert until == START + 60.0  # its telemetry went at START; the next is due then
+    assert engine.quiet_until(TILT_A, TILTS[1]) is None  # other values: judged
+    for change in (
+        lambda: engine.set_thresholds(cover_id="C-1", cover_kind=None, values={"tilt_deg": 5.0}),
+        lambda: engine.rezero("C-1"),
+        lambda: engine.set_maintenance("C-1", START + 5),
+        lambda: engine.handle(_frame(None, 1, START + 2)),
+        lambda: engine.handle(SlaveFailed(*LEVEL_B, START + 2, "no reply", 1)),
+    ):
+        epoch = engine.epoch
+        change()
+        assert engine.epoch > epoch
+    engine.handle(_read(TILT_A, 0, START + 3))  # judged again after the changes
+    engine.handle(_read(TILT_A, 0, START + 4))  # the quiet path
+    assert engine.quiet_until(TILT_A, TILTS[0]) is not None
+    epoch = engine.epoch
+    assert engine.handle(_read(TILT_A, 0, START + 5)) == []
+    assert engine.epoch == epoch  # a quiet repeat moves nothing
 
 
 def test_a_sensor_at_rest_is_not_judged_again_until_something_changes(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.events import Input
@@ -33,6 +33,19 @@ class Driver(Protocol):
 
     async def run(self, stop: asyncio.Event) -> None: ...
     def status(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PolledBus(Protocol):
+    """A bus whose polls may be kept from the sink while they repeat a quiet reading."""
+
+    name: str
+
+    def hush(
+        self, address: int, values: dict[str, float], until: float, still: Callable[[], bool]
+    ) -> None:
+        """Readings of VALUES from ADDRESS need not be handed on before UNTIL (wall clock)
+        while ``still()`` holds; ``still`` is called from the bus's poll thread."""
 
 
 class PortHealth:

@@ -13,8 +13,10 @@ adapter is a fault on each sensor behind it (``sensor_fault`` after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from gateway.config import ModbusConfig, SlaveConfig
 from gateway.drivers.base import PortHealth, PortState, Sink
 from gateway.drivers.rtu import ModbusLinkError, RtuMaster
 from gateway.errors import GatewayError, RegisterDecodeError, TransportError
-from gateway.events import SlaveFailed, SlaveRead
+from gateway.events import Input, SlaveFailed, SlaveRead
 from gateway.protocol.modbus_profiles import DeviceProfile, registers_from_blocks
 from gateway.protocol.modbus_rtu import RegisterReply, read_request
 
@@ -151,6 +153,8 @@ class _Slave:
     # The last good poll's registers and what they decoded to: the same registers
     # again (a level that holds, a cover at rest) are not decoded again.
     last_read: tuple[list[tuple[int, ...]], dict[str, float]] | None = None
+    hush: _Hush | None = None  # set by the loop, read by the poll thread
+    hushed: int = 0  # good reads kept from the sink as quiet repeats
 
     def __post_init__(self) -> None:
         profile, address = self.config.profile, self.config.address
@@ -168,16 +172,40 @@ class _Slave:
         return values
 
 
-@dataclass(slots=True)
-class _Cycle:
-    """One poll cycle in flight: the slaves still due, the readings taken so far."""
+@dataclass(frozen=True, slots=True)
+class _Hush:
+    """``PolledBus.hush``: these values need not be handed on before ``until`` while ``still``."""
 
-    client: RtuMaster
-    start: float
-    due: list[_Slave]
-    readings: list[SlaveRead] = field(default_factory=list)
-    slave: _Slave | None = None  # the one being read
-    replies: list[tuple[int, ...]] = field(default_factory=list)
+    values: dict[str, float]
+    until: float
+    still: Callable[[], bool]
+
+
+@dataclass
+class _Session:
+    """The poll thread's turn on the bus: it ends when a tool's job or stop wants the bus."""
+
+    ended: asyncio.Future[None]  # settled on the loop when the thread has left the port
+    # Held from the start: the thread sleeps in ``acquire(timeout=...)``, ``end`` releases it.
+    wake: threading.Lock = field(default_factory=threading.Lock)
+    over: bool = False
+
+    def __post_init__(self) -> None:
+        self.wake.acquire()
+
+    def end(self) -> None:
+        self.over = True
+        with contextlib.suppress(RuntimeError):  # released already
+            self.wake.release()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def _why_not(port: str) -> str:
@@ -222,10 +250,7 @@ class ModbusBus:
             maxsize=MAX_LENT_JOBS
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Future[None] | None = None  # the poll task's sleep
-        self._idle: asyncio.Future[None] | None = None  # it waits for a cycle to end
-        self._timer: asyncio.TimerHandle | None = None  # the next cycle's start
-        self._cycle: _Cycle | None = None
+        self._session: _Session | None = None  # the poll thread's turn, while it has one
 
     async def read_now(self, address: int) -> dict[str, float]:
         """One reading for a person (console, command), taken between the scheduled polls."""
@@ -267,6 +292,7 @@ class ModbusBus:
                 str(a): {
                     "profile": s.config.profile.name,
                     "reads": s.reads,
+                    "kept_as_quiet": s.hushed,
                     "failures": s.failures,
                     "consecutive_failures": s.consecutive,
                     "last_error": s.last_error,
@@ -306,16 +332,16 @@ class ModbusBus:
             raise OSError(f"cannot open {self.config.port}{why}")
 
     async def _poll(self, client: RtuMaster, stop: asyncio.Event) -> None:
-        """Poll each slave when due; between cycles, serve the tools' jobs.
+        """Poll each slave when due; between turns of the poll thread, serve the tools' jobs.
 
-        A cycle runs in the event loop's callbacks, not in this task: a timer
-        starts it, each reply starts the next transaction, and the readings
-        are handed on together at its end; the next timer is set then. This
-        task wakes only for a tool's job, stop, or a failure: it lets a cycle
-        in flight finish first, so a job never overlaps a poll. Slaves due at
-        the same moment are polled in one cycle, and their next polls are
-        counted from its start, so slaves with one interval stay on one
-        schedule: one wake-up per interval for the bus.
+        The polls run in a thread of the bus's own, with the port lent to it
+        (``RtuMaster.park``): it sleeps until the next slave is due, sends,
+        blocks for the reply, and hands a cycle's readings to the loop
+        together (one wake-up of the loop per cycle, none per transaction).
+        A tool's job or stop ends its turn after the transaction in flight,
+        so a job never overlaps a poll. Slaves due at the same moment are
+        polled in one cycle, and their next polls are counted from its start,
+        so slaves with one interval stay on one schedule.
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -326,127 +352,98 @@ class ModbusBus:
                 await self._serve_requests(client)
                 if not client.connected:
                     raise OSError(f"adapter closed{_closed_why(client)}")
-                wake: asyncio.Future[None] = loop.create_future()
-                self._wake = wake
-                self._arm(client)
-                try:
-                    await wake  # raises what ended a cycle: the adapter gone, or a bug
-                finally:
-                    self._disarm()
-                if self._cycle is not None and not stop.is_set():
-                    idle: asyncio.Future[None] = loop.create_future()
-                    self._idle = idle
-                    try:
-                        await idle  # the cycle stops after its transaction in flight
-                    finally:
-                        self._idle = None
+                if self._requests.empty() and not stop.is_set():
+                    await self._lend_to_thread(client, loop)
         finally:
             stopper.cancel()
-            self._halt(client)
+
+    async def _lend_to_thread(self, client: RtuMaster, loop: asyncio.AbstractEventLoop) -> None:
+        """One turn of the poll thread; raises what ended it early (the port failed, a bug)."""
+        session = _Session(loop.create_future())
+        self._session = session
+        client.park()
+        thread = threading.Thread(
+            target=self._polling, args=(client, session, loop), name=f"modbus-{self.name}"
+        )
+        thread.daemon = True  # never holds the process up; it leaves within one transaction
+        thread.start()
+        try:
+            await asyncio.shield(session.ended)
+        finally:
+            self._session = None
+            session.end()
+            if not session.ended.done():  # cancelled: the port is not closed under the thread
+                await session.ended
+            client.unpark()
 
     def _nudge(self) -> None:
-        """Wake the poll task (a tool's job, or stop)."""
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        """End the poll thread's turn (a tool's job, or stop)."""
+        if self._session is not None:
+            self._session.end()
 
-    def _arm(self, client: RtuMaster) -> None:
-        assert self._loop is not None
-        self._disarm()
-        due = min([s.next_due for s in self.slaves.values()])
-        delay = max(0.0, due - self._monotonic())
-        self._timer = self._loop.call_later(delay, self._begin, client)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _halt(self, client: RtuMaster) -> None:
-        """The poll task ends: no timer, no transaction; what a cycle read is handed on."""
-        self._disarm()
-        if self._cycle is not None:
-            client.cancel()
-            self._end_cycle(arm=False)
-        self._wake = self._idle = None
-
-    def _begin(self, client: RtuMaster) -> None:
-        self._timer = None
+    def _polling(
+        self, client: RtuMaster, session: _Session, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """The poll thread: cycles until its turn ends. Touches the loop only through
+        ``call_soon_threadsafe``, and the slaves' counters only while it runs."""
+        error: BaseException | None = None
+        slaves = self.slaves.values()
         try:
-            now = self._monotonic()
-            due = [s for s in self.slaves.values() if s.next_due - now <= DUE_SLACK_S]
-            if not due:
-                self._arm(client)  # the timer fired a hair early
+            due_at = min([s.next_due for s in slaves])
+            while not session.over:
+                now = self._monotonic()
+                if due_at - now > DUE_SLACK_S:
+                    session.wake.acquire(timeout=due_at - now)
+                    continue
+                events: list[tuple[Input, bool]] = []
+                try:
+                    self._cycle(client, session, now, events)
+                finally:
+                    if events:
+                        loop.call_soon_threadsafe(self._deliver, events)
+                due_at = min([s.next_due for s in slaves])
+        except BaseException as err:  # an OSError reopens the port; anything else is a bug
+            error = err
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, session.ended, error)
+
+    def _cycle(
+        self, client: RtuMaster, session: _Session, start: float, events: list[tuple[Input, bool]]
+    ) -> None:
+        """Read each slave due at START; a tool's job or stop leaves the rest due."""
+        for slave in [s for s in self.slaves.values() if s.next_due - start <= DUE_SLACK_S]:
+            if session.over:
                 return
-            self._cycle = _Cycle(client, now, due)
-            self._next_slave(self._cycle)
-        except Exception as err:  # a callback's bug must reach the supervised task
-            self._crash(err)
-
-    def _next_slave(self, cycle: _Cycle) -> None:
-        wake = self._wake
-        if not cycle.due or wake is None or wake.done():
-            self._end_cycle(arm=True)  # done, or a tool waits: the rest stay due
-            return
-        if not cycle.client.connected:
-            self._crash(OSError(f"adapter closed{_closed_why(cycle.client)}"))
-            return
-        cycle.slave = cycle.due.pop(0)
-        cycle.replies = []
-        self._request(cycle)
-
-    def _request(self, cycle: _Cycle) -> None:
-        assert cycle.slave is not None
-        request = cycle.slave.requests[len(cycle.replies)]
-        try:
-            cycle.client.start(request, self._answered)
-        except ModbusLinkError as err:
-            self._answered(err)
-
-    def _answered(self, reply: RegisterReply | ModbusLinkError) -> None:
-        try:
-            cycle = self._cycle
-            if cycle is None or cycle.slave is None:
-                return
-            slave = cycle.slave
+            address = slave.config.address
             try:
-                cycle.replies.append(registers_of(reply, slave.config.address))
-                if len(cycle.replies) < len(slave.requests):
-                    self._request(cycle)
-                    return
-                values = slave.decode(cycle.replies)
+                replies = [registers_of(client.transact(r), address) for r in slave.requests]
+                values = slave.decode(replies)
             except SlaveError as err:
-                self._failed(slave, str(err), cycle=cycle.start)
-            else:
-                cycle.readings.append(self._succeeded(slave, values, cycle=cycle.start))
-            cycle.slave = None
-            self._next_slave(cycle)
-        except Exception as err:  # a callback's bug must reach the supervised task
-            self._crash(err)
+                events.append((self._failed(slave, str(err), cycle=start), True))
+                continue
+            hush = slave.hush
+            if hush is not None and hush.values == values and hush.still():
+                at = self._clock()
+                if at < hush.until:  # a quiet repeat: counted here, and that is all
+                    slave.reads += 1
+                    slave.hushed += 1
+                    slave.next_due = start + slave.config.poll_interval_s
+                    continue
+            events.append((self._succeeded(slave, values, cycle=start), False))
 
-    def _end_cycle(self, *, arm: bool) -> None:
-        """Hand the cycle's readings on together (one wake-up of the pipeline), then go on."""
-        cycle, self._cycle = self._cycle, None
-        if cycle is not None:
-            for reading in cycle.readings:
-                self._sink(reading, False)
-        idle = self._idle
-        if idle is not None and not idle.done():
-            idle.set_result(None)
-        elif arm and cycle is not None and self._wake is not None and not self._wake.done():
-            self._arm(cycle.client)
+    def hush(
+        self, address: int, values: dict[str, float], until: float, still: Callable[[], bool]
+    ) -> None:
+        """``PolledBus.hush`` (gateway/daemon.py decides when): a quiet repeat costs the
+        poll thread's work alone, no wake-up of the event loop."""
+        slave = self.slaves.get(address)
+        if slave is not None:
+            slave.hush = _Hush(dict(values), until, still)
 
-    def _crash(self, err: Exception) -> None:
-        """A cycle cannot go on: the poll task raises ``err`` (an OSError reopens the port;
-        anything else is a bug, and the supervisor restarts the bus)."""
-        self._end_cycle(arm=False)
-        for waiter in (self._wake, self._idle):
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(err)
-                return
-        # The task is already awake (a tool's job): it finds a closed port itself.
-        if not isinstance(err, OSError):
-            log.error("modbus %s: poll cycle failed", self.name, exc_info=err)
+    def _deliver(self, events: list[tuple[Input, bool]]) -> None:
+        for event, critical in events:
+            self._sink(event, critical)
 
     async def _serve_requests(self, client: RtuMaster) -> None:
         while not self._requests.empty():
@@ -468,7 +465,7 @@ class ModbusBus:
         """The adapter is gone or will not open: one failed poll for each slave behind it."""
         reason = f"bus {self.name} port {self.config.port}: {error}"
         for slave in self.slaves.values():
-            self._failed(slave, reason, log_level=logging.DEBUG)
+            self._sink(self._failed(slave, reason, log_level=logging.DEBUG), True)
             slave.next_due = 0.0  # polled as soon as the adapter is back
 
     def _succeeded(self, slave: _Slave, values: dict[str, float], *, cycle: float) -> SlaveRead:
@@ -487,7 +484,7 @@ class ModbusBus:
         *,
         cycle: float | None = None,
         log_level: int | None = None,
-    ) -> None:
+    ) -> SlaveFailed:
         slave.consecutive += 1
         slave.failures += 1
         slave.last_error = reason
@@ -498,7 +495,6 @@ class ModbusBus:
         level = logging.WARNING if slave.consecutive == 1 else logging.DEBUG
         level = level if log_level is None else log_level  # the port said it once already
         log.log(level, "modbus %s slave %d: %s", self.name, slave.config.address, reason)
-        self._sink(
-            SlaveFailed(self.name, slave.config.address, self._clock(), reason, slave.consecutive),
-            True,
+        return SlaveFailed(
+            self.name, slave.config.address, self._clock(), reason, slave.consecutive
         )

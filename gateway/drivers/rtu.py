@@ -13,9 +13,11 @@ reply that repeats the last one to the same request byte for byte is not
 parsed again (when it comes in one read, as it nearly always does, it is
 not even gathered or measured: the read is compared with it); nothing else
 runs per poll.
-``start`` is that transaction in callback form (the bus driver chains a poll
-cycle's transactions from the reader callback, with no task woken); the
-``read_*_registers`` coroutines, for tools, await the same.
+``start`` is that transaction in callback form; the ``read_*_registers``
+coroutines, for tools, await the same. ``transact`` is the same transaction
+blocking, for the bus driver's poll thread: while the port is ``park``-ed with
+it, the loop does not read the port, and a poll costs that thread's wake-ups
+instead of the event loop's (docs/performance.md, the peer's work).
 
 The port is opened exclusively (the same ``flock`` every tool checks), non
 blocking. A reader error or end of file (the adapter pulled, the pty closed)
@@ -27,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import select
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,6 +100,8 @@ class RtuMaster:
         # request → the last good reply's frame and what it parsed to: a slave that says
         # the same as last time is not parsed again (the same bytes, CRC included).
         self._answers: dict[bytes, tuple[bytes, RegisterReply]] = {}
+        self._parked: select.poll | None = None  # the poll thread's, while it has the port
+        self._stale = False  # an attempt failed: a late reply may still come in
 
     @property
     def connected(self) -> bool:
@@ -126,6 +133,88 @@ class RtuMaster:
 
     def close(self) -> None:
         self._lost(None)
+
+    def park(self) -> None:
+        """Lend the port to one thread's ``transact`` calls: the loop stops reading it."""
+        if self._fd >= 0 and self._loop is not None and self._parked is None:
+            self._loop.remove_reader(self._fd)
+            self._parked = select.poll()
+            self._parked.register(self._fd, select.POLLIN)
+
+    def unpark(self) -> None:
+        """The thread is done with the port: the loop reads it again."""
+        if self._parked is not None:
+            self._parked = None
+            if self._fd >= 0 and self._loop is not None:
+                self._loop.add_reader(self._fd, self._readable)
+
+    def transact(self, request: bytes) -> RegisterReply | ModbusLinkError:
+        """One transaction with the master's timeout and retries, blocking; parked only.
+
+        Raises ``OSError`` when the port fails under it (the adapter pulled, the
+        pty closed): the caller ends its polling and the port is closed and
+        reopened from the loop.
+        """
+        poller, fd = self._parked, self._fd
+        if poller is None or fd < 0:
+            raise OSError(f"port {self.port} is not lent to a poll thread")
+        why = ""
+        for _ in range(self.retries + 1):
+            if self._stale:
+                self._drain(fd)
+            os.write(fd, request)  # 8 bytes: a serial driver always takes them
+            outcome = self._gather(poller, fd, request, time.monotonic() + self.timeout_s)
+            if isinstance(outcome, RegisterReply):
+                return outcome
+            why = outcome
+            self._stale = True
+        silent = f"no reply from slave {request[0]} within {self.timeout_s} s"
+        return ModbusLinkError(why) if why else NoReplyError(silent)
+
+    def _gather(
+        self, poller: select.poll, fd: int, request: bytes, deadline: float
+    ) -> RegisterReply | str:
+        """One attempt's reply, or why there is none ("" for silence)."""
+        rx = bytearray()
+        known = self._answers.get(request)
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(math.ceil(left * 1000)):
+                break
+            try:
+                data = os.read(fd, 256)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise OSError(f"port {self.port} closed (end of file)")
+            if not rx and known is not None and data == known[0]:
+                return known[1]  # nearly every poll: the last reply again, in one read
+            rx += data
+            length = reply_length(rx)
+            if length is not None and len(rx) >= length:
+                try:
+                    return self._parsed(request, bytes(rx[:length]))
+                except ProtocolError as err:
+                    return f"garbled reply: {err}"
+            if len(rx) > RX_LIMIT:
+                break
+        return f"garbled reply: {len(rx)} bytes that are no frame" if rx else ""
+
+    def _drain(self, fd: int) -> None:
+        """Drop what came in since a failed attempt (a late reply must not open the next)."""
+        self._stale = False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(fd, 256):
+                pass
+
+    def _parsed(self, request: bytes, frame: bytes) -> RegisterReply:
+        """FRAME as a reply to REQUEST, from memory when it repeats the last good one."""
+        known = self._answers.get(request)
+        if known is not None and known[0] == frame:
+            return known[1]
+        result = parse_reply(frame, request[1])
+        if known is not None or len(self._answers) < ANSWERS_KEPT:
+            self._answers[request] = (frame, result)
+        return result
 
     async def read_holding_registers(
         self,
@@ -242,18 +331,11 @@ class RtuMaster:
             return
         why = ""
         if frame is not None:
-            request = pending.request
-            known = self._answers.get(request)
-            if known is not None and known[0] == frame:
-                self._finish(known[1])
-                return
             try:
-                result = parse_reply(frame, request[1])
+                result = self._parsed(pending.request, frame)
             except ProtocolError as err:
                 why = f"garbled reply: {err}"
             else:
-                if known is not None or len(self._answers) < ANSWERS_KEPT:
-                    self._answers[request] = (frame, result)
                 self._finish(result)
                 return
         elif self._rx:
@@ -311,9 +393,10 @@ class RtuMaster:
 
     def _lost(self, err: OSError | None) -> None:
         """The port closed (by us, or under us): stop reading, fail what is in flight."""
-        if self._fd >= 0 and self._loop is not None:
+        if self._fd >= 0 and self._loop is not None and self._parked is None:
             self._loop.remove_reader(self._fd)
         self._fd = -1
+        self._parked = None
         if err is not None:
             self.last_error = err.strerror or str(err)
         if self._serial is not None:

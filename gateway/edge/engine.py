@@ -202,6 +202,9 @@ class EdgeEngine:
         # remembered when it repeated the one before (a sensor at rest); the one before.
         self._quiet: dict[tuple[str, int], _Quiet] = {}
         self._read_before: dict[tuple[str, int], dict[str, float]] = {}
+        # Moves with anything that may change how a polled reading is judged: every
+        # input but a quiet polled reading, every tick, command and reload (quiet_until).
+        self.epoch = 0
         self._rules: dict[tuple[float, int], Debounce] = {}
         self._recent = RecentFrames(self.limits.recent_frames_bytes)
         self._watch_registered()
@@ -215,6 +218,7 @@ class EdgeEngine:
         kind_thresholds: dict[str, dict[str, Any]],
         slaves: dict[tuple[str, int], SlaveConfig],
     ) -> None:
+        self.epoch += 1
         self.registry = registry
         self.overrides.reconfigure(thresholds, kind_thresholds)
         self.slaves = slaves
@@ -252,6 +256,7 @@ class EdgeEngine:
     def set_thresholds(
         self, *, cover_id: str | None, cover_kind: str | None, values: dict[str, Any]
     ) -> None:
+        self.epoch += 1
         self.overrides.set_thresholds(cover_id=cover_id, cover_kind=cover_kind, values=values)
         self._watch_registered()  # offline_after_s may have changed
 
@@ -259,6 +264,7 @@ class EdgeEngine:
         self, *, cover_id: str | None, cover_kind: str | None, keys: list[str] | None
     ) -> list[str]:
         """Remove overrides ``set_thresholds`` made (``keys`` None: all); returns those removed."""
+        self.epoch += 1
         removed = self.overrides.clear_thresholds(
             cover_id=cover_id, cover_kind=cover_kind, keys=keys
         )
@@ -267,6 +273,7 @@ class EdgeEngine:
 
     def set_maintenance(self, cover_id: str, until: float | None) -> None:
         """``until`` None ends it; a time in the past ends it too."""
+        self.epoch += 1
         self.overrides.set_maintenance(cover_id, until)
 
     def in_maintenance(self, cover: Cover | None, at: float) -> bool:
@@ -274,19 +281,21 @@ class EdgeEngine:
 
     def rezero(self, subject_key: str) -> None:
         """Forget a cover's tilt baselines; each sensor's next normal reading is the new one."""
+        self.epoch += 1
         self.baselines.rezero(subject_key)
 
     # --- inputs ---
 
     def handle(self, event: Input) -> list[Outgoing]:
+        if isinstance(event, SlaveRead):
+            return self._polled(event)
+        self.epoch += 1
         match event:
             case FrameHeard():
                 msg_type = event.received.frame.msg_type
                 if msg_type is _REPORT_FRAME or msg_type is _HEARTBEAT_FRAME:
                     return self._routine_frame(event)
                 return self.observe(adapters.from_frame(event))
-            case SlaveRead():
-                return self._polled(event)
             case SlaveFailed():
                 return self.observe(adapters.from_slave_failed(event))
         return self.observe(event)
@@ -306,6 +315,7 @@ class EdgeEngine:
 
     def observe(self, obs: Observation) -> list[Outgoing]:
         """One observation: tracked, judged, rendered."""
+        self.epoch += 1
         return self._observed(obs, self._subject(obs.device))[0]
 
     def _observed(self, obs: Observation, subject: Subject) -> tuple[list[Outgoing], bool]:
@@ -377,14 +387,11 @@ class EdgeEngine:
             quiet is not None
             and quiet.values == event.values
             and event.at - quiet.sent_at < POLLED_TELEMETRY_INTERVAL_S
-            and quiet.slave is self.slaves.get(where)
-            and quiet.cover is self.registry.by_slave.get(where)  # ``cover_for`` of the slave
-            and quiet.thr is self.thresholds(quiet.cover)
-            and not self.alarms.any_kept(quiet.key)
-            and quiet.baseline is self.baselines.kept(quiet.key, quiet.sub)
+            and self._still_quiet(quiet, where)
         ):
             self.admission.heard_again(quiet.state, quiet.cover, at=event.at)
             return []
+        self.epoch += 1
         slave = self.slaves.get(where)
         obs = adapters.from_slave_read(event, slave)
         subject = self._subject(obs.device)
@@ -419,6 +426,25 @@ class EdgeEngine:
         else:
             self._quiet.pop(where, None)
         return out
+
+    def _still_quiet(self, quiet: _Quiet, where: tuple[str, int]) -> bool:
+        """Is everything QUIET was judged with, besides the values and the clock, as it was?"""
+        return (
+            quiet.slave is self.slaves.get(where)
+            and quiet.cover is self.registry.by_slave.get(where)  # ``cover_for`` of the slave
+            and quiet.thr is self.thresholds(quiet.cover)
+            and not self.alarms.any_kept(quiet.key)
+            and quiet.baseline is self.baselines.kept(quiet.key, quiet.sub)
+        )
+
+    def quiet_until(self, where: tuple[str, int], values: dict[str, float]) -> float | None:
+        """Until when a reading of VALUES from slave WHERE takes the quiet path, as things
+        stand now; None if it would be judged. ``epoch`` moves whenever they may change:
+        a bus may keep such readings from the engine while it has not (gateway/daemon.py)."""
+        quiet = self._quiet.get(where)
+        if quiet is None or quiet.values != values or not self._still_quiet(quiet, where):
+            return None
+        return quiet.sent_at + POLLED_TELEMETRY_INTERVAL_S
 
     def _routine_frame(self, event: FrameHeard) -> list[Outgoing]:
         """An SCN-1 REPORT or HEARTBEAT: ``observe(from_frame(event))``, without the observation.
@@ -659,6 +685,7 @@ class EdgeEngine:
         """Registered devices not heard from within their offline timeout (what fell due only)."""
         out: list[Outgoing] = []
         for device in self._deadlines.due(now):
+            self.epoch += 1
             subject = self._subject(device)
             if subject.cover is None:
                 continue  # left the registry
@@ -854,6 +881,7 @@ class EdgeEngine:
 
     def load_state(self, rows: Iterable[tuple[str, str]]) -> None:
         """Rows as written by ``take_state`` (``DurableQueue.state_items(state.PREFIX)``)."""
+        self.epoch += 1
         self._quiet.clear()
         counts: Counter[str] = Counter()
         # Devices last, least recently heard first, so the LRU keeps its order.
@@ -891,6 +919,7 @@ class EdgeEngine:
 
     def restore(self, data: dict[str, Any]) -> None:
         """The whole-state blob of earlier versions: read once, then written as rows."""
+        self.epoch += 1
         self._quiet.clear()
         for key, value in data.get("machines", {}).items():
             subject_key, kind, sub = key.rsplit("|", 2)  # unescaped in the old blob
