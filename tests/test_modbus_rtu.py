@@ -513,3 +513,47 @@ async def test_bus_reads_a_profile_in_several_requests(
     first = heard[0]
     assert isinstance(first, SlaveRead)
     assert first.values == {"own_address": 0x50, "temperature_c": pytest.approx(15.0)}
+
+
+async def test_a_parked_port_transacts_blocking_as_the_loop_does() -> None:
+    """The poll thread's ``transact``: a reply (whole or in pieces), a repeat from memory,
+    a garbled attempt retried, silence, and the adapter pulled (``OSError``: the bus
+    reopens the port)."""
+    port = PtyPort()
+    master = RtuMaster(port.path, timeout_s=0.3, retries=1)
+    assert await master.connect()
+    seven, eight = slave_reply(1, 3, [7]), slave_reply(1, 3, [8])
+    garbled = bytearray(seven)
+    garbled[4] ^= 0x01
+    request = read_request(1, 3, 4, 1)
+    master.park()
+    try:
+        for answer, pieces in [(seven, 1), (seven, 1), (eight, 3)]:
+            peer = asyncio.create_task(_answer(port, answer, pieces=pieces))
+            reply = await asyncio.to_thread(master.transact, request)
+            assert isinstance(reply, RegisterReply)
+            assert reply.registers == ((8,) if answer == eight else (7,))
+            assert await peer == request
+        # A garbled first attempt: the retry is answered.
+        peers = asyncio.create_task(_garbled_then(port, bytes(garbled), seven))
+        reply = await asyncio.to_thread(master.transact, request)
+        assert isinstance(reply, RegisterReply)
+        assert reply.registers == (7,)
+        assert await peers == 2
+        silent = await asyncio.to_thread(master.transact, read_request(2, 3, 0, 1))
+        assert isinstance(silent, NoReplyError)
+        assert "slave 2" in str(silent)
+        port.close()  # the adapter is pulled
+        with pytest.raises(OSError):
+            await asyncio.to_thread(master.transact, request)
+    finally:
+        master.unpark()
+        master.close()
+    assert not master.connected
+
+
+async def _garbled_then(port: PtyPort, garbled: bytes, good: bytes) -> int:
+    """Answer the first request with GARBLED, the retry with GOOD; how many requests came."""
+    first = await _answer(port, garbled)
+    second = await _answer(port, good)
+    return 2 if first == second else 0
