@@ -237,3 +237,8 @@ def to_toml(data: dict[str, Any]) -> str:
 
 def _is_tables(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def one_bus(*slaves: dict[str, Any], name: str = "bus") -> list[dict[str, Any]]:
+    """A scenario's ``buses`` table: one RS-485 bus with SLAVES (simulator models)."""
+    return [{"name": name, "slaves": list(slaves)}]

@@ -31,6 +31,7 @@ from gateway.protocol.modbus_profiles import (
     profile_from_config,
     registers_from_blocks,
 )
+from tests.harness import one_bus
 
 
 def test_wit_signed_angles_and_temperature() -> None:
@@ -162,20 +163,15 @@ async def test_pymodbus_client_reads_simulated_slaves_over_pty(
     make_scenario: Callable[..., Scenario],
 ) -> None:
     scenario = make_scenario(
-        buses=[
+        buses=one_bus(
             {
-                "name": "bus",
-                "slaves": [
-                    {
-                        "model": "wit_inclinometer",
-                        "address": 0x50,
-                        "roll_deg": -12.5,
-                        "pitch_deg": 3.25,
-                    },
-                    {"model": "qdy30a_level", "address": 1, "level": 1.234, "decimals": 3},
-                ],
-            }
-        ],
+                "model": "wit_inclinometer",
+                "address": 0x50,
+                "roll_deg": -12.5,
+                "pitch_deg": 3.25,
+            },
+            {"model": "qdy30a_level", "address": 1, "level": 1.234, "decimals": 3},
+        ),
         timeline=[
             {"at_s": 0.5, "do": "set", "bus": "bus", "slave": 0x50, "roll_deg": -40.0},
             {"at_s": 0.5, "do": "silence", "bus": "bus", "slave": 1},

@@ -36,6 +36,7 @@ from gateway.protocol.modbus_rtu import (
     read_request,
     reply_length,
 )
+from tests.harness import one_bus
 
 registers = st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=125)
 SLAVE = FramerRTU(DecodePDU(is_server=True))  # pymodbus's framer as a slave uses it
@@ -173,15 +174,10 @@ async def test_noisy_simulated_slaves_read_differently_each_time(
 ) -> None:
     """``noise`` moves a slave's last digits from one read to the next, within ± noise."""
     scenario = make_scenario(
-        buses=[
-            {
-                "name": "bus",
-                "slaves": [
-                    {"model": "wit_inclinometer", "address": 0x50, "roll_deg": 3.0, "noise": 0.2},
-                    {"model": "qdy30a_level", "address": 1, "level": 1.0, "noise": 0.01},
-                ],
-            }
-        ],
+        buses=one_bus(
+            {"model": "wit_inclinometer", "address": 0x50, "roll_deg": 3.0, "noise": 0.2},
+            {"model": "qdy30a_level", "address": 1, "level": 1.0, "noise": 0.01},
+        ),
     )
     async with ScenarioRunner(scenario) as sim:
         master = RtuMaster(sim.endpoints().buses["bus"]["path"], timeout_s=0.3, retries=1)
@@ -202,15 +198,10 @@ async def test_master_reads_simulated_slaves_and_hears_silence(
     make_scenario: Callable[..., Scenario],
 ) -> None:
     scenario = make_scenario(
-        buses=[
-            {
-                "name": "bus",
-                "slaves": [
-                    {"model": "wit_inclinometer", "address": 0x50, "roll_deg": -12.5},
-                    {"model": "qdy30a_level", "address": 1, "level": 1.234, "decimals": 3},
-                ],
-            }
-        ],
+        buses=one_bus(
+            {"model": "wit_inclinometer", "address": 0x50, "roll_deg": -12.5},
+            {"model": "qdy30a_level", "address": 1, "level": 1.234, "decimals": 3},
+        ),
     )
     async with ScenarioRunner(scenario) as sim:
         master = RtuMaster(sim.endpoints().buses["bus"]["path"], timeout_s=0.3, retries=1)
@@ -232,6 +223,14 @@ async def test_master_reads_simulated_slaves_and_hears_silence(
         finally:
             master.close()
         assert not master.connected
+
+
+def _sevens() -> tuple[bytes, bytes, bytes]:
+    """Slave 1's replies to one register read: 7, 8, and 7 with one bit flipped."""
+    seven, eight = slave_reply(1, 3, [7]), slave_reply(1, 3, [8])
+    garbled = bytearray(seven)
+    garbled[4] ^= 0x01
+    return seven, eight, bytes(garbled)
 
 
 async def _answer(port: PtyPort, reply: bytes, *, pieces: int = 1) -> bytes:
@@ -291,9 +290,7 @@ async def test_a_repeated_reply_is_taken_from_memory_and_a_changed_one_parsed(
     port = PtyPort()
     master = RtuMaster(port.path, timeout_s=0.3, retries=0)
     assert await master.connect()
-    seven, eight = slave_reply(1, 3, [7]), slave_reply(1, 3, [8])
-    garbled = bytearray(seven)
-    garbled[4] ^= 0x01
+    seven, eight, garbled = _sevens()
     try:
         for answer, expected in [(seven, 7), (seven, 7), (eight, 8), (seven, 7), (seven, 7)]:
             peer = asyncio.create_task(_answer(port, answer))
@@ -309,7 +306,7 @@ async def test_a_repeated_reply_is_taken_from_memory_and_a_changed_one_parsed(
         assert (await master.read_holding_registers(4, device_id=1)).registers == (7,)
         await peer
         assert parsed == [seven, eight, seven]
-        peer = asyncio.create_task(_answer(port, bytes(garbled)))  # one bit off the last good
+        peer = asyncio.create_task(_answer(port, garbled))  # one bit off the last good
         with pytest.raises(ModbusLinkError, match="garbled"):
             await master.read_holding_registers(4, device_id=1)
         await peer
@@ -402,15 +399,10 @@ async def test_bus_hands_a_cycles_readings_on_together_and_lends_between_cycles(
     make_scenario: Callable[..., Scenario], tmp_path: Path
 ) -> None:
     scenario = make_scenario(
-        buses=[
-            {
-                "name": "bus",
-                "slaves": [
-                    {"model": "wit_inclinometer", "address": 0x50, "roll_deg": 4.0},
-                    {"model": "qdy30a_level", "address": 1, "level": 0.75, "decimals": 2},
-                ],
-            }
-        ],
+        buses=one_bus(
+            {"model": "wit_inclinometer", "address": 0x50, "roll_deg": 4.0},
+            {"model": "qdy30a_level", "address": 1, "level": 0.75, "decimals": 2},
+        ),
     )
     async with ScenarioRunner(scenario) as sim:
         config = parse_config(
@@ -522,9 +514,7 @@ async def test_a_parked_port_transacts_blocking_as_the_loop_does() -> None:
     port = PtyPort()
     master = RtuMaster(port.path, timeout_s=0.3, retries=1)
     assert await master.connect()
-    seven, eight = slave_reply(1, 3, [7]), slave_reply(1, 3, [8])
-    garbled = bytearray(seven)
-    garbled[4] ^= 0x01
+    seven, eight, garbled = _sevens()
     request = read_request(1, 3, 4, 1)
     master.park()
     try:
@@ -535,7 +525,7 @@ async def test_a_parked_port_transacts_blocking_as_the_loop_does() -> None:
             assert reply.registers == ((8,) if answer == eight else (7,))
             assert await peer == request
         # A garbled first attempt: the retry is answered.
-        peers = asyncio.create_task(_garbled_then(port, bytes(garbled), seven))
+        peers = asyncio.create_task(_garbled_then(port, garbled, seven))
         reply = await asyncio.to_thread(master.transact, request)
         assert isinstance(reply, RegisterReply)
         assert reply.registers == (7,)
