@@ -15,6 +15,8 @@
   not every second as aiomqtt runs it: an idle gateway sleeps.
 - :meth:`UplinkClient.publish_now` writes an alarm to the socket at once, and a
   writer is added to the loop only while paho still has bytes to write.
+- Without TLS, paho's socket reads and writes do not name ``ssl``
+  (:func:`plain_socket_io`), so OpenSSL is never loaded.
 
 Only private members of aiomqtt 2.5 (pinned in pyproject.toml) are used here,
 so the rest of the gateway sees the public API plus these three.
@@ -70,6 +72,7 @@ class UplinkClient(aiomqtt.Client):
         self.tcp_connected = False  # did the socket open? (tells a refused version from no route)
         # The CONNACK's flag: the broker kept this client's session (and, with it, its state).
         self.session_present = False
+        plain_socket_io(self._client)
 
     # --- paho callbacks ---
 
@@ -226,6 +229,43 @@ class UplinkClient(aiomqtt.Client):
         self._client._sock_close()
         if not self._disconnected.done():
             self._disconnected.set_result(None)  # ends whoever iterates ``messages``
+
+
+def plain_socket_io(client: mqtt.Client) -> None:
+    """paho's socket read and write, minus the ``except ssl.…`` a plain socket never needs.
+
+    paho catches ``ssl.SSLWantReadError`` around every ``recv`` and ``send``,
+    and reads until a read would block whenever more than one PUBACK is owed,
+    so any burst of publishes evaluates ``ssl.SSLWantReadError``. ``ssl`` is a
+    placeholder in the daemon until TLS is used (gateway/__init__.py), and that
+    lookup imported it: OpenSSL, ~4 MiB, in a gateway without TLS. A
+    connection with TLS (paho's ``_ssl``, set by ``tls_set_context``) still
+    goes through paho's own methods.
+    """
+    tls_recv, tls_send = client._sock_recv, client._sock_send
+
+    def recv(bufsize: int) -> bytes:
+        sock = client._sock
+        if client._ssl:
+            return tls_recv(bufsize)
+        if sock is None:
+            raise ConnectionError("self._sock is None")
+        return sock.recv(bufsize)
+
+    def send(buf: bytes | bytearray) -> int:
+        sock = client._sock
+        if client._ssl:
+            return tls_send(buf)
+        if sock is None:
+            raise ConnectionError("self._sock is None")
+        try:
+            return sock.send(buf)
+        except BlockingIOError:
+            client._call_socket_register_write()
+            raise
+
+    client._sock_recv = recv  # type: ignore[method-assign]
+    client._sock_send = send  # type: ignore[method-assign]
 
 
 def misc_due_in(client: mqtt.Client, now: float) -> float:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ import pytest
 from firmware_sim.broker import Broker, free_port
 from firmware_sim.ptys import PtyPort
 from gateway.cli import _Help, _RawHelp
+from gateway.protocol.codec import encode_frame
+from gateway.protocol.messages import Event, EventCode, Frame, FrameFlags, MessageType, Tilt
 
 # Only when the configuration has them (or a command or tool needs them).
 NOT_FOR_A_RADIO = (
@@ -50,8 +53,11 @@ NOT_FOR_A_RADIO = (
 )
 
 
-def imported_by_daemon(tmp_path: Path, extra: str = "") -> set[str]:
-    """Every module the daemon imported from start until it was serving and stopped."""
+def imported_by_daemon(
+    tmp_path: Path, extra: str = "", traffic: Callable[[PtyPort, Broker], None] | None = None
+) -> set[str]:
+    """Every module the daemon imported from start until it was serving (and had
+    carried TRAFFIC, when given) and stopped."""
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
@@ -82,6 +88,8 @@ def imported_by_daemon(tmp_path: Path, extra: str = "") -> set[str]:
             sock.settimeout(30)
             while sock.recv(4096) != b"READY=1":
                 pass
+            if traffic is not None:
+                traffic(radio, broker)
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=20)
         finally:
@@ -101,6 +109,60 @@ def test_a_radio_gateway_imports_no_modbus_metrics_schemas_or_lorawan(tmp_path: 
     # What it does use is in the list: the capture works.
     assert {"gateway.drivers.serial_radio", "gateway.edge.engine", "aiomqtt"} <= modules
     assert [name for name in NOT_FOR_A_RADIO if loaded(modules, name)] == []
+
+
+def opened(node: int) -> bytes:
+    event = Event(EventCode.COVER_OPENED, 0, 4520)
+    frame = Frame(node, 1, MessageType.EVENT, FrameFlags.NODE_ALARM, (event, Tilt(45.2, -1.1)))
+    return encode_frame(frame)
+
+
+def test_a_gateway_without_tls_never_loads_openssl_while_it_publishes(tmp_path: Path) -> None:
+    """paho names ``ssl.SSLWantReadError`` in the ``except`` of each socket read and
+    write, and reads until one would block whenever several PUBACKs are owed: a
+    burst of alarms used to load OpenSSL (~4 MiB) into a gateway without TLS."""
+    alarms = 30
+
+    def burst(radio: PtyPort, broker: Broker) -> None:
+        topics = ["-t", "covers/gw-lazy/status", "-t", "covers/gw-lazy/alarm"]
+        until = ["-C", str(alarms + 1), "-W", "30"]
+        sub = subprocess.Popen(
+            ["mosquitto_sub", "-p", str(broker.port), "-q", "1", "-v", *topics, *until],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert sub.stdout is not None
+        # The retained status answers once the subscription is in place: then the burst.
+        assert sub.stdout.readline().startswith("covers/gw-lazy/status ")
+        radio.write(b"".join(opened(0x00D00000 + n) for n in range(alarms)))
+        out, _ = sub.communicate(timeout=40)
+        assert out.count('"kind":"cover_open"') == alarms, out[-2000:]
+
+    modules = imported_by_daemon(tmp_path, traffic=burst)
+    assert "gateway.edge.engine" in modules
+    assert [name for name in ("_ssl", "_hashlib") if loaded(modules, name)] == []
+
+
+def test_a_read_that_would_block_names_no_ssl(tmp_path: Path) -> None:
+    """What the burst above does by chance, every time: paho's read of a connection
+    to a real broker with nothing to read, then a publish and its PUBACK."""
+    with Broker(tmp_path / "broker") as broker:
+        check = (
+            "import gateway, asyncio, sys\n"  # gateway first, as the daemon has it
+            "from gateway.mqtt_client import UplinkClient\n"
+            "async def main():\n"
+            f"    async with UplinkClient('127.0.0.1', {broker.port}) as client:\n"
+            "        try:\n"
+            "            client._client._sock_recv(1)\n"
+            "        except BlockingIOError:\n"
+            "            pass\n"
+            "        else:\n"
+            "            raise AssertionError('a byte from a broker that owes nothing')\n"
+            "        await client.publish_acked('covers/x/telemetry', b'{}')\n"
+            "asyncio.run(main())\n"
+            "assert '_ssl' not in sys.modules, 'OpenSSL loaded'\n"
+        )
+        run_fresh(check)
 
 
 def test_what_the_configuration_has_is_imported(tmp_path: Path) -> None:

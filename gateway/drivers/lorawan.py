@@ -46,6 +46,7 @@ from gateway.drivers.observe import (
     observations,
 )
 from gateway.errors import GatewayError
+from gateway.mqtt_client import plain_socket_io
 from gateway.observation import (
     DeviceEvent,
     DeviceEventKind,
@@ -455,7 +456,7 @@ class LorawanInput:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = c.session_expiry_s
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             c.host,
             c.port,
             username=c.username,
@@ -471,6 +472,8 @@ class LorawanInput:
             max_queued_incoming_messages=INCOMING_QUEUE,
             logger=logging.getLogger("gateway.lorawan.mqtt"),
         )
+        plain_socket_io(client._client)  # no OpenSSL loaded without TLS
+        return client
 
     async def run(self, stop: asyncio.Event) -> None:
         """Subscribe, serve, reconnect with the uplink's capped jittered backoff, until stop."""
