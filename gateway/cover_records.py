@@ -12,7 +12,11 @@ alarms carry in ``cover``) is published retained, QoS 1, on
   so a reconnect does not send 100k records again;
 - after a reload (SIGHUP or the ``reload`` command): the records that changed
   are published again, and a removed cover's retained message is cleared with
-  an empty retained payload.
+  an empty retained payload;
+- at start, for a cover removed while the gateway was stopped: the covers
+  that may hold a retained record (the registry's, and those still to clear)
+  are kept in the queue's state (``held``), and those the registry no longer
+  has are cleared on the first connection.
 
 docs/mqtt-api.md "Cover records" is the platform's side of it.
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.mqtt_client import PublishRefusedError
@@ -68,19 +72,33 @@ class CoverRecords:
     """Publishes cover records retained, once per broker session, and again when they change.
 
     ``covers`` returns the registry's covers as loaded now (a reload replaces
-    the mapping; it is never changed in place). Nothing here is queued on
-    disk: a record is derived from the registry, so whatever did not reach
-    the broker is published again on the next connection.
+    the mapping; it is never changed in place). No record is queued on disk:
+    a record is derived from the registry, so whatever did not reach the
+    broker is published again on the next connection. What is kept (by
+    ``store``, in the queue's state) is which covers may hold a retained
+    record: ``held`` is what the last run kept, and those of them the
+    registry no longer has are cleared.
     """
 
-    def __init__(self, *, topic_root: str, covers: Callable[[], Mapping[str, Identified]]) -> None:
+    def __init__(
+        self,
+        *,
+        topic_root: str,
+        covers: Callable[[], Mapping[str, Identified]],
+        held: Iterable[str] = (),
+        store: Callable[[list[str]], Awaitable[bool]] | None = None,
+    ) -> None:
         self.topic_root = topic_root
         self._covers = covers
         self._loaded = covers()  # the registry the last refresh() saw
         self._client: object | None = None
         self._published: set[str] = set()  # in the broker's current session
         self._stale: set[str] = set()  # changed by a reload, to publish again
-        self._cleared: set[str] = set()  # removed by a reload, retained record still to clear
+        # Removed by a reload or while the gateway was stopped: retained record to clear.
+        held = set(held)
+        self._cleared: set[str] = held - self._loaded.keys()
+        self._store = store
+        self._unstored = held != self._loaded.keys() | self._cleared  # ``held()`` is not kept
         self.published = 0  # records published (counted, for tests and logs)
         self.cleared = 0
         self.refused = 0  # records the broker refused (e.g. an ACL); telemetry goes on
@@ -99,6 +117,7 @@ class CoverRecords:
         # A changed record must go again even if this connection published it already.
         self._stale = (self._stale | changed) - removed
         self._published -= changed | removed
+        self._unstored = True
         if removed or changed:
             log.info("cover records: %d changed, %d removed", len(changed), len(removed))
 
@@ -126,6 +145,14 @@ class CoverRecords:
                 self._cleared.update(cleared)  # again on the next connection
                 raise
             self.cleared += len(cleared)
+            self._unstored = True
+        if self._unstored and self._store is not None:
+            self._unstored = not await self._store(self.held())
+
+    def held(self) -> list[str]:
+        """The covers that may hold a retained record: the registry's, and those still
+        to clear (a cover never named in a batch has none; clearing it costs a publish)."""
+        return sorted(self._loaded.keys() | self._cleared)
 
     def _session(self, client: RecordClient) -> None:
         if client is not self._client:  # a new connection: did the broker lose them?

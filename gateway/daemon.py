@@ -63,6 +63,8 @@ IDLE_TICK_MAX_S = 10.0  # the longest an idle pipeline sleeps: storage and clock
 # A quiet polled reading repeated is kept from the engine for at most this long (the
 # last-heard time ``covergw status`` shows for the slave lags by as much).
 HUSH_MAX_S = IDLE_TICK_MAX_S
+# The queue's state row naming the covers that may hold a retained record (compact encodings).
+HELD_RECORDS_KEY = "uplink.cover_records_held"
 DEADLINE_SLACK_S = 0.001  # wake a hair after a deadline: timers may fire a hair early
 STOP_BUDGET_S = 8.0  # SIGTERM to exit: inside systemd's and the promise's 10 s
 UNCONNECTED_STOP_S = 0.5  # the uplink's share of a stop while it is not connected
@@ -264,8 +266,33 @@ class Gateway:
         from gateway.cover_records import CoverRecords  # noqa: PLC0415 - compact encodings only
 
         return CoverRecords(
-            topic_root=self.config.topic_root, covers=lambda: self.engine.registry.covers
+            topic_root=self.config.topic_root,
+            covers=lambda: self.engine.registry.covers,
+            held=self._held_records(),
+            store=self._store_held_records,
         )
+
+    def _held_records(self) -> list[str]:
+        """The covers the last run kept as maybe holding a retained record (``CoverRecords``)."""
+        text = self.queue.get_state(HELD_RECORDS_KEY)
+        if text is None:
+            return []
+        try:
+            held = json.loads(text)
+        except ValueError:
+            held = None
+        if not isinstance(held, list) or not all(isinstance(c, str) for c in held):
+            log.error("the kept list of retained cover records is unreadable; not cleared")
+            return []
+        return held
+
+    async def _store_held_records(self, held: list[str]) -> bool:
+        try:
+            await self.queue.put_many_async([], state={HELD_RECORDS_KEY: json.dumps(held)})
+        except QueueError as err:
+            log.warning("cover records: cannot keep which are retained: %s", err)
+            return False  # again at the next housekeeping round
+        return True
 
     def _load_registry(self) -> tuple[Registry, list[str]]:
         if self.config.registry is None:

@@ -189,3 +189,48 @@ async def test_records_go_again_only_to_a_broker_that_lost_the_session(tmp_path:
     assert records.published == 2
     assert b'"owner_unit":"drainage"' in kept["C-1"]
     assert retained["C-1"] == kept["C-1"]
+
+
+async def test_a_cover_removed_while_the_gateway_was_stopped_is_cleared_at_its_next_start(
+    tmp_path: Path,
+) -> None:
+    """The registry changed while the gateway was down: the next start clears the
+    removed cover's retained record without a reading to prompt it, and the start
+    after that has nothing left to clear."""
+    covers = tmp_path / "covers.csv"
+    header = "cover_id,owner_unit,node_id\n"
+    covers.write_text(header + "C-1,drainage,00C00001\nC-2,gas,00C00002\n", encoding="utf-8")
+    config = tmp_path / "gw.toml"
+    cleared: list[int] = []
+
+    async def run(collector: Collector, *, readings: int = 0) -> None:
+        """One life of the gateway: online, READINGS reports delivered, stopped."""
+        stats = len(collector.of("stats"))
+        gateway = Gateway(load_config(config), config_path=config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(gateway, stop))
+        for node in range(readings):
+            gateway.submit(report(0x00C00001 + node, 1), critical=False)
+        # Its first stats go out after the housekeeping round that clears what is owed.
+        await collector.wait_for(lambda: len(collector.of("stats")) > stats)
+        await collector.wait_for(lambda: len(collector.readings()) >= readings)
+        assert gateway.uplink is not None
+        assert gateway.uplink.cover_records is not None
+        cleared.append(gateway.uplink.cover_records.cleared)
+        stop.set()
+        await task
+
+    with Broker(tmp_path / "broker") as broker:
+        write_config(config, broker.port, "cbor")
+        async with Collector(broker.port) as collector:
+            await run(collector, readings=2)
+            before = await retained_records(broker.port)
+            covers.write_text(header + "C-1,drainage,00C00001\n", encoding="utf-8")
+            await run(collector)
+            after = await retained_records(broker.port)
+            await run(collector)
+    assert collector.errors == []
+    assert set(before) == {"C-1", "C-2"}
+    assert set(after) == {"C-1"}  # C-2's retained record is gone
+    assert collector.records["C-2"] is None  # cleared, as the platform saw it
+    assert cleared == [0, 1, 0]
