@@ -106,6 +106,8 @@ def slave_map(config: GatewayConfig) -> dict[tuple[str, int], SlaveConfig]:
 
 
 class Gateway:
+    _committing = False  # the pipeline waits for a commit: alarms are judged at once
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -318,6 +320,9 @@ class Gateway:
         self._arrivals += 1
         if critical:
             self._critical.append((self._arrivals, event))
+            if self._committing:
+                self._judge_while_committing()
+                return
         elif len(self._inputs) >= INPUT_QUEUE:
             self.stats.shed_telemetry += 1
             return
@@ -346,6 +351,27 @@ class Gateway:
             self._input_ready.set()
         else:
             self._hush(event)
+
+    def _judge_while_committing(self) -> None:
+        """An alarm's input while the pipeline waits for a commit: judged and published now.
+
+        A commit can take a while (a slow SD card, a large batch, a lock held by
+        a tool); the alarm does not wait for it, as it does not wait for a drain
+        round. What the device said before it is judged first (as ``_take``
+        does), the messages go into the next commit, which the pipeline starts
+        as soon as this one is in. Judged in the driver's callback while the
+        pipeline is parked in its ``await``, like a polled reading while it sleeps.
+        """
+        events: list[Input] = []
+        while self._critical:
+            arrived, event = self._critical.popleft()
+            events += self._earlier_from(origin(event), arrived)
+            events.append(event)
+        try:
+            self._handle(events)
+        except Exception as err:  # a bug: the pipeline raises it, and is restarted as ever
+            self._idle_error = err
+        self._input_ready.set()
 
     def _hush(self, event: SlaveRead) -> None:
         """A reading that changed nothing: its bus keeps the same again from the engine.
@@ -579,18 +605,17 @@ class Gateway:
             if (urgent or due_flush or full or owed) and await self._flush():
                 first_pending = None
             if stop.is_set() and not self._inputs and not self._critical:
-                if not await self._flush() and self._pending:
-                    alarms = sum(m.lane is Lane.ALARM for m in self._pending)
-                    log.error(
-                        "stopping with %d alarms and %d readings the disk never took: lost",
-                        alarms,
-                        len(self._pending) - alarms,
-                    )
+                await self._last_commit()
                 return
             self._input_ready.clear()
             # A reload asked for during a commit set the event this clear() just
             # took back: the flag itself says there is work.
-            idle = not self._inputs and not self._critical and not self._reload_requested
+            idle = (
+                not self._inputs
+                and not self._critical
+                and not self._reload_requested
+                and not self._alarms_pending  # judged during the commit: the next one now
+            )
             if idle and not stop.is_set():
                 wakes = [next_tick + DEADLINE_SLACK_S]
                 if self._pending:
@@ -600,6 +625,19 @@ class Gateway:
                 await self._sleep_until(min(wakes))
             else:
                 await asyncio.sleep(0)
+
+    async def _last_commit(self) -> None:
+        """At a stop: what is pending goes to disk, and what cannot is said."""
+        flushed = await self._flush()
+        if flushed and self._pending:  # an alarm judged while that commit ran
+            flushed = await self._flush()
+        if not flushed and self._pending:
+            alarms = sum(m.lane is Lane.ALARM for m in self._pending)
+            log.error(
+                "stopping with %d alarms and %d readings the disk never took: lost",
+                alarms,
+                len(self._pending) - alarms,
+            )
 
     def _start_turn(self) -> None:
         """A turn of the pipeline: what judging a reading raised while it slept is raised
@@ -717,7 +755,11 @@ class Gateway:
         self._expedite(batch)
         on_disk = False
         try:
-            await self.queue.put_many_async(batch, state=state)
+            self._committing = True
+            try:
+                await self.queue.put_many_async(batch, state=state)
+            finally:
+                self._committing = False
             on_disk = True
             self.watch.committed(batch)
         except QueueError as err:

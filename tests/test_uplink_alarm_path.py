@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -50,6 +52,7 @@ class Platform:
     def __init__(self) -> None:
         self.readings = 0
         self.alarms: list[tuple[int, str, str]] = []  # (readings seen before it, msg_id, state)
+        self.queue_stats: list[dict[str, Any]] = []  # each stats message's ``queue``
         self._arrived = asyncio.Event()
 
     async def listen(self, port: int, subscribed: asyncio.Event) -> None:
@@ -64,6 +67,8 @@ class Platform:
                 elif topic.endswith("/alarm"):
                     body = json.loads(message.payload)
                     self.alarms.append((self.readings, body["msg_id"], body["state"]))
+                elif topic.endswith("/stats"):
+                    self.queue_stats.append(json.loads(message.payload)["queue"])
                 self._arrived.set()
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 60) -> None:
@@ -139,3 +144,50 @@ async def test_alarms_reach_the_broker_before_the_backlog_once_each(tmp_path: Pa
     assert all(before < backlog for before, _, _ in alarms), alarms
     assert readings == backlog + 6
     assert left == []  # every alarm deleted once acknowledged
+
+
+async def test_an_alarm_does_not_wait_for_a_commit_that_stalls(tmp_path: Path) -> None:
+    """A commit that cannot finish (a tool holds the queue's write lock, as a card that
+    stalls holds up an fsync): an alarm that arrives meanwhile is published all the
+    same, before the commit gives up; once the lock is let go everything is delivered
+    and deleted from the queue."""
+    with Broker(tmp_path / "broker") as broker:
+        gw = Gw(tmp_path / "gw", port=broker.port)
+        async with listening(broker.port) as seen:
+            try:
+                gw.start()
+                await seen.until(lambda: len(seen.queue_stats) >= 1)  # serving
+                gw.report()
+                await seen.until(lambda: seen.readings >= 1)
+                # SQLite's busy timeout (5 s) is how long the daemon's commit waits for it.
+                tool = sqlite3.connect(gw.workdir / "state" / "queue.db", isolation_level=None)
+                tool.execute("BEGIN IMMEDIATE")
+                try:
+                    gw.report()
+                    # Two stats a second apart with the reading still in memory: its
+                    # commit (due 0.05 s after it) is stalled on the lock.
+                    stats = len(seen.queue_stats)
+                    await seen.until(
+                        lambda: (
+                            len(seen.queue_stats) >= stats + 2
+                            and seen.queue_stats[-2]["pending_in_memory"] >= 1
+                            and seen.queue_stats[-1]["pending_in_memory"] >= 1
+                        )
+                    )
+                    gw.event(EventCode.COVER_OPENED)
+                    await seen.until(lambda: len(seen.alarms) == 1, timeout=20)
+                    out = len(seen.queue_stats)
+                    await seen.until(lambda: len(seen.queue_stats) > out)
+                    stalled = seen.queue_stats[-1]
+                finally:
+                    tool.execute("ROLLBACK")
+                    tool.close()
+                await seen.until(lambda: seen.readings >= 3)  # two reports and the event
+                assert gw.stop() == 0
+                left = gw.queued()
+            finally:
+                gw.close()
+    assert stalled["write_errors"] == 0, stalled  # the alarm did not wait for it to give up
+    assert stalled["pending_in_memory"] >= 2  # the reading, and the alarm's own messages
+    assert [state for _, _, state in seen.alarms] == ["raised"]
+    assert left == []
