@@ -614,7 +614,8 @@ class Gateway:
                 not self._inputs
                 and not self._critical
                 and not self._reload_requested
-                and not self._alarms_pending  # judged during the commit: the next one now
+                # Judged during that commit: the next one now (a failing disk retries each tick).
+                and not (self._alarms_pending and not self._flush_failing)
             )
             if idle and not stop.is_set():
                 wakes = [next_tick + DEADLINE_SLACK_S]
@@ -746,10 +747,10 @@ class Gateway:
         """
         self._pending_state.update(self.engine.take_state())
         state = dict(self._pending_state)
+        self._alarms_pending = False  # those pending go now; a failed write says so again
         if not self._pending and not state:
             return True
         batch = list(self._pending)
-        self._alarms_pending = False
         # Alarms are published while they are committed (the uplink deletes them
         # only once this commit is in): latency is the slower of the two, not the sum.
         self._expedite(batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,45 @@ async def test_failing_disk_keeps_alarms_in_memory_then_writes_them(tmp_path: Pa
     assert sum(r.n for r in rows) == 600  # the readings in chunks of up to 100 a row
     assert len(rows) == 300 + 3
     assert json.loads(rows[0].message.payload)["kind"] == "cover_open"
+
+
+async def test_a_failing_disk_is_tried_again_in_a_while_not_in_a_spin(tmp_path: Path) -> None:
+    """Alarms the full disk will not take: held in memory, written again after a flush
+    interval (the pipeline sleeps in between), and written once there is room."""
+    with small_fs(tmp_path / "fs", 2048) as fs:
+        config = parse_config(
+            {"gateway": {"id": "gw", "state_dir": str(fs)}, "queue": {"max_bytes": 1 << 20}},
+            base_dir=fs,
+        )
+        gateway = Gateway(config)
+        with gateway.queue:
+            filler = fs / "filler"
+            fill(filler)
+            stop = asyncio.Event()
+            pipeline = asyncio.create_task(gateway._pipeline(stop))
+
+            async def failed(writes: int) -> float:
+                """When the pipeline's WRITES-th write failed (the counter has no event)."""
+                async with asyncio.timeout(10):
+                    while gateway.stats.queue_write_errors < writes:
+                        await asyncio.sleep(0.005)
+                return time.monotonic()
+
+            for node in range(1, 301):  # more than the file's free pages take
+                gateway.submit(heard(node, 0, event=True), critical=True)
+            first = await failed(1)
+            between = await failed(2) - first
+            tried = gateway.stats.queue_write_errors
+            filler.unlink()
+            async with asyncio.timeout(10):
+                while gateway.stats_payload()["queue"]["pending_in_memory"]:
+                    await asyncio.sleep(0.01)
+            stop.set()
+            await pipeline
+            rows = gateway.queue.peek(1000)
+    assert between >= 0.1, between  # [queue] flush_interval_s (0.2) apart, not a turn of the loop
+    assert tried == 2
+    assert sum(r.message.lane is Lane.ALARM for r in rows) == 300
 
 
 def rows(spec: list[tuple[bool, int]]) -> list[Queued]:
