@@ -73,14 +73,19 @@ async def test_an_alarm_never_overtakes_what_its_own_node_said_before_it(tmp_pat
     assert [a["kind"] for a in gateway.engine.active_alarms()] == ["cover_open"]
 
 
+def on_small_disk(fs: Path) -> Gateway:
+    """A gateway whose state directory is FS (a small tmpfs), its queue bound at 1 MiB."""
+    config = parse_config(
+        {"gateway": {"id": "gw", "state_dir": str(fs)}, "queue": {"max_bytes": 1 << 20}},
+        base_dir=fs,
+    )
+    return Gateway(config)
+
+
 async def test_failing_disk_keeps_alarms_in_memory_then_writes_them(tmp_path: Path) -> None:
     """A real full tmpfs under the state directory; nothing but alarms and readings to write."""
     with small_fs(tmp_path / "fs", 2048) as fs:
-        config = parse_config(
-            {"gateway": {"id": "gw", "state_dir": str(fs)}, "queue": {"max_bytes": 1 << 20}},
-            base_dir=fs,
-        )
-        gateway = Gateway(config)
+        gateway = on_small_disk(fs)
         with gateway.queue:
             for node in range(1, 301):
                 gateway._pending += gateway.engine.handle(heard(node, 0, event=True))
@@ -110,11 +115,7 @@ async def test_a_failing_disk_is_tried_again_in_a_while_not_in_a_spin(tmp_path: 
     """Alarms the full disk will not take: held in memory, written again after a flush
     interval (the pipeline sleeps in between), and written once there is room."""
     with small_fs(tmp_path / "fs", 2048) as fs:
-        config = parse_config(
-            {"gateway": {"id": "gw", "state_dir": str(fs)}, "queue": {"max_bytes": 1 << 20}},
-            base_dir=fs,
-        )
-        gateway = Gateway(config)
+        gateway = on_small_disk(fs)
         with gateway.queue:
             filler = fs / "filler"
             fill(filler)
