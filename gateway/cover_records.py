@@ -98,7 +98,7 @@ class CoverRecords:
         held = set(held)
         self._cleared: set[str] = held - self._loaded.keys()
         self._store = store
-        self._unstored = held != self._loaded.keys() | self._cleared  # ``held()`` is not kept
+        self._kept = held  # what ``store`` last kept
         self.published = 0  # records published (counted, for tests and logs)
         self.cleared = 0
         self.refused = 0  # records the broker refused (e.g. an ACL); telemetry goes on
@@ -117,7 +117,6 @@ class CoverRecords:
         # A changed record must go again even if this connection published it already.
         self._stale = (self._stale | changed) - removed
         self._published -= changed | removed
-        self._unstored = True
         if removed or changed:
             log.info("cover records: %d changed, %d removed", len(changed), len(removed))
 
@@ -145,14 +144,11 @@ class CoverRecords:
                 self._cleared.update(cleared)  # again on the next connection
                 raise
             self.cleared += len(cleared)
-            self._unstored = True
-        if self._unstored and self._store is not None:
-            self._unstored = not await self._store(self.held())
-
-    def held(self) -> list[str]:
-        """The covers that may hold a retained record: the registry's, and those still
-        to clear (a cover never named in a batch has none; clearing it costs a publish)."""
-        return sorted(self._loaded.keys() | self._cleared)
+        # The covers that may hold a retained record: the registry's, and those still to
+        # clear (a cover never named in a batch has none; clearing it costs a publish).
+        held = self._loaded.keys() | self._cleared
+        if held != self._kept and self._store is not None and await self._store(sorted(held)):
+            self._kept = held  # a failed store is tried again at the next flush
 
     def _session(self, client: RecordClient) -> None:
         if client is not self._client:  # a new connection: did the broker lose them?

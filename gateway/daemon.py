@@ -340,11 +340,8 @@ class Gateway:
         queued), in the driver's callback, while the pipeline is parked in its
         sleep, like the commands that change the engine between its turns.
         """
-        try:
-            alarms = self._took(self.engine.handle(event))
-        except Exception as err:  # a bug: the pipeline raises it, and is restarted as ever
-            self._idle_error = err
-            self._input_ready.set()
+        alarms = self._judge_now([event])
+        if alarms is None:
             return
         owed = alarms or self._pending or self.engine.dirty or self._pending_state
         if owed or self._deadline_before(self._asleep_until):
@@ -362,16 +359,18 @@ class Gateway:
         as soon as this one is in. Judged in the driver's callback while the
         pipeline is parked in its ``await``, like a polled reading while it sleeps.
         """
-        events: list[Input] = []
-        while self._critical:
-            arrived, event = self._critical.popleft()
-            events += self._earlier_from(origin(event), arrived)
-            events.append(event)
-        try:
-            self._handle(events)
-        except Exception as err:  # a bug: the pipeline raises it, and is restarted as ever
-            self._idle_error = err
+        self._judge_now(self._take_critical())
         self._input_ready.set()
+
+    def _judge_now(self, events: list[Input]) -> bool | None:
+        """``_handle`` between the pipeline's turns; None: it raised, and the pipeline
+        raises that at its next turn (the supervisor restarts it, as for its own)."""
+        try:
+            return self._handle(events)
+        except Exception as err:  # a bug
+            self._idle_error = err
+            self._input_ready.set()
+            return None
 
     def _hush(self, event: SlaveRead) -> None:
         """A reading that changed nothing: its bus keeps the same again from the engine.
@@ -614,7 +613,7 @@ class Gateway:
                 not self._inputs
                 and not self._critical
                 and not self._reload_requested
-                # Judged during that commit: the next one now (a failing disk retries each tick).
+                # Judged during that commit: the next one now (a failing disk waits a flush).
                 and not (self._alarms_pending and not self._flush_failing)
             )
             if idle and not stop.is_set():
@@ -710,13 +709,18 @@ class Gateway:
 
     def _take(self, limit: int = 1000) -> list[Input]:
         """Alarms first, each after what its own device said before it; then the rest."""
+        events = self._take_critical(limit)
+        while self._inputs and len(events) < limit:
+            events.append(self._inputs.popleft()[1])
+        return events
+
+    def _take_critical(self, limit: int | None = None) -> list[Input]:
+        """The alarms' inputs, each after what its own device said before it."""
         events: list[Input] = []
-        while self._critical and len(events) < limit:
+        while self._critical and (limit is None or len(events) < limit):
             arrived, event = self._critical.popleft()
             events += self._earlier_from(origin(event), arrived)
             events.append(event)
-        while self._inputs and len(events) < limit:
-            events.append(self._inputs.popleft()[1])
         return events
 
     def _earlier_from(self, device: object, before: int) -> list[Input]:
@@ -755,12 +759,9 @@ class Gateway:
         # only once this commit is in): latency is the slower of the two, not the sum.
         self._expedite(batch)
         on_disk = False
+        self._committing = True
         try:
-            self._committing = True
-            try:
-                await self.queue.put_many_async(batch, state=state)
-            finally:
-                self._committing = False
+            await self.queue.put_many_async(batch, state=state)
             on_disk = True
             self.watch.committed(batch)
         except QueueError as err:
@@ -774,6 +775,7 @@ class Gateway:
             self._trim_backlog()
             return False
         finally:
+            self._committing = False
             for m in batch:
                 committed = self._expedited.pop(m.msg_id, None)
                 if committed is not None and not committed.done():

@@ -21,7 +21,13 @@ import pytest
 from firmware_sim.netserver import NetworkServer, event_topic, log_event, status_event, up_event
 from gateway.config import LorawanConfig
 from gateway.drivers.base import PortState
-from gateway.drivers.lorawan import DownlinkRequest, LorawanInput, new_downlink_id
+from gateway.drivers.lorawan import (
+    DownlinkOutcome,
+    DownlinkRequest,
+    DownlinkState,
+    LorawanInput,
+    new_downlink_id,
+)
 from gateway.observation import DeviceEventKind, DeviceRef, Observation
 from gateway.protocol.devices import em310_tilt, em400
 from gateway.registry import parse_registry
@@ -40,11 +46,16 @@ CV-0421,,,em400-mud,{MUD}
 @dataclass
 class Heard:
     items: list[tuple[Observation, bool]] = field(default_factory=list)
+    outcomes: list[DownlinkOutcome] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def sink(self, event: object, critical: bool) -> None:
         assert isinstance(event, Observation)
         self.items.append((event, critical))
+        self.arrived.set()
+
+    def outcome(self, outcome: DownlinkOutcome) -> None:
+        self.outcomes.append(outcome)
         self.arrived.set()
 
     @property
@@ -86,7 +97,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             reconnect_max_s=0.2,
             max_event_bytes=4096,
         )
-        lorawan = LorawanInput(config, heard.sink, lookup=lookup)
+        lorawan = LorawanInput(config, heard.sink, lookup=lookup, on_outcome=heard.outcome)
         stop = asyncio.Event()
         task = asyncio.create_task(lorawan.run(stop))
         async with asyncio.timeout(10):
@@ -265,8 +276,11 @@ async def test_a_downlink_waits_out_a_broker_outage(rig: Rig) -> None:
         async with asyncio.timeout(20):
             (downlink,) = await ns.wait_downlinks(1)
     assert (downlink.queue_item_id, downlink.data) == (request.downlink_id, b"\xff\x10\xff")
-    # The network server may read it before the broker's PUBACK reaches the driver.
-    async with asyncio.timeout(10):
-        while rig.lorawan.status()["downlinks_waiting"]:
-            await asyncio.sleep(0.02)
+    # The network server may read it before the broker's PUBACK reaches the driver,
+    # which then reports it enqueued.
+    await rig.heard.wait_for(lambda: bool(rig.heard.outcomes), timeout=10)
+    assert [(o.request.downlink_id, o.state) for o in rig.heard.outcomes] == [
+        (request.downlink_id, DownlinkState.ENQUEUED)
+    ]
+    assert rig.lorawan.status()["downlinks_waiting"] == 0
     assert rig.lorawan.status()["downlinks_enqueued"] == 1

@@ -134,10 +134,9 @@ async def test_a_failing_disk_is_tried_again_in_a_while_not_in_a_spin(tmp_path: 
             first = await failed(1)
             between = await failed(2) - first
             tried = gateway.stats.queue_write_errors
+            gateway._wakeup.clear()  # set by each commit that is in, for the uplink
             filler.unlink()
-            async with asyncio.timeout(10):
-                while gateway.stats_payload()["queue"]["pending_in_memory"]:
-                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(gateway._wakeup.wait(), 10)
             stop.set()
             await pipeline
             rows = gateway.queue.peek(1000)

@@ -289,7 +289,6 @@ class EdgeEngine:
     def handle(self, event: Input) -> list[Outgoing]:
         if isinstance(event, SlaveRead):
             return self._polled(event)
-        self.epoch += 1
         match event:
             case FrameHeard():
                 msg_type = event.received.frame.msg_type
@@ -456,6 +455,7 @@ class EdgeEngine:
         ``observe``; frames with events (EVENT, BOOT) go the general way. A
         property test holds the two paths to the same messages and state rows.
         """
+        self.epoch += 1
         received = event.received
         frame = received.frame
         node_id, at, port = frame.node_id, event.at, event.source
