@@ -52,9 +52,10 @@ class CounterState:
         return [(int(r[i]), int(r[i + 1]), float(r[i + 2])) for i in range(0, len(r), 3)]
 
     def recent_json(self) -> list[list[int | float]]:
-        """``pairs`` as lists, without the tuples in between (a row per device per commit)."""
+        """``pairs`` as lists (a row per device per commit): made without a Python loop;
+        ``observe`` and ``from_json`` keep each field's type (int, int, float)."""
         r = self.recent
-        return [[int(r[i]), int(r[i + 1]), float(r[i + 2])] for i in range(0, len(r), 3)]
+        return list(map(list, zip(r[0::3], r[1::3], r[2::3], strict=True)))
 
     def to_json(self) -> dict[str, Any]:
         return {"last": self.last, "recent": self.recent_json()}
@@ -73,6 +74,8 @@ class CounterState:
 
     def _has(self, counter: int, fingerprint: int) -> bool:
         r = self.recent
+        if fingerprint not in r[1::3]:  # nearly every reception: one scan in C, not a loop
+            return False
         return any(r[i] == counter and r[i + 1] == fingerprint for i in range(0, len(r), 3))
 
     def seen(self, counter: int | None, fingerprint: int, *, by_message_id: bool = False) -> bool:
@@ -97,7 +100,7 @@ class CounterState:
             # A device heard for the first time since its last restart (a stranger, in a
             # flood of them): nothing to forget, nothing it could duplicate, nothing lost.
             self.last = counter
-            self.recent = (counter, fingerprint, at)
+            self.recent = (counter, fingerprint, float(at))
             return _IN_ORDER
         drop = 0  # entries (of three) forgotten from the front: too many, or too old
         while drop * 3 < len(r) and (
@@ -128,7 +131,7 @@ class CounterState:
                 or (not anomaly and (counter - self.last) % modulus < half)
             ):
                 self.last = counter
-        self.recent = (*r, key, fingerprint, at)
+        self.recent = (*r, key, fingerprint, float(at))
         if not lost and not anomaly:
             return _IN_ORDER
         return Verdict(duplicate=False, lost=lost, anomaly=anomaly)
