@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
+from gateway import jsontext
 from gateway.errors import GatewayError
 
 
@@ -152,8 +153,8 @@ def json_batch(meta: dict[str, Any], covers: dict[str, dict[str, Any]], rows: li
     head = dict(meta)
     if covers:
         head["covers"] = covers
-    text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
-    return text[:-1].encode("utf-8") + b',"readings":[' + b",".join(rows) + b"]}"
+    # The covers' records are most of what is rendered here (one per cover in the batch).
+    return jsontext.dumps(head)[:-1] + b',"readings":[' + b",".join(rows) + b"]}"
 
 
 def encode_batch(

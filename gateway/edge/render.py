@@ -9,7 +9,6 @@ and their quantities.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable
@@ -17,8 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from gateway.jsontext import dumps
 from gateway.observation import DeviceRef, Observation, Quantities
 from gateway.registry import Cover
 from gateway.values import quick_init
@@ -50,20 +48,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def dumps(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON; orjson renders a reading in a fifth of the stdlib's time.
-
-    What orjson refuses (non-string keys, integers beyond 64 bits) goes
-    through the stdlib, which was the only encoder before, so nothing that
-    rendered then fails now. Both give the same JSON values; only the
-    spelling of a few floats differs (``1e-05`` here is ``0.00001``).
-    """
-    try:
-        return orjson.dumps(payload)
-    except TypeError:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 @quick_init

@@ -8,10 +8,9 @@ not what exists.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
-import orjson
+from gateway import jsontext
 
 
 class Row(Protocol):
@@ -29,12 +28,9 @@ LEGACY_KEY = "engine"  # the whole-state blob written before state rows
 
 
 def dumps(value: Any) -> str:
-    """A row's text: orjson (a device row is written with nearly every commit), the
-    stdlib for what orjson refuses; ``json.loads`` reads both back alike."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"))
+    """A row's text (a device row is written with nearly every commit); ``json.loads``
+    reads back what either encoder wrote alike."""
+    return jsontext.dumps(value).decode()
 
 
 def join(*parts: str) -> str:
