@@ -19,6 +19,8 @@ FIGURES = {
     "e2e_rate",
     "e2e_cpu",
     "wire_bytes",
+    "e2e_registered_rate",
+    "e2e_registered_cpu",
     "wire_bytes_json",
     "wire_bytes_json_deflate",
     "wire_bytes_cbor",
