@@ -55,6 +55,8 @@ class CounterState:
         """``pairs`` as lists (a row per device per commit): made without a Python loop;
         ``observe`` and ``from_json`` keep each field's type (int, int, float)."""
         r = self.recent
+        if len(r) == 3:  # one reception: a stranger heard once, nearly always
+            return [[r[0], r[1], r[2]]]
         return list(map(list, zip(r[0::3], r[1::3], r[2::3], strict=True)))
 
     def to_json(self) -> dict[str, Any]:
