@@ -78,8 +78,10 @@ class Baselines:
             baseline = now
             self._remember(subject_key, sub, baseline)
             # ``new``: none was kept, so none is stored (a stranger's, gone before the
-            # next commit, then costs the store nothing).
-            self._log.put_live(_row(subject_key, sub), _Row(baseline), new=True, urgent=True)
+            # next commit, then costs the store nothing). Not urgent: it rides with the
+            # reading it was taken from, and a commit forced for each stranger's first
+            # frame would write most of their rows only to delete them in the next one.
+            self._log.put_live(_row(subject_key, sub), _Row(baseline), new=True, urgent=False)
             # DEBUG: every tilt sensor records one at first contact, and a city's
             # 100k lines at INFO cost first contact ~15 % of its CPU. The row is kept.
             log.debug("tilt baseline of %s recorded: %s deg", (subject_key, sub), baseline)

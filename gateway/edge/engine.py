@@ -872,7 +872,7 @@ class EdgeEngine:
 
     @property
     def dirty(self) -> bool:
-        """State that should be committed now, messages or not (alarms, overrides, baselines)."""
+        """State that should be committed now, messages or not (alarms, overrides, re-zeroing)."""
         return self._log.urgent
 
     def take_state(self) -> dict[str, str | None]:
