@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from operator import countOf
 from typing import TypeVar
 
 from gateway.values import quick_init
@@ -225,4 +226,4 @@ class Frame:
 
     @property
     def unknown_count(self) -> int:
-        return list(map(type, self.records)).count(UnknownTlv)  # every frame: no generator
+        return countOf(map(type, self.records), UnknownTlv)  # every frame: no generator, no list
