@@ -640,14 +640,7 @@ class DurableQueue:
             for lane, rows in zip(Lane, by_lane, strict=True):
                 accepted[lane] = self._insert(lane, rows)
             if state:
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                    [(k, v) for k, v in state.items() if v is not None],
-                )
-                self.db.executemany(
-                    "DELETE FROM state WHERE key = ?",
-                    [(k,) for k, v in state.items() if v is None],
-                )
+                self._write_state(state)
             delta = {f"depth_{lane.name.lower()}": n for lane, n in accepted.items() if n}
             _bump(self.db, delta)
             for name, n in made_room.items():
@@ -664,6 +657,17 @@ class DurableQueue:
         if evicted or made_room:
             self._refresh_oldest()
         return sum(accepted.values())
+
+    def _write_state(self, state: Mapping[str, str | None]) -> None:
+        """State rows in statements of many rows, as ``_insert`` writes messages: with
+        unregistered nodes churning through their LRU a commit writes and deletes
+        hundreds, and a statement per row released and took back the GIL per row."""
+        puts = [v for k, value in state.items() if value is not None for v in (k, value)]
+        for start, size in _statements(len(puts) // 2):
+            self.db.execute(_state_put_sql(size), puts[2 * start : 2 * (start + size)])
+        gone = [k for k, value in state.items() if value is None]
+        for start, size in _statements(len(gone)):
+            self.db.execute(_state_delete_sql(size), gone[start : start + size])
 
     def _insert(self, lane: Lane, rows: list[tuple[str | bytes, int, bytes, float, int]]) -> int:
         """Rows in order, in statements of many rows: one step (and one AUTOINCREMENT
@@ -684,7 +688,7 @@ class DurableQueue:
             run = start  # the run of one-reading rows from here
             while run < len(rows) and rows[run][4] == 1 and run - start < _INSERT_SIZES[0]:
                 run += 1
-            size = next(n for n in _INSERT_SIZES if n <= run - start)
+            size = _statement_size(run - start)
             chunk = rows[start : start + size]
             cursor = self.db.execute(_insert_sql(lane, size), [v for row in chunk for v in row])
             accepted += max(0, cursor.rowcount)
@@ -1344,6 +1348,32 @@ _COUNT_V2 = "SELECT lane, COUNT(*) FROM outbox GROUP BY lane"
 # Rows per INSERT statement: a batch goes in the largest that fit, so a few
 # statement texts (cached by sqlite3) serve every batch size.
 _INSERT_SIZES = (100, 64, 32, 16, 8, 4, 2, 1)
+
+
+def _statement_size(count: int) -> int:
+    """Rows in the next statement for COUNT to write: a few statement shapes, each prepared
+    once (the connection's statement cache), instead of one per count."""
+    return next(n for n in _INSERT_SIZES if n <= count)
+
+
+def _statements(count: int) -> Iterator[tuple[int, int]]:
+    """(first row, rows) of each statement that writes COUNT rows."""
+    start = 0
+    while start < count:
+        size = _statement_size(count - start)
+        yield start, size
+        start += size
+
+
+@functools.cache
+def _state_put_sql(rows: int) -> str:
+    placeholders = ",".join(["(?, ?)"] * rows)  # only placeholders: the values are bound
+    return "INSERT OR REPLACE INTO state (key, value) VALUES " + placeholders  # noqa: S608
+
+
+@functools.cache
+def _state_delete_sql(rows: int) -> str:
+    return "DELETE FROM state WHERE key IN (" + ",".join(["?"] * rows) + ")"  # noqa: S608
 
 
 @functools.cache
