@@ -632,7 +632,7 @@ class Gateway:
         if flushed and self._pending:  # an alarm judged while that commit ran
             flushed = await self._flush()
         if not flushed and self._pending:
-            alarms = sum(m.lane is Lane.ALARM for m in self._pending)
+            alarms = sum(m.lane is _ALARM for m in self._pending)
             log.error(
                 "stopping with %d alarms and %d readings the disk never took: lost",
                 alarms,
@@ -687,7 +687,7 @@ class Gateway:
         True: alarms. (Nearly every polled reading says nothing.)"""
         if not out:
             return False
-        alarms = any(m.lane is Lane.ALARM for m in out)
+        alarms = _ALARM in [m.lane for m in out]
         if alarms:
             self._alarms_pending = True
             self._expedite(out)
@@ -697,7 +697,7 @@ class Gateway:
     def _expedite(self, out: list[Outgoing]) -> None:
         """Hand new alarms to the uplink now: published while the commit that takes them
         runs (and deleted only after it: ``_flush`` resolves the future)."""
-        alarms = [m for m in out if m.lane is Lane.ALARM and m.msg_id not in self._expedited]
+        alarms = [m for m in out if m.lane is _ALARM and m.msg_id not in self._expedited]
         if not alarms or self.uplink is None:
             return
         committed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -771,12 +771,12 @@ class Gateway:
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
-            self._alarms_pending = any(m.lane is Lane.ALARM for m in self._pending)
+            self._alarms_pending = _ALARM in [m.lane for m in self._pending]
             self._trim_backlog()
             return False
         finally:
             self._committing = False
-            for m in batch:
+            for m in batch if self._expedited else ():  # nearly every commit: no alarm
                 committed = self._expedited.pop(m.msg_id, None)
                 if committed is not None and not committed.done():
                     committed.set_result(on_disk)
