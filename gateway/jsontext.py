@@ -19,4 +19,7 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        # A lone surrogate (a hostile "\ud800" escape read from some JSON) has no UTF-8
+        # form, and only ever sits inside a string: written as that same escape.
+        return text.encode("utf-8", "backslashreplace")

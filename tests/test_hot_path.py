@@ -72,6 +72,15 @@ def test_what_orjson_refuses_still_renders() -> None:
     assert render.dumps(payload) == _stdlib(payload)
 
 
+@given(st.characters(categories=["Cs"]), st.text(max_size=4))
+def test_text_with_a_lone_surrogate_renders_and_reads_back(surrogate: str, rest: str) -> None:
+    # orjson refuses one; a hostile "\udXXX" escape in some JSON input makes one.
+    text = f"{rest}{surrogate}x"  # lone: never one half of a pair (JSON would join a pair)
+    payload = {"name": text, text: [text]}
+    assert json.loads(render.dumps(payload)) == payload
+    assert json.loads(state.dumps(payload)) == payload
+
+
 @given(st.integers(min_value=0, max_value=7))
 def test_adapter_flags_are_flags_to_dict(bits: int) -> None:
     """The adapter's bit tests give the telemetry the flags block it always had."""
