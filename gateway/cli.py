@@ -379,8 +379,9 @@ def _add_diag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = diag.add_parser(
         "tail",
         help="what the running daemon hears and decides, live",
-        description="Radio frames, Modbus readings and failures, and alarm decisions, as "
-        "they happen, from the running daemon's control socket. Filters combine.",
+        description="Radio frames, Modbus readings and failures, alarm decisions and the "
+        "queue's failing writes, as they happen, from the running daemon's control socket. "
+        "Filters combine (the queue's lines show without --node and --cover).",
         epilog="examples:\n  covergw diag tail\n  covergw diag tail --cover HZ-XH-000123\n"
         "  covergw diag tail --node 00C0FFEE --raw\n  covergw diag tail --bus rs485-0 --json",
         formatter_class=_RawHelp,

@@ -771,6 +771,7 @@ class Gateway:
             log.error(  # noqa: TRY400 - the reason is the message; no traceback wanted
                 "queue write failed, holding %d messages in memory: %s", len(self._pending), err
             )
+            self.watch.storage(f"write FAILED, {len(self._pending)} messages held: {err}")
             self._alarms_pending = _ALARM in [m.lane for m in self._pending]
             self._trim_backlog()
             return False
@@ -782,6 +783,8 @@ class Gateway:
                     committed.set_result(on_disk)
         del self._pending[: len(batch)]  # what was added meanwhile stays
         self._pending_state = {}
+        if self._flush_failing:
+            self.watch.storage(f"written again: {len(batch)} messages held in memory")
         self._flush_failing = False
         self._wakeup.set()
         return True

@@ -244,22 +244,22 @@ def plain_socket_io(client: mqtt.Client) -> None:
     """
     tls_recv, tls_send = client._sock_recv, client._sock_send
 
+    def plain() -> Any:
+        """The connection's socket, as paho's own methods find it."""
+        if client._sock is None:
+            raise ConnectionError("self._sock is None")
+        return client._sock
+
     def recv(bufsize: int) -> bytes:
-        sock = client._sock
         if client._ssl:
             return tls_recv(bufsize)
-        if sock is None:
-            raise ConnectionError("self._sock is None")
-        return sock.recv(bufsize)
+        return plain().recv(bufsize)  # type: ignore[no-any-return]
 
     def send(buf: bytes | bytearray) -> int:
-        sock = client._sock
         if client._ssl:
             return tls_send(buf)
-        if sock is None:
-            raise ConnectionError("self._sock is None")
         try:
-            return sock.send(buf)
+            return plain().send(buf)  # type: ignore[no-any-return]
         except BlockingIOError:
             client._call_socket_register_write()
             raise

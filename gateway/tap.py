@@ -39,7 +39,8 @@ class Heard:
 @dataclass(frozen=True, slots=True)
 class Noted:
     """Something the daemon decided or read that is not a radio frame: a Modbus
-    reading or failure (``what`` "modbus") or an alarm decision ("alarm")."""
+    reading or failure (``what`` "modbus"), an alarm decision ("alarm"), or the
+    queue's writes failing or written again ("queue")."""
 
     what: str
     at: float

@@ -18,6 +18,7 @@ from gateway.edge.adapters import modbus_device
 from gateway.events import FrameHeard, SlaveRead
 from gateway.protocol.framing import Received
 from gateway.protocol.messages import Battery, Event, EventCode, Frame, FrameFlags, MessageType
+from gateway.tap import Noted
 from gateway.uplink import batch_units
 from gateway.wire import pack_row
 from tests.smallfs import fill, small_fs
@@ -120,26 +121,28 @@ async def test_a_failing_disk_is_tried_again_in_a_while_not_in_a_spin(tmp_path: 
             filler = fs / "filler"
             fill(filler)
             stop = asyncio.Event()
-            pipeline = asyncio.create_task(gateway._pipeline(stop))
+            async with gateway.tap.listen() as tail:  # what a technician's tail shows
+                pipeline = asyncio.create_task(gateway._pipeline(stop))
 
-            async def failed(writes: int) -> float:
-                """When the pipeline's WRITES-th write failed (the counter has no event)."""
-                async with asyncio.timeout(10):
-                    while gateway.stats.queue_write_errors < writes:
-                        await asyncio.sleep(0.005)
-                return time.monotonic()
+                async def failed() -> float:
+                    """When the tail says the next write failed."""
+                    note = await asyncio.wait_for(tail.get(), 10)
+                    assert isinstance(note, Noted), note
+                    assert note.what == "queue", note
+                    assert "FAILED" in note.text, note.text
+                    return time.monotonic()
 
-            for node in range(1, 301):  # more than the file's free pages take
-                gateway.submit(heard(node, 0, event=True), critical=True)
-            first = await failed(1)
-            between = await failed(2) - first
-            tried = gateway.stats.queue_write_errors
-            gateway._wakeup.clear()  # set by each commit that is in, for the uplink
-            filler.unlink()
-            await asyncio.wait_for(gateway._wakeup.wait(), 10)
-            stop.set()
-            await pipeline
-            rows = gateway.queue.peek(1000)
+                for node in range(1, 301):  # more than the file's free pages take
+                    gateway.submit(heard(node, 0, event=True), critical=True)
+                first = await failed()
+                between = await failed() - first
+                tried = gateway.stats.queue_write_errors
+                gateway._wakeup.clear()  # set by each commit that is in, for the uplink
+                filler.unlink()
+                await asyncio.wait_for(gateway._wakeup.wait(), 10)
+                stop.set()
+                await pipeline
+                rows = gateway.queue.peek(1000)
     assert between >= 0.1, between  # [queue] flush_interval_s (0.2) apart, not a turn of the loop
     assert tried == 2
     assert sum(r.message.lane is Lane.ALARM for r in rows) == 300

@@ -189,7 +189,7 @@ def tail(
     bus: str | None = None,
     as_json: bool = False,
 ) -> int:
-    """Print radio frames, Modbus readings and alarm decisions, live, until Ctrl-C."""
+    """Print radio frames, Modbus readings, alarm decisions and queue write failures, live."""
     request = {"cmd": "tail", "node": node, "raw": raw, "cover": cover, "bus": bus,
                "json": as_json}  # fmt: skip
 

@@ -3,7 +3,7 @@
 ``Watch`` is the daemon's one hook for people watching: every frame, input
 and committed batch passes through it; it keeps the ``NodeBoard`` that
 ``covergw status`` reads and, only while somebody tails, formats Modbus
-readings and alarm decisions onto the tap.
+readings, alarm decisions and the queue's failing writes onto the tap.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ class Watch:
                 )
         elif isinstance(event, Observation):
             self.board.observation(event)
+
+    def storage(self, text: str) -> None:
+        """The queue's writes failing, or written again: a technician tailing sees it."""
+        if self.tap.watched:
+            self.tap.publish(Noted("queue", self.clock(), "queue", text))
 
     def committed(self, messages: Iterable[Outgoing]) -> None:
         """Alarm decisions, as committed to the queue."""
