@@ -28,6 +28,7 @@ FIGURES = {
     "latency_idle_p99",
     "rss_idle",
     "latency_backlog_p99",
+    "latency_backlog_shared_p99",
     "disk_per_reading",
     "startup",
     "latency_nodes_small",
