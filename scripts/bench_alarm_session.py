@@ -24,6 +24,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 
+def raised_node(payload: bytes) -> str | None:
+    """The node an alarm message names, if it says ``raised`` (the suite's reader uses it too)."""
+    body = json.loads(payload)
+    node = (body.get("source") or {}).get("node")
+    return node if body.get("state") == "raised" and isinstance(node, str) else None
+
+
 def main() -> None:
     port = int(sys.argv[1])
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-alarms-{port}")
@@ -36,9 +43,8 @@ def main() -> None:
 
     def message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
         arrived = time.perf_counter()
-        body = json.loads(m.payload)
-        node = (body.get("source") or {}).get("node")
-        if body.get("state") == "raised" and node:
+        node = raised_node(m.payload)
+        if node:
             print(node, arrived, flush=True)
 
     client.on_connect = connected

@@ -43,6 +43,7 @@ from typing import Any
 import aiomqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_alarm_session import raised_node
 from bench_e2e import opened, report
 from bench_framer import reports as mixed_frames
 
@@ -224,10 +225,10 @@ class Platform:
         elif "/cover/" in topic:
             self.record_bytes += len(payload) + len(topic)
         elif topic.endswith("/alarm"):
-            body = json.loads(payload)
-            node = (body.get("source") or {}).get("node")
-            if body.get("state") == "raised" and node:
-                self.alarms.setdefault(node, time.perf_counter())
+            arrived = time.perf_counter()
+            node = raised_node(payload)
+            if node:
+                self.alarms.setdefault(node, arrived)
         elif (
             topic.endswith("/status")
             and not retained
@@ -238,10 +239,15 @@ class Platform:
         self._changed.set()
 
     async def until(self, predicate: Callable[[], bool], limit_s: float) -> None:
-        async with asyncio.timeout(limit_s):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
+        await until(self._changed, predicate, limit_s)
+
+
+async def until(changed: asyncio.Event, predicate: Callable[[], bool], limit_s: float) -> None:
+    """Until PREDICATE holds, looked at again each time CHANGED is set; at most LIMIT_S."""
+    async with asyncio.timeout(limit_s):
+        while not predicate():
+            changed.clear()
+            await changed.wait()
 
 
 @contextlib.asynccontextmanager
@@ -426,10 +432,7 @@ class AlarmSession:
             self._changed.set()
 
     async def arrival(self, node: str, limit_s: float) -> float:
-        async with asyncio.timeout(limit_s):
-            while node not in self.alarms:
-                self._changed.clear()
-                await self._changed.wait()
+        await until(self._changed, lambda: node in self.alarms, limit_s)
         return self.alarms[node]
 
     async def __aexit__(self, *_: object) -> None:
